@@ -1,0 +1,330 @@
+"""Typed parameters of every stage, loaded strictly from ``params.yaml``.
+
+Resolution order (later wins): the dataclass defaults (the ``micro`` profile) -> the profile file
+``vlmerge_core/profiles/<profile>.yaml`` (``smoke``, ``paper``) -> the sections of ``params.yaml``.
+An unknown key, a value of the wrong type or a value out of range raises :class:`ParamsError`
+naming the file and the dotted key.
+
+Each section owner keeps the fields of their dataclass; every field carries a one-line comment.
+Range checks live in the field's metadata (``_f(default, lo=..., hi=..., choices=...)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+PROFILES = ("micro", "smoke", "paper")
+PROFILE_DIR = Path(__file__).parent / "profiles"
+
+
+class ParamsError(ValueError):
+    """A params file has an unknown key, a wrong type or an out-of-range value."""
+
+
+def _f(default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: float | None = None,
+       choices: tuple | None = None, factory: Any = None) -> Any:
+    """A dataclass field with range metadata checked by the loader."""
+    meta = {"lo": lo, "hi": hi, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    seed: int = _f(0, lo=0)  # generator seed of the micro-world
+    root: str = "data/micro"  # output folder, relative to the repo root
+    image_size: int = _f(32, lo=8)  # canvas side in pixels
+    n_train: int = _f(6000, lo=1)  # training scenes
+    n_val: int = _f(500, lo=1)  # validation scenes
+    n_test: int = _f(500, lo=1)  # test scenes
+    max_objects: int = _f(3, lo=1, hi=8)  # objects per scene (1..max)
+    captions_per_image: int = _f(2, lo=1)  # captions per scene and style
+    vocab_size: int = _f(512, lo=32)  # WordPiece vocabulary size
+    max_text_len: int = _f(24, lo=4)  # tokens per caption, [CLS]/[SEP] included
+    mim_codebook_size: int = _f(64, lo=2)  # k-means patch codebook size for the MIM target
+
+
+# -------------------------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    width: int = _f(64, lo=4)  # hidden size D
+    depth: int = _f(4, lo=1)  # number of blocks L
+    heads: int = _f(4, lo=1)  # attention heads
+    mlp_ratio: float = _f(4.0, lo=0.5)  # MLP hidden size / D
+    vl_start: int = _f(3, lo=0)  # first fusion block (vlffn_start_layer_index)
+    image_size: int = _f(32, lo=8)  # input image side
+    patch_size: int = _f(8, lo=1)  # patch side
+    vocab_size: int = _f(512, lo=8)  # text vocabulary size (must match the tokenizer)
+    max_text_len: int = _f(24, lo=2)  # text positions
+    ms_components: list[str] = _f(factory=list)  # per-modality parts; empty list = modality-agnostic
+    layer_scale_init: float = _f(0.0, lo=0.0)  # gamma_1/gamma_2 init; 0 switches layer scale off
+    rel_pos_bias: bool = False  # BEiT shared relative position bias on image tokens
+    drop_path: float = _f(0.0, lo=0.0, hi=1.0)  # stochastic depth rate of the last block
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ParamsError(f"model.width ({self.width}) must be divisible by model.heads ({self.heads})")
+        if self.vl_start > self.depth:
+            raise ParamsError(f"model.vl_start ({self.vl_start}) must be <= model.depth ({self.depth})")
+        if self.image_size % self.patch_size:
+            raise ParamsError(f"model.image_size ({self.image_size}) must be divisible by model.patch_size")
+        bad = set(self.ms_components) - {"attn", "mlp", "norm1", "norm2"}
+        if bad:
+            raise ParamsError(f"model.ms_components: unknown component(s) {sorted(bad)}; "
+                              "allowed: attn, mlp, norm1, norm2")
+
+
+# ------------------------------------------------------------------------------------ pre-training
+@dataclass
+class PretrainConfig:
+    steps: int = _f(300, lo=0)  # optimisation steps
+    batch_size: int = _f(128, lo=1)  # global batch size (summed over ranks and accumulation)
+    grad_accum: int = _f(1, lo=1)  # gradient accumulation steps
+    lr: float = _f(1e-3, lo=0.0)  # peak learning rate
+    weight_decay: float = _f(0.01, lo=0.0)  # AdamW weight decay (none on biases, norms, embeddings)
+    betas: list[float] = _f(factory=lambda: [0.9, 0.98])  # AdamW betas
+    warmup_steps: int = _f(30, lo=0)  # linear warm-up
+    schedule: str = _f("cosine", choices=("cosine", "linear", "constant"))  # decay after warm-up
+    grad_clip: float = _f(1.0, lo=0.0)  # max gradient norm; 0 = off
+    ckpt_every: int = _f(100, lo=1)  # atomic checkpoint interval in steps
+    losses: dict[str, float] = _f(factory=dict)  # objective name -> weight
+    mlm_prob: float = _f(0.25, lo=0.0, hi=1.0)  # masking probability of (VL and text-only) MLM
+    seed: int = _f(0, lo=0)  # training seed
+    amp: bool = True  # bf16 autocast when a GPU is present
+
+
+@dataclass
+class InitPretrainConfig(PretrainConfig):
+    """The BEiT stand-in: image-only MIM (micro) or a local BEiT checkpoint (paper)."""
+
+    beit_checkpoint: str = ""  # paper profile: local timm BEiT/ViT checkpoint; empty = run MIM
+
+
+@dataclass
+class SeedPretrainConfig(PretrainConfig):
+    save_steps: list[int] = _f(factory=lambda: [100, 300])  # seed lengths K_seed kept as checkpoints
+
+
+@dataclass
+class MSPretrainConfig(PretrainConfig):
+    seed_steps: list[int] = _f(factory=lambda: [0, 100, 300])  # K_seed to start from; 0 = from init
+    variants: list[str] = _f(factory=lambda: ["all"])  # MS architecture variants: all, attn, ffn, ln
+
+
+# ------------------------------------------------------------------------------------------ merging
+@dataclass
+class MergeConfig:
+    methods: list[str] = _f(factory=lambda: ["interpolation", "arithmetic", "regmean"])  # methods run
+    ratios: list[float] = _f(factory=lambda: [0.5], lo=0.0, hi=1.0)  # interpolation ratio r (v weight)
+    lambdas: list[float] = _f(factory=lambda: [0.5])  # modality-arithmetic lambda
+    regmean_alphas: list[float] = _f(factory=lambda: [1.0])  # RegMean off-diagonal scale alpha_R
+    ties_densities: list[float] = _f(factory=lambda: [0.5])  # TIES kept fraction
+    dare_drop_rates: list[float] = _f(factory=lambda: [0.5])  # DARE drop rate
+    only_used_experts: bool = True  # only_activate_used_experts of the official code
+    gram_batches: int = _f(8, lo=1)  # batches used to collect RegMean Gram matrices
+    tssd_k: float = _f(0.5, lo=0.0, hi=1.0)  # TSSD keeps the top-k fraction per row
+    seed: int = _f(0, lo=0)  # seed of stochastic methods (DARE)
+
+
+# -------------------------------------------------------------------------------------- fine-tuning
+@dataclass
+class FinetuneConfig:
+    tasks: list[str] = _f(factory=lambda: ["vqa", "coco", "flickr", "nlvr2", "imagenet", "ade20k", "text"])
+    epochs: int = _f(2, lo=0)  # epochs per task (per-task overrides in `overrides`)
+    batch_size: int = _f(64, lo=1)  # batch size
+    lr: float = _f(1e-3, lo=0.0)  # peak learning rate of the backbone
+    head_lr_mult: float = _f(10.0, lo=0.0)  # head LR multiplier (VQA x10 in the paper)
+    layer_decay: float = _f(1.0, lo=0.0, hi=1.0)  # layer-wise LR decay; 1 = off
+    warmup_frac: float = _f(0.1, lo=0.0, hi=1.0)  # warm-up fraction of the steps
+    weight_decay: float = _f(0.01, lo=0.0)  # AdamW weight decay
+    seed: int = _f(0, lo=0)  # fine-tuning seed
+    overrides: dict[str, dict[str, Any]] = _f(factory=dict)  # task -> {field: value}
+    real_paths: dict[str, str] = _f(factory=dict)  # paper profile: task -> local dataset root
+
+
+# ------------------------------------------------------------------------------------------- report
+@dataclass
+class ReportConfig:
+    formats: list[str] = _f(factory=lambda: ["pdf", "png"])  # figure formats
+    n_bootstrap: int = _f(1000, lo=0)  # bootstrap resamples for confidence intervals
+    seed: int = _f(0, lo=0)  # bootstrap seed
+    c2_margin: float = _f(1.0, lo=0.0)  # C2: merged within this many points of the MA baseline
+
+
+@dataclass
+class Params:
+    profile: str = _f("micro", choices=PROFILES)  # which preset the defaults come from
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init_pretrain: InitPretrainConfig = field(default_factory=InitPretrainConfig)
+    seed_pretrain: SeedPretrainConfig = field(default_factory=SeedPretrainConfig)
+    ms_pretrain: MSPretrainConfig = field(default_factory=MSPretrainConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+# ------------------------------------------------------------------------------------------- loader
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, src: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        for arg in args:
+            if arg is type(None) and value is None:
+                return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, src)
+            except ParamsError:
+                pass
+        raise ParamsError(f"{src}: {key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(f"{src}: {key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"{src}: {key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]", src) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{src}: {key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}", src) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, src)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{src}: {key}: expected float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{src}: {key}: expected int, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{src}: {key}: expected bool (true/false), got {type(value).__name__} {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"{src}: {key}: expected str, got {type(value).__name__} {value!r}")
+        return value
+    raise ParamsError(f"{src}: {key}: unsupported annotation {tp}")  # pragma: no cover
+
+
+def _check_range(value: Any, meta: typing.Mapping, key: str, src: str) -> None:
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if meta.get("choices") is not None and v not in meta["choices"]:
+            raise ParamsError(f"{src}: {key}: {v!r} is not one of {list(meta['choices'])}")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if meta.get("lo") is not None and v < meta["lo"]:
+                raise ParamsError(f"{src}: {key}: {v!r} is below the minimum {meta['lo']}")
+            if meta.get("hi") is not None and v > meta["hi"]:
+                raise ParamsError(f"{src}: {key}: {v!r} is above the maximum {meta['hi']}")
+
+
+def _build(cls: type, data: Any, prefix: str, src: str, base: Any = None) -> Any:
+    """Build dataclass ``cls`` from mapping ``data`` on top of ``base`` (an instance, or defaults)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{src}: {prefix or '<top>'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ParamsError(f"{src}: unknown key(s) {', '.join(where + k for k in unknown)}; "
+                          f"allowed: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            tp = hints[name]
+            if dataclasses.is_dataclass(tp):
+                value = _build(tp, data[name], key, src, base=getattr(base, name) if base else None)
+            else:
+                value = _coerce(data[name], tp, key, src)
+            _check_range(value, f.metadata, key, src)
+            kwargs[name] = value
+        elif base is not None:
+            kwargs[name] = getattr(base, name)
+    try:
+        return cls(**kwargs)
+    except ParamsError as exc:
+        raise ParamsError(f"{src}: {exc}") from None
+
+
+def profile_params(profile: str = "micro") -> Params:
+    """The resolved parameters of a profile: defaults overlaid with ``profiles/<profile>.yaml``."""
+    if profile not in PROFILES:
+        raise ParamsError(f"profile: {profile!r} is not one of {list(PROFILES)}")
+    params = Params(profile=profile)
+    path = PROFILE_DIR / f"{profile}.yaml"
+    if path.exists():
+        data = yaml.safe_load(path.read_text()) or {}
+        data.pop("profile", None)
+        params = _build(Params, {**data, "profile": profile}, "", str(path), base=params)
+    return params
+
+
+def params_from_dict(data: dict, src: str = "<dict>") -> Params:
+    """Resolve a params mapping: its ``profile`` preset, overlaid with its sections."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{src}: expected a mapping at the top level")
+    profile = data.get("profile", "micro")
+    if profile not in PROFILES:
+        raise ParamsError(f"{src}: profile: {profile!r} is not one of {list(PROFILES)}")
+    return _build(Params, data, "", src, base=profile_params(profile))
+
+
+def load_params(path: str | Path | None = None, profile: str | None = None) -> Params:
+    """Load ``params.yaml`` (default: the one at the repo root) strictly.
+
+    Args:
+        path: the params file. ``None`` uses ``<repo root>/params.yaml``.
+        profile: when given and ``path`` is ``None``, return that profile's preset instead.
+    """
+    if path is None and profile is not None:
+        return profile_params(profile)
+    if path is None:
+        from vlmerge_core.paths import repo_root
+
+        path = repo_root() / "params.yaml"
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return params_from_dict(data, str(path))
+
+
+def to_dict(obj: Any) -> dict:
+    """A dataclass (e.g. :class:`Params`) as plain nested dicts, for JSON/YAML."""
+    return dataclasses.asdict(obj)
+
+
+def section_from_dict(cls: type, data: dict, src: str = "<dict>", prefix: str = "") -> Any:
+    """Build one section dataclass strictly from a mapping (notebook parameters, CLI)."""
+    return _build(cls, data, prefix or cls.__name__, src, base=cls())
