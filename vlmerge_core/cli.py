@@ -15,6 +15,10 @@ from collections.abc import Callable, Sequence
 # module path -> function(subparsers) that adds its subcommands; each sets `func` on its parser
 _REGISTRARS: list[str] = [
     "vlmerge_core.cli_params:register",
+    "vlmerge_core.data.cli:register",
+    "vlmerge_core.tasks.registry:register",
+    "vlmerge_core.merge.cli:register",
+    "vlmerge_core.pretrain.cli:register",
 ]
 
 

@@ -11,9 +11,26 @@ from vlmerge_core.config import PROFILES, load_params, profile_params, to_dict
 from vlmerge_core.io import atomic_write
 
 
+class _Dumper(yaml.SafeDumper):
+    """Block style for mappings, flow style for lists of scalars (``betas: [0.9, 0.98]``)."""
+
+
+def _list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    flow = all(not isinstance(v, (list, dict)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _list)
+
+
+def dump_params(params) -> str:
+    """The params as YAML text in the layout of ``params.yaml``."""
+    return yaml.dump(to_dict(params), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=110)
+
+
 def _run(args: argparse.Namespace) -> int:
     params = profile_params(args.profile) if args.profile else load_params(args.file)
-    text = yaml.safe_dump(to_dict(params), sort_keys=False, default_flow_style=None, width=110)
+    text = dump_params(params)
     if args.output:
         with atomic_write(args.output) as fh:
             fh.write(text)

@@ -51,6 +51,13 @@ class DataConfig:
     vocab_size: int = _f(512, lo=32)  # WordPiece vocabulary size
     max_text_len: int = _f(24, lo=4)  # tokens per caption, [CLS]/[SEP] included
     mim_codebook_size: int = _f(64, lo=2)  # k-means patch codebook size for the MIM target
+    mim_patch: int = _f(8, lo=1)  # patch side of the MIM codebook (must equal model.patch_size)
+    noise_std: float = _f(6.0, lo=0.0)  # Gaussian pixel noise of the rendered images
+    vqa_per_image: int = _f(3, lo=1)  # VQA questions per scene
+    nlvr2_per_image: int = _f(1, lo=1)  # NLVR2 image pairs per scene of the split
+    text_cls_per_image: int = _f(1, lo=1)  # text-classification sentences per scene of the split
+    n_image_only: int = _f(3000, lo=1)  # unlabeled images (ImageNet-22k stand-in, MIM and codebook)
+    n_corpus: int = _f(6000, lo=1)  # text-only corpus sentences (BookCorpus stand-in)
 
 
 # -------------------------------------------------------------------------------------------- model
@@ -69,6 +76,8 @@ class ModelConfig:
     layer_scale_init: float = _f(0.0, lo=0.0)  # gamma_1/gamma_2 init; 0 switches layer scale off
     rel_pos_bias: bool = False  # BEiT shared relative position bias on image tokens
     drop_path: float = _f(0.0, lo=0.0, hi=1.0)  # stochastic depth rate of the last block
+    mim_vocab: int = _f(64, lo=2)  # MIM head classes (must equal data.mim_codebook_size)
+    init_std: float = _f(0.1, lo=0.0)  # truncated-normal init std (0.1 for width 64; BEiT/ViT-B: 0.02)
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -84,12 +93,15 @@ class ModelConfig:
 
 
 # ------------------------------------------------------------------------------------ pre-training
+VL_LOSSES = {"mlm": 1.0, "itc": 1.0, "itc_vl": 1.0, "itm": 1.0}  # seed and MS stages (no uni-modal data)
+
+
 @dataclass
 class PretrainConfig:
     steps: int = _f(300, lo=0)  # optimisation steps
     batch_size: int = _f(128, lo=1)  # global batch size (summed over ranks and accumulation)
     grad_accum: int = _f(1, lo=1)  # gradient accumulation steps
-    lr: float = _f(1e-3, lo=0.0)  # peak learning rate
+    lr: float = _f(3e-3, lo=0.0)  # peak learning rate
     weight_decay: float = _f(0.01, lo=0.0)  # AdamW weight decay (none on biases, norms, embeddings)
     betas: list[float] = _f(factory=lambda: [0.9, 0.98])  # AdamW betas
     warmup_steps: int = _f(30, lo=0)  # linear warm-up
@@ -100,6 +112,10 @@ class PretrainConfig:
     mlm_prob: float = _f(0.25, lo=0.0, hi=1.0)  # masking probability of (VL and text-only) MLM
     seed: int = _f(0, lo=0)  # training seed
     amp: bool = True  # bf16 autocast when a GPU is present
+    mim_mask_ratio: float = _f(0.4, lo=0.0, hi=1.0)  # fraction of patches masked for MIM (BEiT: 0.4)
+    log_every: int = _f(5, lo=1)  # loss-curve resolution in steps (mean over each window)
+    caption_style: str = _f("coco", choices=("coco", "flickr", "both"))  # captions used as pairs
+    eval_batch_size: int = _f(256, lo=1)  # batch size of the zero-shot retrieval evaluation
 
 
 @dataclass
@@ -107,17 +123,20 @@ class InitPretrainConfig(PretrainConfig):
     """The BEiT stand-in: image-only MIM (micro) or a local BEiT checkpoint (paper)."""
 
     beit_checkpoint: str = ""  # paper profile: local timm BEiT/ViT checkpoint; empty = run MIM
+    losses: dict[str, float] = _f(factory=lambda: {"mim": 1.0})  # image-only MIM (BEiT stand-in)
 
 
 @dataclass
 class SeedPretrainConfig(PretrainConfig):
     save_steps: list[int] = _f(factory=lambda: [100, 300])  # seed lengths K_seed kept as checkpoints
+    losses: dict[str, float] = _f(factory=lambda: dict(VL_LOSSES))  # the paper's VL objectives
 
 
 @dataclass
 class MSPretrainConfig(PretrainConfig):
     seed_steps: list[int] = _f(factory=lambda: [0, 100, 300])  # K_seed to start from; 0 = from init
     variants: list[str] = _f(factory=lambda: ["all"])  # MS architecture variants: all, attn, ffn, ln
+    losses: dict[str, float] = _f(factory=lambda: dict(VL_LOSSES))  # the paper's VL objectives
 
 
 # ------------------------------------------------------------------------------------------ merging
@@ -133,6 +152,10 @@ class MergeConfig:
     gram_batches: int = _f(8, lo=1)  # batches used to collect RegMean Gram matrices
     tssd_k: float = _f(0.5, lo=0.0, hi=1.0)  # TSSD keeps the top-k fraction per row
     seed: int = _f(0, lo=0)  # seed of stochastic methods (DARE)
+    ties_lambda: float = _f(1.0, lo=0.0)  # TIES scale of the merged modality vector
+    dare_lambda: float = _f(0.5, lo=0.0)  # DARE scale of the summed rescaled modality vectors
+    unimodal_paths: bool = False  # ours: image-only tasks merged from v, text-only from l
+    gram_batch_size: int = _f(32, lo=1)  # batch size of the Gram-matrix collection
 
 
 # -------------------------------------------------------------------------------------- fine-tuning
@@ -140,15 +163,20 @@ class MergeConfig:
 class FinetuneConfig:
     tasks: list[str] = _f(factory=lambda: ["vqa", "coco", "flickr", "nlvr2", "imagenet", "ade20k", "text"])
     epochs: int = _f(2, lo=0)  # epochs per task (per-task overrides in `overrides`)
-    batch_size: int = _f(64, lo=1)  # batch size
+    batch_size: int = _f(32, lo=1)  # batch size
     lr: float = _f(1e-3, lo=0.0)  # peak learning rate of the backbone
-    head_lr_mult: float = _f(10.0, lo=0.0)  # head LR multiplier (VQA x10 in the paper)
+    head_lr_mult: float = _f(10.0, lo=0.0)  # LR multiplier of new task heads (paper: x10 for VQA)
     layer_decay: float = _f(1.0, lo=0.0, hi=1.0)  # layer-wise LR decay; 1 = off
     warmup_frac: float = _f(0.1, lo=0.0, hi=1.0)  # warm-up fraction of the steps
     weight_decay: float = _f(0.01, lo=0.0)  # AdamW weight decay
     seed: int = _f(0, lo=0)  # fine-tuning seed
-    overrides: dict[str, dict[str, Any]] = _f(factory=dict)  # task -> {field: value}
-    real_paths: dict[str, str] = _f(factory=dict)  # paper profile: task -> local dataset root
+    overrides: dict[str, dict[str, Any]] = _f(factory=lambda: {  # task -> {field: value}
+        "coco": {"batch_size": 64}, "flickr": {"batch_size": 64}, "nlvr2": {"train_subsample": 3000}})
+    real_paths: dict[str, str] = _f(factory=dict)  # task -> local dataset root; "tokenizer" -> tokenizer file
+    train_subsample: int = _f(4000, lo=0)  # at most this many training examples per task; 0 = all
+    eval_subsample: int = _f(0, lo=0)  # at most this many val/test examples per task; 0 = all
+    betas: list[float] = _f(factory=lambda: [0.9, 0.98])  # AdamW betas (official beta_2 = 0.98)
+    vqa_min_answer_count: int = _f(9, lo=1)  # real VQAv2: answers kept in the vocabulary (official: 9)
 
 
 # ------------------------------------------------------------------------------------------- report

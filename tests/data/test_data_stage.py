@@ -1,0 +1,47 @@
+"""The data stage driver (notebook 01 / ``vlmerge data``) and the notebook's figure functions."""
+
+from __future__ import annotations
+
+import pytest
+from matplotlib.figure import Figure
+
+from vlmerge_core.cli import main
+from vlmerge_core.data import viz
+from vlmerge_core.data.stage import run_data_stage, world_summary
+from vlmerge_core.io import read_json
+
+
+def test_stage_reuses_same_params_and_writes_metrics(tmp_path, monkeypatch, smoke_world):
+    monkeypatch.setenv("VLMERGE_ROOT", str(tmp_path))
+    w = run_data_stage(profile="smoke", out_dir="w", metrics_out="metrics/data/stats.json")
+    assert w.root == tmp_path / "w"
+    assert read_json(tmp_path / "metrics/data/stats.json") == smoke_world.stats
+    stamp = (tmp_path / "w/images_train.npy").stat().st_mtime_ns
+    run_data_stage(profile="smoke", out_dir="w")  # same parameters: reused, not rewritten
+    assert (tmp_path / "w/images_train.npy").stat().st_mtime_ns == stamp
+    assert world_summary(w)["train_images"] == 64
+    (tmp_path / "params.yaml").write_text("profile: smoke\ndata: {root: other, n_train: 8, n_val: 4, n_test: 4,"
+                                          " n_image_only: 16, n_corpus: 16}\n")
+    assert main(["data", "--file", "params.yaml", "--reuse"]) == 0  # world goes to data.root of the file
+    assert len(read_json(tmp_path / "other/meta.json")["config"]) > 5
+    assert main(["data", "--file", "missing.yaml"]) == 2
+
+
+@pytest.mark.parametrize("fn", ["fig_gallery", "fig_nlvr2", "fig_text_lengths"])
+def test_world_figures(smoke_world, fn):
+    import matplotlib.pyplot as plt
+
+    fig = getattr(viz, fn)(smoke_world)
+    assert isinstance(fig, Figure)
+    plt.close(fig)
+
+
+def test_stats_figures_and_tables(smoke_world):
+    import matplotlib.pyplot as plt
+
+    fig = viz.fig_distributions(smoke_world.stats)
+    assert isinstance(fig, Figure)
+    plt.close(fig)
+    assert viz.counts_table(smoke_world.stats).loc["images", "train"] == 64
+    assert "VQA accuracy (majority answer)" in viz.chance_table(smoke_world.stats).index
+    assert set(viz.examples_table(smoke_world)["task"]) >= {"vqa", "nlvr2", "corpus"}

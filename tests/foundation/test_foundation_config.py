@@ -1,0 +1,116 @@
+"""The strict params loader: unknown keys, wrong types and bad values are refused by name."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from vlmerge_core.config import (
+    PROFILES,
+    Params,
+    ParamsError,
+    load_params,
+    params_from_dict,
+    profile_params,
+    section_from_dict,
+    to_dict,
+)
+
+
+def _write(tmp_path, data):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_every_profile_resolves():
+    for name in PROFILES:
+        params = profile_params(name)
+        assert isinstance(params, Params)
+        assert params.profile == name
+
+
+def test_repo_params_yaml_loads():
+    params = load_params()
+    assert params.profile in PROFILES
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = _write(tmp_path, {"model": {"widht": 32}})
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert "model.widht" in str(err.value) and str(path) in str(err.value)
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(ParamsError, match="modle"):
+        load_params(_write(tmp_path, {"modle": {}}))
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"model": {"width": "wide"}}, "model.width"),
+        ({"model": {"rel_pos_bias": "true"}}, "model.rel_pos_bias"),
+        ({"seed_pretrain": {"lr": "1e-3"}}, "seed_pretrain.lr"),
+        ({"merge": {"ratios": 0.5}}, "merge.ratios"),
+        ({"seed_pretrain": {"save_steps": [1, "x"]}}, "seed_pretrain.save_steps[1]"),
+        ({"model": {"depth": True}}, "model.depth"),
+    ],
+)
+def test_wrong_type_names_key(tmp_path, data, key):
+    with pytest.raises(ParamsError) as err:
+        load_params(_write(tmp_path, data))
+    assert key in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"merge": {"ratios": [0.5, 1.5]}}, "merge.ratios"),
+        ({"model": {"width": 0}}, "model.width"),
+        ({"seed_pretrain": {"schedule": "exp"}}, "seed_pretrain.schedule"),
+        ({"profile": "huge"}, "profile"),
+        ({"model": {"width": 30, "heads": 4}}, "model.width"),
+        ({"model": {"ms_components": ["ffn"]}}, "model.ms_components"),
+    ],
+)
+def test_bad_value_names_key(tmp_path, data, key):
+    with pytest.raises(ParamsError) as err:
+        load_params(_write(tmp_path, data))
+    assert key in str(err.value)
+
+
+def test_missing_and_corrupt_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_overlay_order_profile_then_file(tmp_path):
+    params = params_from_dict({"profile": "smoke", "model": {"depth": 3}})
+    smoke = profile_params("smoke")
+    assert params.model.depth == 3
+    assert params.model.width == smoke.model.width  # from the smoke preset
+    assert params.data == smoke.data
+
+
+def test_ints_widen_to_float_and_roundtrip(tmp_path):
+    params = params_from_dict({"seed_pretrain": {"lr": 1}})
+    assert params.seed_pretrain.lr == 1.0 and isinstance(params.seed_pretrain.lr, float)
+    again = params_from_dict(to_dict(params))
+    assert again == params
+
+
+def test_section_from_dict():
+    from vlmerge_core.config import MergeConfig
+
+    cfg = section_from_dict(MergeConfig, {"ratios": [0.25]}, prefix="merge")
+    assert cfg.ratios == [0.25] and dataclasses.is_dataclass(cfg)
+    with pytest.raises(ParamsError, match="merge.bogus"):
+        section_from_dict(MergeConfig, {"bogus": 1}, prefix="merge")

@@ -1,0 +1,37 @@
+"""The micro-world (procedural stand-in for every dataset of the paper), its tokenizer and loaders.
+
+Public API: :func:`generate_world`, :func:`load_world`, :class:`World`, :func:`load_tokenizer`,
+:func:`image_to_tensor`, :func:`encode_text`, :class:`PairDataset`, :func:`mask_tokens`,
+:func:`patch_codes`.
+"""
+
+from __future__ import annotations
+
+from vlmerge_core.data.loaders import (
+                                       IGNORE_INDEX,
+                                       PairDataset,
+                                       encode_text,
+                                       image_to_tensor,
+                                       mask_tokens,
+                                       patch_codes,
+                                       patchify,
+)
+from vlmerge_core.data.tokenizer import SPECIAL_TOKENS, load_tokenizer
+from vlmerge_core.data.world import SPLITS, STYLES, World, generate_world, load_world
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SPECIAL_TOKENS",
+    "SPLITS",
+    "STYLES",
+    "PairDataset",
+    "World",
+    "encode_text",
+    "generate_world",
+    "image_to_tensor",
+    "load_tokenizer",
+    "load_world",
+    "mask_tokens",
+    "patch_codes",
+    "patchify",
+]

@@ -1,0 +1,104 @@
+"""WordPiece tokenizer of the micro-world, built as a HuggingFace ``tokenizers`` WordPiece model.
+
+Loaded through ``transformers.PreTrainedTokenizerFast`` so that a local BERT vocabulary (a folder
+with ``vocab.txt`` or ``tokenizer.json``) can be used instead by giving its path.
+Special tokens: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4; every encoding is ``[CLS] text [SEP]``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from vlmerge_core.io import atomic_write
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def learn_wordpiece_vocab(word_counts: Counter, vocab_size: int) -> list[str]:
+    """WordPiece vocabulary by greedy pair merges (the procedure of HF ``WordPieceTrainer``).
+
+    Start from the specials, the word-initial characters and the ``##``-prefixed inner characters;
+    repeatedly merge the most frequent adjacent pair (ties broken by the pair's strings) until
+    ``vocab_size`` entries or no pair is left. Written here because the ``tokenizers`` trainer
+    breaks frequency ties in hash-map order, so its vocabulary differs between processes.
+    """
+    words = {w: [w[0]] + [f"##{c}" for c in w[1:]] for w in word_counts}
+    vocab = list(SPECIAL_TOKENS)
+    vocab += sorted({s for sym in words.values() for s in sym if not s.startswith("##")} - set(vocab))
+    vocab += sorted({s for sym in words.values() for s in sym if s.startswith("##")})
+    known = set(vocab)
+    while len(vocab) < vocab_size:
+        pairs: Counter = Counter()
+        for w, sym in words.items():
+            for a, b in zip(sym, sym[1:]):
+                pairs[a, b] += word_counts[w]
+        if not pairs:
+            break
+        (a, b), _ = min(pairs.items(), key=lambda kv: (-kv[1], kv[0]))
+        merged = a + b[2:]
+        for w, sym in words.items():
+            i, out = 0, []
+            while i < len(sym):
+                if i + 1 < len(sym) and sym[i] == a and sym[i + 1] == b:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(sym[i])
+                    i += 1
+            words[w] = out
+        if merged not in known:
+            vocab.append(merged)
+            known.add(merged)
+    return vocab
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A BERT-style WordPiece ``tokenizers.Tokenizer`` for ``texts`` (deterministic for a corpus)."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+
+    normalizer = normalizers.BertNormalizer(lowercase=True, clean_text=True, handle_chinese_chars=False,
+                                            strip_accents=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    vocab = learn_wordpiece_vocab(counts, vocab_size)
+    tok = Tokenizer(WordPiece(vocab={t: i for i, t in enumerate(vocab)}, unk_token="[UNK]",
+                              max_input_chars_per_word=100))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre, decoders.WordPiece(prefix="##")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab.index("[CLS]")), ("[SEP]", vocab.index("[SEP]"))])
+    return tok
+
+
+def save_tokenizer(tok, path: str | Path) -> Path:
+    """Write ``tokenizer.json`` atomically."""
+    with atomic_write(path) as fh:
+        fh.write(tok.to_str(pretty=True) + "\n")
+    return Path(path)
+
+
+def load_tokenizer(path: str | Path):
+    """A ``transformers.PreTrainedTokenizerFast`` from a ``tokenizer.json`` file or a folder.
+
+    A folder may hold ``tokenizer.json`` (ours or any fast tokenizer) or a BERT ``vocab.txt``.
+    """
+    from transformers import BertTokenizerFast, PreTrainedTokenizerFast
+
+    path = Path(path)
+    if path.is_dir():
+        if (path / "tokenizer.json").exists():
+            path = path / "tokenizer.json"
+        elif (path / "vocab.txt").exists():
+            return BertTokenizerFast.from_pretrained(str(path), local_files_only=True)
+        else:
+            raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt in this folder")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: tokenizer file not found")
+    return PreTrainedTokenizerFast(tokenizer_file=str(path), pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                                   model_max_length=512)
