@@ -171,7 +171,9 @@ class FinetuneConfig:
     weight_decay: float = _f(0.01, lo=0.0)  # AdamW weight decay
     seed: int = _f(0, lo=0)  # fine-tuning seed
     overrides: dict[str, dict[str, Any]] = _f(factory=lambda: {  # task -> {field: value}
-        "coco": {"batch_size": 64}, "flickr": {"batch_size": 64}, "nlvr2": {"train_subsample": 3000}})
+        "vqa": {"lr": 3e-4, "head_lr_mult": 100.0}, "coco": {"batch_size": 64}, "flickr": {"batch_size": 64},
+        "nlvr2": {"lr": 3e-4, "train_subsample": 3000},
+        "ade20k": {"epochs": 3, "batch_size": 16, "train_subsample": 0}})
     real_paths: dict[str, str] = _f(factory=dict)  # task -> local dataset root; "tokenizer" -> tokenizer file
     train_subsample: int = _f(4000, lo=0)  # at most this many training examples per task; 0 = all
     eval_subsample: int = _f(0, lo=0)  # at most this many val/test examples per task; 0 = all

@@ -1,0 +1,221 @@
+"""Real-format readers on tiny fixture files written in exactly the datasets' release formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmerge_core.tasks.real import (
+    IGNORE_INDEX,
+    RealFormatError,
+    read_ade20k,
+    read_image_folders,
+    read_karpathy,
+    read_nlvr2,
+    read_text_tsv,
+    read_vqav2,
+)
+
+SIZE = 16
+
+
+def _img(path: Path, colour=(200, 10, 10), size=(20, 12)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+
+
+def write_vqav2(root: Path) -> None:
+    for sub, iids in (("train2014", [9, 25]), ("val2014", [42, 7, 3])):
+        qs, anns = [], []
+        for k, iid in enumerate(iids):
+            _img(root / sub / f"COCO_{sub}_{iid:012d}.jpg")
+            qid = iid * 1000 + k
+            qs.append({"image_id": iid, "question": f"What colour is thing {k}?", "question_id": qid})
+            answers = ["red"] * 7 + ["Red."] * 1 + ["blue"] * 2
+            anns.append({"question_id": qid, "image_id": iid, "multiple_choice_answer": "red",
+                         "answer_type": "other", "question_type": "what color is the",
+                         "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1}
+                                     for j, a in enumerate(answers)]})
+        (root / f"v2_OpenEnded_mscoco_{sub}_questions.json").write_text(
+            json.dumps({"task_type": "Open-Ended", "data_type": "mscoco", "questions": qs}))
+        (root / f"v2_mscoco_{sub}_annotations.json").write_text(json.dumps({"annotations": anns}))
+
+
+def test_vqav2_reader(tmp_path):
+    write_vqav2(tmp_path)
+    tr = read_vqav2(tmp_path, "train", SIZE, min_answer_count=1)
+    assert tr["answers"] == ["red"]  # multiple_choice_answer vocabulary
+    assert len(tr["questions"]) == 2 and tr["questions"][1]["image"] == 1
+    assert tr["questions"][0]["answers"].count("red") == 8  # "Red." normalised
+    imgs = tr["images"][np.array([0, 1])]
+    assert imgs.shape == (2, SIZE, SIZE, 3) and imgs.dtype == np.uint8 and imgs[0, 0, 0, 0] > 150
+    val = read_vqav2(tmp_path, "val", SIZE, min_answer_count=1, val_images=1)
+    test = read_vqav2(tmp_path, "test", SIZE, min_answer_count=1, val_images=1)
+    assert [q["question_id"] for q in val["questions"]] == [3002]
+    assert len(test["questions"]) == 2 and len(test["images"]) == 2
+
+
+def test_vqav2_errors_name_file_and_record(tmp_path):
+    write_vqav2(tmp_path)
+    path = tmp_path / "v2_OpenEnded_mscoco_train2014_questions.json"
+    data = json.loads(path.read_text())
+    del data["questions"][1]["question"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(RealFormatError, match=r"train2014_questions\.json: question 1 \(question_id 25001\).*'question'"):
+        read_vqav2(tmp_path, "train", SIZE, min_answer_count=1)
+    with pytest.raises(FileNotFoundError, match="v2_mscoco_train2014_annotations.json"):
+        read_vqav2(tmp_path / "nowhere", "train", SIZE)
+
+
+def write_karpathy(root: Path, dataset: str) -> None:
+    recs = []
+    for i, split in enumerate(["train", "restval", "val", "test", "test"]):
+        fname = f"img_{i}.jpg"
+        folder = ("train2014" if i % 2 else "val2014") if dataset == "coco" else "flickr30k-images"
+        _img(root / folder / fname)
+        rec = {"filename": fname, "split": split, "imgid": i, "sentids": [2 * i, 2 * i + 1],
+               "sentences": [{"raw": f"A photo number {i}.", "tokens": ["a"], "imgid": i, "sentid": 2 * i},
+                             {"raw": f"Another caption {i}.", "tokens": ["a"], "imgid": i, "sentid": 2 * i + 1}]}
+        if dataset == "coco":
+            rec["filepath"] = folder
+        recs.append(rec)
+    name = "dataset_coco.json" if dataset == "coco" else "dataset_flickr30k.json"
+    (root / "karpathy").mkdir(parents=True, exist_ok=True)
+    (root / "karpathy" / name).write_text(json.dumps({"images": recs, "dataset": dataset}))
+
+
+@pytest.mark.parametrize("dataset", ["coco", "flickr"])
+def test_karpathy_reader(tmp_path, dataset):
+    write_karpathy(tmp_path, dataset)
+    tr = read_karpathy(tmp_path, "train", SIZE, dataset)
+    assert len(tr["captions"]) == 2 and tr["captions"][1] == ["A photo number 1.", "Another caption 1."]
+    te = read_karpathy(tmp_path, "test", SIZE, dataset)
+    assert te["filenames"] == ["img_3.jpg", "img_4.jpg"] and te["images"][np.arange(2)].shape == (2, SIZE, SIZE, 3)
+
+
+def test_karpathy_errors(tmp_path):
+    write_karpathy(tmp_path, "coco")
+    path = tmp_path / "karpathy" / "dataset_coco.json"
+    data = json.loads(path.read_text())
+    del data["images"][2]["sentences"][0]["raw"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(RealFormatError, match=r"dataset_coco\.json: image 2 \(img_2\.jpg\) sentence 0: missing key 'raw'"):
+        read_karpathy(tmp_path, "val", SIZE, "coco")
+    (tmp_path / "train2014" / "img_1.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"image 1 \(img_1\.jpg\).*img_1\.jpg"):
+        read_karpathy(tmp_path, "train", SIZE, "coco")
+
+
+def write_nlvr2(root: Path) -> None:
+    rows = {"train": [("train-10171-0-0", "True", "One image shows exactly two dogs."),
+                      ("train-10171-0-1", "False", "Both images show cats.")],
+            "dev": [("dev-850-0-0", "False", "There are three birds.")],
+            "test1": [("test1-77-1-0", "True", "A dog is on the left.")]}
+    for split, recs in rows.items():
+        lines = []
+        for ident, label, sent in recs:
+            pair = "-".join(ident.split("-")[:-1])
+            rec = {"identifier": ident, "label": label, "sentence": sent, "synset": "dog", "query": "dogs"}
+            folder = root / split
+            if split == "train":
+                rec["directory"] = 3
+                folder = root / "images" / "train" / "3"
+            _img(folder / f"{pair}-img0.png", (10, 200, 10))
+            _img(folder / f"{pair}-img1.png", (10, 10, 200))
+            lines.append(json.dumps(rec))
+        (root / "nlvr2" / "data").mkdir(parents=True, exist_ok=True)
+        (root / "nlvr2" / "data" / f"{split}.json").write_text("\n".join(lines) + "\n")
+
+
+def test_nlvr2_reader(tmp_path):
+    write_nlvr2(tmp_path)
+    tr = read_nlvr2(tmp_path, "train", SIZE)
+    assert len(tr["images"]) == 2  # both statements share the image pair
+    assert [(p["left"], p["right"], p["label"]) for p in tr["pairs"]] == [(0, 1, True), (0, 1, False)]
+    imgs = tr["images"][np.array([0, 1])]
+    assert imgs[0, 0, 0, 1] > 150 and imgs[1, 0, 0, 2] > 150  # left green, right blue
+    assert read_nlvr2(tmp_path, "val", SIZE)["pairs"][0]["statement"] == "There are three birds."
+    assert read_nlvr2(tmp_path, "test", SIZE)["pairs"][0]["label"] is True
+
+
+def test_nlvr2_errors(tmp_path):
+    write_nlvr2(tmp_path)
+    path = tmp_path / "nlvr2" / "data" / "dev.json"
+    path.write_text(path.read_text().replace('"False"', '"maybe"'))
+    with pytest.raises(RealFormatError, match=r"dev\.json: line 1 \(identifier dev-850-0-0\): label"):
+        read_nlvr2(tmp_path, "val", SIZE)
+    (tmp_path / "test1" / "test1-77-1-img1.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"test1\.json: line 1 \(identifier test1-77-1-0\).*img1\.png"):
+        read_nlvr2(tmp_path, "test", SIZE)
+
+
+def test_image_folders_reader(tmp_path):
+    for split in ("train", "val"):
+        for k, wnid in enumerate(["n01440764", "n01443537"]):
+            _img(tmp_path / split / wnid / f"{wnid}_{split}_0.JPEG", (100 * k, 0, 0))
+    tr = read_image_folders(tmp_path, "train", SIZE)
+    assert tr["classes"] == ["n01440764", "n01443537"] and tr["labels"].tolist() == [0, 1]
+    te = read_image_folders(tmp_path, "test", SIZE)  # no test folder -> val
+    assert te["labels"].tolist() == [0, 1]
+    _img(tmp_path / "val" / "n99999999" / "x.JPEG")
+    with pytest.raises(RealFormatError, match="n99999999"):
+        read_image_folders(tmp_path, "val", SIZE)
+
+
+def test_ade20k_reader(tmp_path):
+    for sub in ("training", "validation"):
+        _img(tmp_path / "images" / sub / f"ADE_{sub}_00000001.jpg", size=(8, 8))
+        mask = np.zeros((8, 8), np.uint8)
+        mask[:4] = 1
+        mask[4:, :4] = 3
+        (tmp_path / "annotations" / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(tmp_path / "annotations" / sub / f"ADE_{sub}_00000001.png")
+    m = read_ade20k(tmp_path, "train", SIZE)["masks"][np.array([0])]
+    assert m.shape == (1, SIZE, SIZE)
+    assert m[0, 0, 0] == 0 and m[0, -1, 0] == 2 and m[0, -1, -1] == IGNORE_INDEX  # reduce_zero_label
+    (tmp_path / "annotations" / "validation" / "ADE_validation_00000001.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"ADE_validation_00000001\.jpg: annotation"):
+        read_ade20k(tmp_path, "val", SIZE)
+
+
+def test_text_tsv_reader(tmp_path):
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\nit 's a charming journey . \t1\nbad film \t0\n")
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\nfine\t1\noops\tx\n")
+    assert read_text_tsv(tmp_path, "train")[1] == {"text": "bad film ", "label": 0}
+    with pytest.raises(RealFormatError, match=r"dev\.tsv: row 2: label 'x'"):
+        read_text_tsv(tmp_path, "test")
+
+
+def test_real_formats_through_finetune(tmp_path, smoke_world, pico_cfg):
+    """Real VQAv2, Karpathy, NLVR2, class-folder and ADE20k files feed the same adapters as the micro-world."""
+    import dataclasses
+
+    import torch
+
+    from vlmerge_core.config import FinetuneConfig
+    from vlmerge_core.model import MultiwayTransformer
+    from vlmerge_core.tasks import finetune_task
+
+    write_vqav2(tmp_path / "vqa")
+    write_karpathy(tmp_path / "flickr", "flickr")
+    write_nlvr2(tmp_path / "nlvr2")
+    for split in ("train", "val"):
+        for k, wnid in enumerate(["n01", "n02"]):
+            _img(tmp_path / "imagenet" / split / wnid / "a.JPEG", (200 * k, 0, 0))
+    for sub in ("training", "validation"):
+        _img(tmp_path / "ade" / "images" / sub / "a.jpg", size=(8, 8))
+        (tmp_path / "ade" / "annotations" / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), 2, np.uint8)).save(tmp_path / "ade" / "annotations" / sub / "a.png")
+    paths = {t: str(tmp_path / t) for t in ("vqa", "flickr", "nlvr2", "imagenet")}
+    paths["ade20k"] = str(tmp_path / "ade")
+    cfg = FinetuneConfig(epochs=1, batch_size=4, real_paths=paths, vqa_min_answer_count=1)
+    torch.manual_seed(0)
+    model = MultiwayTransformer(dataclasses.replace(pico_cfg, vocab_size=len(smoke_world.tokenizer())))
+    for task in ("vqa", "flickr", "nlvr2", "imagenet", "ade20k"):
+        m = finetune_task(task, model, cfg, smoke_world)
+        assert 0.0 <= m["main"] <= 100.0, task
+    assert finetune_task("vqa", model, cfg, smoke_world)["n_train"] == 2

@@ -1,0 +1,83 @@
+"""Data-parallel helpers: process-group setup under ``torchrun`` and differentiable gathers.
+
+One process per device; ``torch.distributed`` is initialised from the ``env://`` variables that
+``torchrun`` sets (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) when
+``WORLD_SIZE > 1``: gloo on CPU, nccl on GPU. A single process needs no process group at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "all_reduce_sum", "cleanup_distributed", "gather_with_grad", "init_distributed"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in the job."""
+
+    rank: int = 0  # global rank
+    world_size: int = 1  # number of processes
+    local_rank: int = 0  # rank on this machine (selects the GPU)
+    device: str = "cpu"  # torch device of this process
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0 (the process that writes files)."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Set up the process group from the environment (no-op for a single process).
+
+    Args:
+        device: ``"cpu"``/``"cuda"``; default: CUDA when available.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", init_method="env://")
+    if dist.is_initialized():
+        world, rank = dist.get_world_size(), dist.get_rank()
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def cleanup_distributed() -> None:
+    """Destroy the process group if one exists."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` [b, ...] of every rank in rank order -> [W*b, ...], gradients flowing back.
+
+    Uses ``torch.distributed.nn.functional.all_gather``, whose backward sums the gradients of all
+    ranks into each rank's slice (the CLIP/VLMo trick for negatives across devices).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` over ranks (a new tensor; no gradient)."""
+    x = x.detach().clone()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x

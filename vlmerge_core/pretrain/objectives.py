@@ -1,0 +1,201 @@
+"""Pre-training objectives of VLMo and the paper (Sung et al. 2023, §3 / PAPER.md §3).
+
+Loss names (keys of ``PretrainConfig.losses``): ``mlm``, ``itc``, ``itc_vl``, ``itm``, ``mim``,
+``text_mlm``. Work is shared between objectives: the image and caption go through the blocks below
+``vl_start`` once (``v``/``l`` bottoms) and every fused pass (MLM, the three ITM passes) reuses them,
+which is exactly what separate passes compute, at a fraction of the cost.
+
+Data parallelism: every rank holds the same *global* micro-batch and computes the rows
+``[lo, hi)``. Each loss returns its local sum divided by the *global* count, so the sum over ranks
+is the global mean; contrastive logits use the features of all ranks (gathered with gradient).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+
+from vlmerge_core.pretrain.distributed import gather_with_grad
+
+__all__ = ["LOSS_NAMES", "LossModule", "Shard", "compute_losses", "contrastive_loss", "itm_loss", "masked_lm_loss",
+           "mim_loss"]
+
+LOSS_NAMES = ("mlm", "itc", "itc_vl", "itm", "mim", "text_mlm")
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp of the learnable temperature
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """The rows of the global micro-batch this rank computes."""
+
+    lo: int  # first global row
+    hi: int  # one past the last global row
+    size: int  # global micro-batch size G
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (bf16/fp16 activations under autocast are promoted; float64 is kept)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _local(batch: dict[str, torch.Tensor], key: str, shard: Shard) -> torch.Tensor:
+    return batch[key][shard.lo:shard.hi]
+
+
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
+                     shard: Shard) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric InfoNCE (CLIP, Radford et al. 2021; VLMo's ITC) over the global batch.
+
+    Args:
+        img: L2-normalised image features of the local rows [b, D].
+        txt: L2-normalised text features of the local rows [b, D].
+        logit_scale: log of the inverse temperature (init log(1/0.07), clamped at log 100).
+        shard: the local rows.
+
+    Returns:
+        (local share of the loss, detached global image-to-text similarities [G, G]).
+    """
+    all_img, all_txt = gather_with_grad(img), gather_with_grad(txt)  # (G, D)
+    scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+    target = torch.arange(shard.lo, shard.hi, device=img.device)
+    i2t = scale * _f32(img) @ _f32(all_txt).T  # (b, G)
+    t2i = scale * _f32(txt) @ _f32(all_img).T  # (b, G)
+    loss = (F.cross_entropy(i2t, target, reduction="sum") + F.cross_entropy(t2i, target, reduction="sum")) / 2
+    return loss / shard.size, (_f32(all_img) @ _f32(all_txt).T).detach()
+
+
+def _hard_negatives(sim: torch.Tensor, image_index: torch.Tensor, ids: torch.Tensor,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample a hard negative text per image and image per text, softmax-weighted by similarity.
+
+    VLMo (Bao et al. 2022, §2.2) / ALBEF: weights ``softmax(sim)`` with the positives zeroed; here
+    also every pair that is not a true negative (same image, or the very same caption).
+    """
+    G = sim.shape[0]
+    image_index, ids = image_index.to(sim.device), ids.to(sim.device)
+    same = (image_index[:, None] == image_index[None, :]) | (ids[:, None, :] == ids[None, :, :]).all(-1)
+    w_i2t = F.softmax(_f32(sim), dim=1).masked_fill(same, 0.0)  # (G images, G texts)
+    w_t2i = F.softmax(_f32(sim).T, dim=1).masked_fill(same.T, 0.0)  # (G texts, G images)
+    fallback = (~same).float()  # uniform over the true negatives (or over all others if none)
+    fallback = torch.where(fallback.sum(1, keepdim=True) > 0, fallback, 1.0 - torch.eye(G, device=sim.device))
+    w_i2t = torch.where(w_i2t.sum(1, keepdim=True) > 0, w_i2t, fallback)
+    w_t2i = torch.where(w_t2i.sum(1, keepdim=True) > 0, w_t2i, fallback.T)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    neg_txt = torch.multinomial(w_i2t.cpu(), 1, generator=g).squeeze(1)  # (G,) text per image
+    neg_img = torch.multinomial(w_t2i.cpu(), 1, generator=g).squeeze(1)  # (G,) image per text
+    return neg_txt.to(sim.device), neg_img.to(sim.device)
+
+
+def _pick(idx: torch.Tensor, local: torch.Tensor, shard: Shard, compute) -> torch.Tensor:
+    """Rows ``idx`` (global) of a per-row feature: local rows reused, others computed by ``compute``."""
+    is_local = (idx >= shard.lo) & (idx < shard.hi)
+    if bool(is_local.all()):
+        return local[idx - shard.lo]
+    out = local.new_empty((len(idx), *local.shape[1:]))
+    out[is_local] = local[idx[is_local] - shard.lo]
+    out[~is_local] = compute(idx[~is_local]).to(out.dtype)
+    return out
+
+
+def itm_loss(model, batch: dict[str, torch.Tensor], img_h: torch.Tensor, txt_h: torch.Tensor,
+             sim: torch.Tensor, shard: Shard) -> torch.Tensor:
+    """Image-text matching with hard negatives (VLMo §2.2; ALBEF, Li et al. 2021).
+
+    For each local pair: the positive, the caption with a hard-negative image, and the image with a
+    hard-negative caption, each fused and classified by ``heads.itm`` over the pooled feature.
+    """
+    neg_txt, neg_img = _hard_negatives(sim, batch["image_index"], batch["ids"], int(batch["itm_seed"]))
+    neg_txt, neg_img = neg_txt[shard.lo:shard.hi], neg_img[shard.lo:shard.hi]
+    mask = _local(batch, "mask", shard)
+    img_neg = _pick(neg_img, img_h, shard,
+                    lambda i: model.image_bottom(batch["images"][i.cpu()].to(img_h.device, img_h.dtype)))
+    txt_neg = _pick(neg_txt, txt_h, shard, lambda i: model.text_bottom(batch["ids"][i.cpu()].to(txt_h.device),
+                                                                       batch["mask"][i.cpu()].to(txt_h.device)))
+    mask_neg = batch["mask"][neg_txt.cpu()].to(mask.device)
+    fused = model.fused_top(torch.cat([img_h, img_neg, img_h]), torch.cat([txt_h, txt_h, txt_neg]),
+                            torch.cat([mask, mask, mask_neg]))  # 3b pairs
+    logits = model.heads.itm(fused["cls"])  # (3b, 2)
+    b = img_h.shape[0]
+    labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
+    return F.cross_entropy(_f32(logits), labels, reduction="sum") / (3 * shard.size)
+
+
+def masked_lm_loss(model, tokens: torch.Tensor, labels: torch.Tensor, global_count: int) -> torch.Tensor:
+    """Masked language modelling (BERT, Devlin et al. 2019) on the chosen text positions."""
+    sel = labels != -100
+    logits = model.heads.mlm(tokens[sel])  # (n, V)
+    return F.cross_entropy(_f32(logits), labels[sel], reduction="sum") / max(global_count, 1)
+
+
+def mim_loss(model, images: torch.Tensor, patch_mask: torch.Tensor, codes: torch.Tensor,
+             global_count: int) -> torch.Tensor:
+    """Masked image modelling (BEiT, Bao et al. 2022): predict the codebook index of masked patches.
+
+    The image-only input runs the ``v`` path; the micro-world's k-means patch codebook stands in for
+    BEiT's dVAE tokenizer.
+    """
+    tokens = model.forward_image(images, patch_mask)["tokens"][:, 1:]  # (b, N, D)
+    logits = model.heads.mim(tokens[patch_mask])  # (n, K)
+    return F.cross_entropy(_f32(logits), codes[patch_mask], reduction="sum") / max(global_count, 1)
+
+
+def compute_losses(model, batch: dict[str, torch.Tensor], losses: dict[str, float], shard: Shard,
+                   device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Every active loss (weight > 0) on the local rows of a global micro-batch.
+
+    Returns:
+        ``{name: local share}``; the sum over ranks of each value is that loss on the global batch.
+    """
+    active = [k for k in LOSS_NAMES if losses.get(k, 0) > 0]
+    unknown = set(losses) - set(LOSS_NAMES)
+    if unknown:
+        raise KeyError(f"unknown loss name(s) {sorted(unknown)}; expected some of {list(LOSS_NAMES)}")
+    dtype = model.pos_embed.dtype  # float inputs follow the model's dtype (float64 in exactness tests)
+    loc = {k: _local(batch, k, shard).to(device, dtype=dtype if batch[k].is_floating_point() else None)
+           for k in batch if batch[k].ndim > 0}
+    out: dict[str, torch.Tensor] = {}
+    if {"mlm", "itc", "itc_vl", "itm"} & set(active):
+        img_h = model.image_bottom(loc["images"])  # (b, 1+N, D)
+        txt_h = model.text_bottom(loc["ids"], loc["mask"])  # (b, T, D)
+        sim = None
+        for name, top_i, top_t, p_i, p_t, scale in (
+                ("itc", "v", "l", model.heads.itc_image, model.heads.itc_text, model.logit_scale),
+                ("itc_vl", "vl", "vl", model.heads.itc_vl_image, model.heads.itc_vl_text, model.logit_scale_vl)):
+            if name not in active and not (name == "itc" and "itm" in active and sim is None):
+                continue
+            fi = F.normalize(p_i(model.image_top(img_h, top_i)["cls"]), dim=-1)  # (b, D)
+            ft = F.normalize(p_t(model.text_top(txt_h, loc["mask"], top_t)["cls"]), dim=-1)  # (b, D)
+            loss, s = contrastive_loss(fi, ft, scale, shard)
+            if name in active:
+                out[name] = loss
+            sim = s if sim is None else sim
+        if "itm" in active:
+            out["itm"] = itm_loss(model, batch, img_h, txt_h, sim, shard)
+        if "mlm" in active:
+            txt_m = model.text_bottom(loc["mlm_ids"], loc["mask"])
+            tokens = model.fused_top(img_h, txt_m, loc["mask"])["text_tokens"]  # (b, T, D)
+            count = int((batch["mlm_labels"] != -100).sum())
+            out["mlm"] = masked_lm_loss(model, tokens, loc["mlm_labels"], count)
+    if "mim" in active:
+        count = int(batch["patch_mask"].sum())
+        out["mim"] = mim_loss(model, loc["io_images"], loc["patch_mask"], loc["io_codes"], count)
+    if "text_mlm" in active:
+        tokens = model.forward_text(loc["txt_mlm_ids"], loc["txt_mask"])["tokens"]
+        count = int((batch["txt_mlm_labels"] != -100).sum())
+        out["text_mlm"] = masked_lm_loss(model, tokens, loc["txt_mlm_labels"], count)
+    return out
+
+
+class LossModule(torch.nn.Module):
+    """The model plus its objectives as one module (what DDP wraps): ``forward(batch) -> losses``."""
+
+    def __init__(self, model: torch.nn.Module, losses: dict[str, float], shard: Shard,
+                 device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        self.model, self.losses, self.shard, self.device = model, dict(losses), shard, device
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return compute_losses(self.model, batch, self.losses, self.shard, self.device)

@@ -1,0 +1,86 @@
+"""AdamW with weight-decay groups, the warm-up + decay schedule, and optimizer state as tensors.
+
+Weight decay (Loshchilov & Hutter 2019) applies to the matrices only: biases, norms, embeddings,
+layer scales, relative position bias and logit scales are not decayed (as BEiT/VLMo/CLIP).
+The schedule is a pure function of the step. The state is saved as flat safetensors tensors plus JSON (no pickle), for exact resume.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlmerge_core.config import PretrainConfig
+
+__all__ = ["lr_factor", "make_optimizer", "set_lr", "no_decay", "optimizer_state_tensors",
+           "load_optimizer_state"]
+
+_NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token", "token_type_embed", "text_embed.",
+                   "relative_position_bias_table", "logit_scale", "gamma_1", "gamma_2")
+
+
+def no_decay(name: str, p: torch.Tensor) -> bool:
+    """True for parameters that get no weight decay (biases, norms, embeddings, gammas, scales)."""
+    return p.ndim <= 1 or any(k in name for k in _NO_DECAY_NAMES)
+
+
+def make_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
+    """AdamW over two groups: decayed matrices and the rest (group order is fixed: decay first)."""
+    decay, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (rest if no_decay(name, p) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8)
+
+
+def lr_factor(step: int, cfg: PretrainConfig) -> float:
+    """Multiplier of the peak LR at ``step``: linear warm-up, then cosine/linear decay to 0 or constant."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    if cfg.schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(opt: torch.optim.Optimizer, step: int, cfg: PretrainConfig) -> float:
+    """Set every group's LR for ``step`` (a stateless schedule: resuming needs only the step)."""
+    lr = cfg.lr * lr_factor(step, cfg)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    return lr
+
+
+def optimizer_state_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The optimizer state as ``{"opt.{param_index}.{key}": tensor}`` plus JSON-able hyperparameters."""
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            t = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"opt.{idx}.{key}"] = t.detach().cpu().contiguous()
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups}
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Inverse of :func:`optimizer_state_tensors`."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, t in tensors.items():
+        if not name.startswith("opt."):
+            continue
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = t
+    groups = meta["param_groups"]
+    for g in groups:
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})

@@ -1,0 +1,82 @@
+"""The pre-training stage as one call (what ``notebooks/02_pretrain.ipynb`` and DVC run)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from vlmerge_core.config import load_params
+from vlmerge_core.io import write_json
+from vlmerge_core.paths import resolve
+from vlmerge_core.pretrain.loop import ensure_world, run_pretrain, stage_configs
+
+__all__ = ["clear_run", "run_pretrain_stage", "summary_table"]
+
+log = logging.getLogger(__name__)
+
+
+def run_pretrain_stage(stage: str = "seed", *, profile: str = "smoke", params_file: str = "",
+                       variant: str = "", init: str = "", world_dir: str = "", out_dir: str = "scratch/nb02",
+                       metrics_out: str = "", steps: int = 0, resume: bool = True) -> dict:
+    """Resolve the parameters, open (or generate) the world, and run one pre-training stage.
+
+    Args:
+        stage: ``"init"``, ``"seed"`` or ``"ms"``.
+        profile: parameter preset used when ``params_file`` is empty.
+        params_file: params file relative to the repo root (e.g. ``params.yaml``).
+        variant: MS variant (``all``, ``attn``, ``ffn``, ``ln``) for ``stage="ms"``.
+        init: checkpoint to start from (relative to the repo root); empty = random (init/seed only).
+        world_dir: micro-world folder; empty = ``data.root`` of the parameters (generated if missing).
+        out_dir: run folder (checkpoints, metrics.json, run_info.json).
+        metrics_out: when non-empty, the metrics are also written there (e.g. ``metrics/pretrain/seed.json``).
+        steps: when > 0, overrides the stage's number of steps.
+        resume: continue from ``out_dir``'s train state if there is one; False deletes the run files
+            of ``out_dir`` first (train state, checkpoints, metrics) and starts over.
+
+    Returns:
+        The run's metrics.
+    """
+    params = load_params(resolve(params_file)) if params_file else load_params(profile=profile)
+    cfg, model_cfg = stage_configs(params, stage, variant)
+    if steps > 0:
+        keep = [s for s in getattr(cfg, "save_steps", []) if s <= steps]
+        extra = {"save_steps": keep} if hasattr(cfg, "save_steps") else {}
+        cfg = dataclasses.replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps), **extra)
+    world = ensure_world(params.data, world_dir or None)
+    if not resume:
+        clear_run(resolve(out_dir))
+    metrics = run_pretrain(cfg, model_cfg, world, resolve(out_dir), init=resolve(init) if init else None,
+                           stage=stage)
+    if metrics_out:
+        write_json(resolve(metrics_out), metrics)
+        log.info("metrics written to %s", Path(resolve(metrics_out)))
+    return metrics
+
+
+def clear_run(out_dir: Path) -> list[Path]:
+    """Delete the run files of ``out_dir`` (train state, model checkpoints, metrics, run info)."""
+    files = [out_dir / n for n in ("train_state.safetensors", "last.safetensors", "metrics.json", "run_info.json")]
+    files += sorted(out_dir.glob("ckpt_step*.safetensors"))
+    gone = [f for f in files if f.exists()]
+    for f in gone:
+        f.unlink()
+    if gone:
+        log.info("removed %d run files from %s (resume=False)", len(gone), out_dir)
+    return gone
+
+
+def summary_table(metrics: dict):
+    """A small DataFrame: start/end loss per objective and the zero-shot retrieval recalls vs chance."""
+    import pandas as pd
+
+    rows = [{"quantity": f"loss {n}", "start": metrics["loss_start"][n], "end": metrics["loss_end"][n]}
+            for n in metrics.get("loss_start") or {}]
+    for key in ("retrieval", "retrieval_vl"):
+        r = metrics.get(key)
+        if r:
+            for d in ("ir", "tr"):
+                for k in (1, 5, 10):
+                    rows.append({"quantity": f"{key} {d.upper()}@{k}", "end": r[f"{d}_r{k}"],
+                                 "chance": r[f"chance_{d}_r{k}"]})
+    return pd.DataFrame(rows).set_index("quantity")

@@ -1,0 +1,72 @@
+"""Image classification (ImageNet-1k, Deng et al. 2009; the micro-world's image classes).
+
+Model path, as ``compute_img_cls`` of the official code: the image alone through the ``v`` path
+(``forward_image``), the mean of all its output tokens ([CLS] included, as the official
+``image_feats.mean(1)``) -> one linear layer; cross-entropy; metric top-1 accuracy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlmerge_core.config import FinetuneConfig
+from vlmerge_core.tasks.base import BaseTask, batches, images_to_tensor, subsample, subsample_size
+from vlmerge_core.tasks.heads import LinearClassifier
+from vlmerge_core.tasks.metrics import accuracy
+from vlmerge_core.tasks.real import read_image_folders
+
+
+def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> dict[str, Any]:
+    """Raw split: ``{"images", "labels": int64 [N], "classes": list[str]}``."""
+    root = cfg.real_paths.get("imagenet")
+    if root:
+        return read_image_folders(root, split, image_size)
+    return {"images": world.images(split), "labels": np.asarray(world.labels(split), np.int64),
+            "classes": [str(c) for c in range(world.num_image_classes)]}
+
+
+class ClassificationTask(BaseTask):
+    name = "imagenet"
+    select_metric = "top1"
+    main_metric = "top1"
+
+    def __init__(self, model: nn.Module, data: dict[str, Any], cfg: FinetuneConfig, tokenizer: Any) -> None:
+        super().__init__(model, data, cfg, tokenizer)
+        self.classes = list(data["train"]["classes"])
+        self.splits = {}
+        for split, raw in data.items():
+            keep = subsample(len(raw["labels"]), subsample_size(cfg, split), split, cfg.seed)
+            self.splits[split] = {"images": raw["images"], "image": keep.astype(np.int64),
+                                  "labels": torch.as_tensor(np.asarray(raw["labels"])[keep], dtype=torch.long)}
+        self.head = LinearClassifier(self.dim, len(self.classes))
+
+    @property
+    def n_train(self) -> int:
+        return len(self.splits["train"]["labels"])
+
+    def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
+        images = images_to_tensor(s["images"][s["image"][idx.numpy()]])
+        return self.head(model.forward_image(images)["tokens"].mean(1))  # (B, 1+N, D) -> (B, D)
+
+    def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        s = self.splits["train"]
+        return F.cross_entropy(self._logits(model, s, idx), s["labels"][idx])
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        s = self.splits[split]
+        logits = torch.cat([self._logits(model, s, idx) for idx in batches(len(s["labels"]))])
+        return {"top1": accuracy(logits, s["labels"])}
+
+    @torch.no_grad()
+    def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
+        s = self.splits[split]
+        idx = torch.arange(min(n, len(s["labels"])))
+        pred = self._logits(model, s, idx).argmax(1).tolist()
+        return [{"images": [s["images"][int(s["image"][i])]], "text": "class",
+                 "pred": self.classes[p], "truth": self.classes[int(s["labels"][i])]}
+                for i, p in zip(idx.tolist(), pred)]

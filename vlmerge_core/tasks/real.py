@@ -1,0 +1,301 @@
+"""Readers of the real downstream datasets in their own release formats.
+
+Each reader returns the same raw form as the micro-world accessors (see :mod:`vlmerge_core.data`), so
+that one code path per task turns either into tensors: images come as an :class:`ImageFiles` source
+(indexable like a uint8 ``[N, H, W, 3]`` array, files decoded on access and resized to the model's
+image size), texts as strings. Layouts (those of the official vl-merging ``write_*.py`` scripts):
+
+- VQAv2: ``v2_OpenEnded_mscoco_{train2014,val2014}_questions.json`` (``questions``: ``image_id``,
+  ``question``, ``question_id``), ``v2_mscoco_{..}_annotations.json`` (``annotations``: ``question_id``,
+  ``answers`` [{``answer``}] x 10, ``multiple_choice_answer``), images ``{sub}/COCO_{sub}_{id:012d}.jpg``.
+  train = train2014; val2014 is split by image: its last ``val_images`` images are ``val`` (the
+  official ``rest_val``), the others ``test`` (test-dev answers are not public).
+- COCO / Flickr30k: Karpathy ``karpathy/dataset_{coco,flickr30k}.json`` (``images``: ``filename``,
+  ``filepath``, ``split``, ``sentences`` [{``raw``}]); images ``{filepath}/{filename}`` (COCO) or
+  ``flickr30k-images/{filename}``; train = train + restval.
+- NLVR2: JSON lines ``nlvr2/data/{train,dev,test1}.json`` (``identifier``, ``sentence``, ``label``
+  "True"/"False", ``directory`` for train); images ``images/train/{directory}/{pair}-img{0,1}.png`` or
+  ``{dev,test1}/{pair}-img{0,1}.png`` where ``pair`` is the identifier without its sentence index.
+- ImageNet: class folders ``{train,val}/<wnid>/*``; test = ``test/`` if present, else ``val``.
+- ADE20k: ``images/{training,validation}/*.jpg`` with ``annotations/{..}/*.png`` (0 = ignore, class c
+  stored as c + 1: mmsegmentation's ``reduce_zero_label``); val and test = validation.
+- Text classification (GLUE SST-2 style): ``{train,dev}.tsv`` with ``sentence`` and ``label`` columns;
+  test = ``test.tsv`` if it has labels, else dev.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+IGNORE_INDEX = 255
+_IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class RealFormatError(ValueError):
+    """A real dataset file has a malformed record (the message names the file and the record)."""
+
+
+class ImageFiles:
+    """Images on disk, read on access: ``src[idx]`` -> uint8 ``[len(idx), size, size, 3]`` (or masks)."""
+
+    def __init__(self, paths: Sequence[Path], size: int, mask: bool = False) -> None:
+        self.paths, self.size, self.mask = list(paths), size, mask
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _load(self, i: int) -> np.ndarray:
+        path = self.paths[i]
+        try:
+            with Image.open(path) as im:
+                if self.mask:
+                    return np.asarray(im.resize((self.size, self.size), Image.NEAREST), dtype=np.uint8)
+                return np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BICUBIC))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image file not found: {path}") from None
+        except OSError as exc:
+            raise RealFormatError(f"{path}: cannot decode image: {exc}") from None
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        idx = np.asarray(idx)
+        if idx.ndim == 0:
+            return self._load(int(idx))
+        return np.stack([self._load(int(i)) for i in idx]) if len(idx) else np.zeros(
+            (0, self.size, self.size) + (() if self.mask else (3,)), np.uint8)
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"real dataset file not found: {path}")
+    return path
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(_need(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise RealFormatError(f"{path}: not valid JSON: {exc}") from None
+
+
+def _field(rec: Any, key: str, path: Path, where: str) -> Any:
+    if not isinstance(rec, dict) or key not in rec:
+        raise RealFormatError(f"{path}: {where}: missing key {key!r}")
+    return rec[key]
+
+
+def _check_images(paths: Sequence[Path], file: Path, names: Sequence[str]) -> None:
+    for p, name in zip(paths, names):
+        if not p.exists():
+            raise FileNotFoundError(f"{file}: {name}: image file not found: {p}")
+
+
+_ARTICLES = {"a", "an", "the"}
+
+
+def normalize_answer(ans: str) -> str:
+    """A light VQA answer normalisation (lower case, punctuation and articles removed)."""
+    words = re.sub(r"[^\w\s']", " ", ans.lower()).split()
+    return " ".join(w for w in words if w not in _ARTICLES)
+
+
+# ----------------------------------------------------------------------------------------------- VQA
+def read_vqav2(root: str | Path, split: str, size: int, min_answer_count: int = 9,
+               val_images: int = 1000) -> dict[str, Any]:
+    """VQAv2 -> ``{"images", "questions": [{image, question, answers, question_id}], "answers": vocab}``."""
+    root = Path(root)
+    subs = {"train": "train2014", "val": "val2014", "test": "val2014"}
+    if split not in subs:
+        raise KeyError(f"VQAv2 split {split!r}: expected train, val or test")
+    # answer vocabulary: multiple_choice_answer seen >= min_answer_count times in train + val (official)
+    counter: Counter = Counter()
+    ann_by_sub: dict[str, dict[int, dict]] = {}
+    for sub in ("train2014", "val2014"):
+        path = root / f"v2_mscoco_{sub}_annotations.json"
+        if sub != subs[split] and not path.exists():
+            continue
+        anns = _field(_load_json(path), "annotations", path, "top level")
+        by_q = {}
+        for i, a in enumerate(anns):
+            where = f"annotation {i}"
+            qid = _field(a, "question_id", path, where)
+            where = f"annotation {i} (question_id {qid})"
+            counter[normalize_answer(str(_field(a, "multiple_choice_answer", path, where)))] += 1
+            answers = _field(a, "answers", path, where)
+            if not isinstance(answers, list):
+                raise RealFormatError(f"{path}: {where}: 'answers' must be a list")
+            by_q[qid] = {"answers": [normalize_answer(str(_field(x, "answer", path, f"{where} answer {j}")))
+                                     for j, x in enumerate(answers)]}
+        ann_by_sub[sub] = by_q
+    vocab = sorted(a for a, c in counter.items() if c >= min_answer_count)
+    sub = subs[split]
+    qpath = root / f"v2_OpenEnded_mscoco_{sub}_questions.json"
+    questions = _field(_load_json(qpath), "questions", qpath, "top level")
+    image_ids: dict[int, None] = {}  # ordered set
+    records = []
+    for i, q in enumerate(questions):
+        where = f"question {i}"
+        qid = _field(q, "question_id", qpath, where)
+        where = f"question {i} (question_id {qid})"
+        iid = _field(q, "image_id", qpath, where)
+        text = _field(q, "question", qpath, where)
+        if qid not in ann_by_sub[sub]:
+            raise RealFormatError(f"{qpath}: {where}: no annotation with this question_id")
+        records.append((iid, str(text), ann_by_sub[sub][qid]["answers"], qid))
+        image_ids.setdefault(iid)
+    ids = list(image_ids)
+    if split != "train":
+        keep = set(ids[-val_images:]) if split == "val" else set(ids[:-val_images])
+        ids = [i for i in ids if i in keep]
+        records = [r for r in records if r[0] in keep]
+    pos = {iid: k for k, iid in enumerate(ids)}
+    paths = [root / sub / f"COCO_{sub}_{iid:012d}.jpg" for iid in ids]
+    _check_images(paths, qpath, [f"image_id {i}" for i in ids])
+    return {"images": ImageFiles(paths, size), "answers": vocab,
+            "questions": [{"image": pos[iid], "question": t, "answers": a, "question_id": qid}
+                          for iid, t, a, qid in records]}
+
+
+# ----------------------------------------------------------------------------------------- retrieval
+def read_karpathy(root: str | Path, split: str, size: int, dataset: str = "coco") -> dict[str, Any]:
+    """Karpathy split JSON -> ``{"images", "captions": list[list[str]], "filenames"}``."""
+    root = Path(root)
+    name = {"coco": "dataset_coco.json", "flickr": "dataset_flickr30k.json"}[dataset]
+    path = root / "karpathy" / name
+    wanted = {"train": {"train", "restval"}, "val": {"val"}, "test": {"test"}}[split]
+    images = _field(_load_json(path), "images", path, "top level")
+    paths, captions, names = [], [], []
+    for i, rec in enumerate(images):
+        fname = _field(rec, "filename", path, f"image {i}")
+        where = f"image {i} ({fname})"
+        if _field(rec, "split", path, where) not in wanted:
+            continue
+        sents = _field(rec, "sentences", path, where)
+        if not isinstance(sents, list) or not sents:
+            raise RealFormatError(f"{path}: {where}: 'sentences' must be a non-empty list")
+        captions.append([str(_field(s, "raw", path, f"{where} sentence {j}")) for j, s in enumerate(sents)])
+        folder = rec.get("filepath") or ("flickr30k-images" if dataset == "flickr" else "")
+        paths.append(root / folder / fname)
+        names.append(where)
+    _check_images(paths, path, names)
+    return {"images": ImageFiles(paths, size), "captions": captions, "filenames": [p.name for p in paths]}
+
+
+# --------------------------------------------------------------------------------------------- NLVR2
+def read_nlvr2(root: str | Path, split: str, size: int) -> dict[str, Any]:
+    """NLVR2 JSON lines -> ``{"images", "pairs": [{left, right, statement, label}]}``."""
+    root = Path(root)
+    name = {"train": "train", "val": "dev", "test": "test1"}[split]
+    path = _need(root / "nlvr2" / "data" / f"{name}.json")
+    paths: list[Path] = []
+    index: dict[Path, int] = {}
+    pairs = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RealFormatError(f"{path}: line {i + 1}: not valid JSON: {exc}") from None
+        ident = _field(rec, "identifier", path, f"line {i + 1}")
+        where = f"line {i + 1} (identifier {ident})"
+        label = _field(rec, "label", path, where)
+        if label not in ("True", "False"):
+            raise RealFormatError(f"{path}: {where}: label must be 'True' or 'False', got {label!r}")
+        pair = "-".join(str(ident).split("-")[:-1])
+        folder = root / "images" / "train" / str(_field(rec, "directory", path, where)) \
+            if split == "train" else root / name
+        sides = []
+        for side in (0, 1):
+            p = folder / f"{pair}-img{side}.png"
+            if p not in index:
+                if not p.exists():
+                    raise FileNotFoundError(f"{path}: {where}: image file not found: {p}")
+                index[p] = len(paths)
+                paths.append(p)
+            sides.append(index[p])
+        pairs.append({"left": sides[0], "right": sides[1], "label": label == "True",
+                      "statement": str(_field(rec, "sentence", path, where))})
+    return {"images": ImageFiles(paths, size), "pairs": pairs}
+
+
+# ------------------------------------------------------------------------------------------ ImageNet
+def read_image_folders(root: str | Path, split: str, size: int) -> dict[str, Any]:
+    """ImageNet class-folder tree -> ``{"images", "labels": int64 [N], "classes": wnids}``."""
+    root = Path(root)
+    classes = sorted(d.name for d in _need(root / "train").iterdir() if d.is_dir())
+    sub = {"train": "train", "val": "val", "test": "test" if (root / "test").is_dir() else "val"}[split]
+    folder = _need(root / sub)
+    paths, labels = [], []
+    for d in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if d.name not in classes:
+            raise RealFormatError(f"{d}: class folder {d.name!r} is not a class of {root / 'train'}")
+        for f in sorted(d.iterdir()):
+            if f.suffix.lower() in _IMAGE_EXT:
+                paths.append(f)
+                labels.append(classes.index(d.name))
+    if not paths:
+        raise RealFormatError(f"{folder}: no images in class folders")
+    return {"images": ImageFiles(paths, size), "labels": np.asarray(labels, np.int64), "classes": classes}
+
+
+# -------------------------------------------------------------------------------------------- ADE20k
+def read_ade20k(root: str | Path, split: str, size: int) -> dict[str, Any]:
+    """ADE20k -> ``{"images", "masks"}``; masks hold class - 1, and 255 (ignore) where the file has 0."""
+    root = Path(root)
+    sub = {"train": "training", "val": "validation", "test": "validation"}[split]
+    img_dir, ann_dir = _need(root / "images" / sub), _need(root / "annotations" / sub)
+    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in _IMAGE_EXT)
+    masks = []
+    for p in images:
+        m = ann_dir / f"{p.stem}.png"
+        if not m.exists():
+            raise FileNotFoundError(f"{img_dir}: image {p.name}: annotation file not found: {m}")
+        masks.append(m)
+    if not images:
+        raise RealFormatError(f"{img_dir}: no images")
+    return {"images": ImageFiles(images, size), "masks": _ReducedMasks(ImageFiles(masks, size, mask=True))}
+
+
+class _ReducedMasks:
+    """``reduce_zero_label``: stored 0 -> ignore (255), stored c -> c - 1."""
+
+    def __init__(self, src: ImageFiles) -> None:
+        self.src = src
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        m = self.src[idx].astype(np.int64)
+        return np.where(m == 0, IGNORE_INDEX, m - 1).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- text
+def read_text_tsv(root: str | Path, split: str) -> list[dict[str, Any]]:
+    """GLUE-style TSV (``sentence``, ``label`` columns) -> ``[{text, label}]``."""
+    root = Path(root)
+    name = {"train": "train", "val": "dev", "test": "dev"}[split]
+    if split == "test" and (root / "test.tsv").exists():
+        with open(root / "test.tsv", newline="") as fh:
+            if "label" in (csv.DictReader(fh, delimiter="\t").fieldnames or []):
+                name = "test"
+    path = _need(root / f"{name}.tsv")
+    out = []
+    with open(path, newline="") as fh:
+        for i, row in enumerate(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)):
+            where = f"row {i + 1}"
+            text, label = _field(row, "sentence", path, where), _field(row, "label", path, where)
+            try:
+                out.append({"text": text, "label": int(label)})
+            except (TypeError, ValueError):
+                raise RealFormatError(f"{path}: {where}: label {label!r} is not an integer") from None
+    return out

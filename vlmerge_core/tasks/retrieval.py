@@ -1,0 +1,110 @@
+"""Image-text retrieval (COCO and Flickr30k Karpathy splits; the micro-world's two caption styles).
+
+Model path: dual encoder, as ``compute_irtr`` / ``compute_irtr_recall`` of the official code: the image
+alone through the ``v`` path (``forward_image``), the caption alone through the ``l`` path
+(``forward_text``), their [CLS] features through the backbone's bias-free ITC projections
+(``heads.itc_image`` / ``heads.itc_text``) and L2-normalised. Loss: symmetric InfoNCE (CLIP, Radford
+et al. 2021) at the backbone's learnable temperature ``exp(logit_scale)``; each epoch pairs every
+training image with one of its captions drawn from the seeded generator. Metric: recall@1/5/10 of
+image retrieval (text query, ``ir_r*``) and text retrieval (image query, ``tr_r*``) over the whole
+split, ties pessimistic (:func:`~vlmerge_core.tasks.metrics.retrieval_recalls`); the best epoch is
+chosen on IR@1 + TR@1 (``r1_sum``), the headline is the mean of the six recalls (``r_mean``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlmerge_core.config import FinetuneConfig
+from vlmerge_core.tasks.base import (
+    BaseTask,
+    batches,
+    images_to_tensor,
+    subsample,
+    subsample_size,
+    text_batch,
+    tokenize,
+)
+from vlmerge_core.tasks.heads import ProjectionPair
+from vlmerge_core.tasks.metrics import retrieval_recalls
+from vlmerge_core.tasks.real import read_karpathy
+
+
+def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str, task: str) -> dict[str, Any]:
+    """Raw split: ``{"images", "captions": list[list[str]]}`` (``task`` is ``"coco"`` or ``"flickr"``)."""
+    root = cfg.real_paths.get(task)
+    if root:
+        return read_karpathy(root, split, image_size, dataset=task)
+    return {"images": world.images(split), "captions": world.captions(split, style=task)}
+
+
+class RetrievalTask(BaseTask):
+    select_metric = "r1_sum"
+    main_metric = "r_mean"
+
+    def __init__(self, model: nn.Module, data: dict[str, Any], cfg: FinetuneConfig, tokenizer: Any,
+                 name: str = "coco") -> None:
+        super().__init__(model, data, cfg, tokenizer)
+        self.name = name
+        heads = getattr(model, "heads", None)
+        # the backbone's pre-trained ITC projections are fine-tuned as backbone parameters; a
+        # backbone without them gets fresh ones as the task head
+        self.head = nn.Module() if hasattr(heads, "itc_image") else ProjectionPair(self.dim)
+        self.splits: dict[str, dict[str, Any]] = {}
+        for split, raw in data.items():
+            keep = subsample(len(raw["captions"]), subsample_size(cfg, split), split, cfg.seed)
+            caps = [raw["captions"][i] for i in keep]
+            flat = [c for cs in caps for c in cs]
+            ids, mask = tokenize(tokenizer, flat, self.max_len)
+            counts = torch.tensor([len(cs) for cs in caps])
+            self.splits[split] = {
+                "images": raw["images"], "image": np.asarray(keep, np.int64), "ids": ids, "mask": mask,
+                "text_image": torch.repeat_interleave(torch.arange(len(caps)), counts),
+                "offset": torch.cumsum(counts, 0) - counts, "count": counts, "captions": flat,
+            }
+
+    @property
+    def n_train(self) -> int:
+        return len(self.splits["train"]["image"])
+
+    def _proj(self, model: nn.Module) -> nn.Module:
+        return model.heads if hasattr(getattr(model, "heads", None), "itc_image") else self.head
+
+    def embed_images(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
+        images = images_to_tensor(s["images"][s["image"][idx.numpy()]])
+        return F.normalize(self._proj(model).itc_image(model.forward_image(images)["cls"]), dim=-1)
+
+    def embed_texts(self, model: nn.Module, s: dict[str, Any], tidx: torch.Tensor) -> torch.Tensor:
+        out = model.forward_text(*text_batch(s["ids"], s["mask"], tidx))
+        return F.normalize(self._proj(model).itc_text(out["cls"]), dim=-1)
+
+    def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        s = self.splits["train"]
+        pick = (torch.rand(len(idx), generator=generator) * s["count"][idx]).long()  # one caption each
+        img = self.embed_images(model, s, idx)
+        txt = self.embed_texts(model, s, s["offset"][idx] + pick)
+        logits = model.logit_scale.exp() * img @ txt.t()  # (B, B)
+        target = torch.arange(len(idx))
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+    def _sim(self, model: nn.Module, split: str) -> torch.Tensor:
+        s = self.splits[split]
+        img = torch.cat([self.embed_images(model, s, i) for i in batches(len(s["image"]))])
+        txt = torch.cat([self.embed_texts(model, s, t) for t in batches(len(s["captions"]))])
+        return img @ txt.t()
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        return retrieval_recalls(self._sim(model, split), self.splits[split]["text_image"])
+
+    @torch.no_grad()
+    def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
+        s = self.splits[split]
+        top = self._sim(model, split).argmax(1).tolist()
+        return [{"images": [s["images"][int(s["image"][i])]], "text": "image -> text (top 1)",
+                 "pred": s["captions"][top[i]], "truth": s["captions"][int(s["offset"][i])]}
+                for i in range(min(n, len(s["image"])))]

@@ -1,0 +1,86 @@
+"""Semantic segmentation (ADE20k, Zhou et al. 2017; the micro-world's shape masks).
+
+Model path: the image alone through the ``v`` path (``forward_image``), its patch tokens on their
+grid -> :class:`SegDecoder` (two transposed-conv stages, 1x1 conv, bilinear upsampling to
+pixels). The official code has no segmentation recipe (BEiT uses UperNet): this light decoder is ours.
+Loss: per-pixel cross-entropy, ignoring label 255 (ADE20k's "other", ``reduce_zero_label``).
+Metric: mIoU over the classes present in the ground truth or the predictions of the split, and pixel
+accuracy. The micro-world's background (0) is a class of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlmerge_core.config import FinetuneConfig
+from vlmerge_core.tasks.base import BaseTask, batches, images_to_tensor, subsample, subsample_size
+from vlmerge_core.tasks.heads import SegDecoder
+from vlmerge_core.tasks.metrics import confusion_matrix, segmentation_scores
+from vlmerge_core.tasks.real import IGNORE_INDEX, read_ade20k
+
+ADE20K_CLASSES = 150
+
+
+def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> dict[str, Any]:
+    """Raw split: ``{"images", "masks": uint8 [N, S, S] (255 = ignore), "num_classes"}``."""
+    root = cfg.real_paths.get("ade20k")
+    if root:
+        return {**read_ade20k(root, split, image_size), "num_classes": ADE20K_CLASSES}
+    return {"images": world.images(split), "masks": world.masks(split), "num_classes": world.num_seg_classes}
+
+
+class SegmentationTask(BaseTask):
+    name = "ade20k"
+    select_metric = "miou"
+    main_metric = "miou"
+
+    def __init__(self, model: nn.Module, data: dict[str, Any], cfg: FinetuneConfig, tokenizer: Any) -> None:
+        super().__init__(model, data, cfg, tokenizer)
+        self.num_classes = int(data["train"]["num_classes"])
+        self.splits = {}
+        for split, raw in data.items():
+            keep = subsample(len(raw["images"]), subsample_size(cfg, split), split, cfg.seed)
+            self.splits[split] = {"images": raw["images"], "masks": raw["masks"], "image": keep.astype(np.int64)}
+        grid = model.cfg.image_size // model.cfg.patch_size
+        self.head = SegDecoder(self.dim, self.num_classes, grid, model.cfg.image_size)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.splits["train"]["image"])
+
+    def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
+        images = images_to_tensor(s["images"][s["image"][idx.numpy()]])
+        return self.head(model.forward_image(images)["tokens"][:, 1:])  # patch tokens -> (B, C, S, S)
+
+    def _masks(self, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(s["masks"][s["image"][idx.numpy()]]), dtype=torch.long)
+
+    def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        s = self.splits["train"]
+        return F.cross_entropy(self._logits(model, s, idx), self._masks(s, idx), ignore_index=IGNORE_INDEX)
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        s = self.splits[split]
+        conf = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
+        for idx in batches(len(s["image"])):
+            pred = self._logits(model, s, idx).argmax(1)
+            conf += confusion_matrix(pred, self._masks(s, idx), self.num_classes, IGNORE_INDEX)
+        return segmentation_scores(conf)
+
+    @torch.no_grad()
+    def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
+        s = self.splits[split]
+        idx = torch.arange(min(n, len(s["image"])))
+        pred, true = self._logits(model, s, idx).argmax(1), self._masks(s, idx)
+        out = []
+        for k, i in enumerate(idx.tolist()):
+            acc = 100.0 * (pred[k] == true[k]).float().mean().item()
+            out.append({"images": [s["images"][int(s["image"][i])]], "text": "segmentation",
+                        "pred": f"pixel acc {acc:.0f}%", "truth": "", "mask_pred": pred[k].numpy(),
+                        "mask_true": true[k].numpy()})
+        return out

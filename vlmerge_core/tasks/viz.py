@@ -1,0 +1,79 @@
+"""Figures of fine-tuning runs: learning curves and a few test predictions per task (pure functions).
+
+Figures use the Agg backend; every function returns a ``matplotlib.figure.Figure`` and does no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+def fig_learning_curves(results: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """One panel per task: training loss per step (left axis) and the val selection metric per epoch.
+
+    Args:
+        results: task -> metrics of :func:`~vlmerge_core.tasks.finetune_task` (with ``curve``).
+    """
+    tasks = list(results)
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(3.0 * max(1, len(tasks)), 2.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        m = results[task]
+        c = m["curve"]
+        ax.plot(c["step"], c["loss"], lw=0.8, color="tab:blue")
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("train loss", fontsize=8, color="tab:blue")
+        ax.tick_params(labelsize=7)
+        if c["val_step"]:
+            ax2 = ax.twinx()
+            ax2.plot(c["val_step"], c["val_select"], "o-", ms=3, color="tab:orange")
+            ax2.set_ylabel(f"val {m['select_metric']}", fontsize=8, color="tab:orange")
+            ax2.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _show(ax: Any, img: np.ndarray, cmap: str | None = None, vmax: int | None = None) -> None:
+    ax.imshow(img, cmap=cmap, vmin=0 if vmax else None, vmax=vmax, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def fig_predictions(examples: Sequence[Mapping[str, Any]], title: str = "") -> Figure:
+    """A row of test examples: image(s) (and predicted / true masks), the input text, prediction and truth.
+
+    Args:
+        examples: from :func:`~vlmerge_core.tasks.predictions` (``images``, ``text``, ``pred``,
+            ``truth``, optional ``mask_pred`` / ``mask_true``).
+    """
+    n = max(1, len(examples))
+    per = max([len(e["images"]) + (2 if "mask_pred" in e else 0) for e in examples] + [1])
+    fig, axes = plt.subplots(1, n * per, figsize=(1.9 * n * per, 2.4), squeeze=False)
+    for ax in axes[0]:
+        ax.axis("off")
+    vmax = max([int(max(e["mask_pred"].max(), e["mask_true"].max())) for e in examples if "mask_pred" in e] + [1])
+    for k, e in enumerate(examples):
+        cells = list(axes[0][k * per:(k + 1) * per])
+        for ax, img in zip(cells, e["images"]):
+            ax.axis("on")
+            _show(ax, np.asarray(img))
+        if "mask_pred" in e:
+            for ax, key in zip(cells[len(e["images"]):], ("mask_true", "mask_pred")):
+                ax.axis("on")
+                _show(ax, np.asarray(e[key]), cmap="tab10", vmax=vmax)
+                ax.set_title(key.replace("mask_", ""), fontsize=7)
+        ok = "" if not e["truth"] else (" ok" if e["pred"] == e["truth"] else " x")
+        text = f"{e['text'][:40]}\npred: {str(e['pred'])[:40]}{ok}\ntrue: {str(e['truth'])[:40]}"
+        cells[0].text(0.0, -0.08, text, transform=cells[0].transAxes, fontsize=6, va="top", ha="left")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,104 @@
+"""Visual question answering (VQAv2, Goyal et al. 2017; the micro-world's questions).
+
+Model path: fusion (``forward_fused``: image by ``v`` and question by ``l`` below ``vl_start``, the
+concatenation through ``vl`` above), pooled feature -> :class:`MLPClassifier` (D -> 2D -> LN -> GELU ->
+#answers), as ``compute_vqa`` of the official code. Loss: binary cross-entropy on soft scores times
+the number of answers (official, after ban-vqa); training targets use the official soft-score table,
+the reported ``vqa_score`` uses the VQA accuracy ``min(#humans / 3, 1)`` of the arg-max answer. The
+micro-world has one ground-truth answer per question: target 1 and exact match there.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlmerge_core.config import FinetuneConfig
+from vlmerge_core.tasks.base import (
+    BaseTask,
+    batches,
+    images_to_tensor,
+    subsample,
+    subsample_size,
+    text_batch,
+    tokenize,
+)
+from vlmerge_core.tasks.heads import MLPClassifier
+from vlmerge_core.tasks.metrics import dense_targets, vqa_score, vqa_targets
+from vlmerge_core.tasks.real import read_vqav2
+
+
+def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> dict[str, Any]:
+    """Raw split: ``{"images", "questions": [{image, question, answers}], "answers": vocab}``."""
+    root = cfg.real_paths.get("vqa")
+    if root:
+        return read_vqav2(root, split, image_size, min_answer_count=cfg.vqa_min_answer_count)
+    qs = [{"image": q["image"], "question": q["question"], "answers": [q["answer"]]} for q in world.vqa(split)]
+    return {"images": world.images(split), "questions": qs, "answers": list(world.answers), "exact": True}
+
+
+class VQATask(BaseTask):
+    name = "vqa"
+    select_metric = "vqa_score"
+    main_metric = "vqa_score"
+
+    def __init__(self, model: nn.Module, data: dict[str, Any], cfg: FinetuneConfig, tokenizer: Any) -> None:
+        super().__init__(model, data, cfg, tokenizer)
+        self.vocab = list(data["train"]["answers"])
+        if not self.vocab:
+            raise ValueError("vqa: empty answer vocabulary")
+        a2l = {a: i for i, a in enumerate(self.vocab)}
+        self.splits: dict[str, dict[str, Any]] = {}
+        for split, raw in data.items():
+            qs = raw["questions"]
+            keep = subsample(len(qs), subsample_size(cfg, split), split, cfg.seed)
+            qs = [qs[i] for i in keep]
+            ids, mask = tokenize(tokenizer, [q["question"] for q in qs], self.max_len)
+            scheme = "exact" if raw.get("exact") else "official" if split == "train" else "accuracy"
+            targets = [vqa_targets(q["answers"], a2l, scheme) for q in qs]
+            self.splits[split] = {
+                "images": raw["images"], "image": np.asarray([q["image"] for q in qs], np.int64),
+                "ids": ids, "mask": mask, "labels": [t[0] for t in targets], "scores": [t[1] for t in targets],
+                "questions": [q["question"] for q in qs], "answers": [q["answers"] for q in qs],
+            }
+        self.head = MLPClassifier(self.dim, 2 * self.dim, len(self.vocab))
+
+    @property
+    def n_train(self) -> int:
+        return len(self.splits["train"]["image"])
+
+    def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
+        images = images_to_tensor(s["images"][s["image"][idx.numpy()]])
+        out = model.forward_fused(images, *text_batch(s["ids"], s["mask"], idx))
+        return self.head(out["cls"])
+
+    def _targets(self, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
+        i = idx.tolist()
+        return dense_targets([s["labels"][k] for k in i], [s["scores"][k] for k in i], len(self.vocab))
+
+    def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        s = self.splits["train"]
+        logits = self._logits(model, s, idx)
+        targets = self._targets(s, idx)
+        return F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        s = self.splits[split]
+        total, n = 0.0, len(s["image"])
+        for idx in batches(n):
+            total += vqa_score(self._logits(model, s, idx), self._targets(s, idx)).sum().item()
+        return {"vqa_score": 100.0 * total / max(n, 1)}
+
+    @torch.no_grad()
+    def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
+        s = self.splits[split]
+        idx = torch.arange(min(n, len(s["image"])))
+        pred = self._logits(model, s, idx).argmax(1).tolist()
+        return [{"images": [s["images"][int(s["image"][i])]], "text": s["questions"][i],
+                 "pred": self.vocab[p], "truth": Counter(s["answers"][i]).most_common(1)[0][0]}
+                for i, p in zip(idx.tolist(), pred)]
