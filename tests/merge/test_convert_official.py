@@ -130,9 +130,7 @@ def test_convert_official_gram_file(tmp_path):
     for i, n in enumerate(names):
         grams[n] += torch.eye(4, dtype=torch.float64) * (i + 1)
     torch.save(grams, tmp_path / "g.pth")
-    with pytest.raises(ConvertError, match="--trust-pickle"):
-        convert_file(tmp_path / "g.pth", tmp_path / "g.safetensors")
-    rep = convert_file(tmp_path / "g.pth", tmp_path / "g.safetensors", trust_pickle=True)
+    rep = convert_file(tmp_path / "g.pth", tmp_path / "g.safetensors")  # no --trust-pickle needed
     assert rep["kind"] == "gram"
     out, _ = load_safetensors(tmp_path / "g.safetensors")
     expect = {"blocks.0.attn.v.qkv": 1, "blocks.0.attn.l.proj": 2, "blocks.1.mlp.vl.fc1": 3, "blocks.1.mlp.fc2": 4,
@@ -143,3 +141,16 @@ def test_convert_official_gram_file(tmp_path):
     torch.save({"transformer.blocks.0.norm1.v": torch.eye(4)}, tmp_path / "n.pth")
     with pytest.raises(ConvertError, match="cannot place Gram entries"):
         convert_file(tmp_path / "n.pth", tmp_path / "n.safetensors")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_untrusted_pickle_is_refused(tmp_path, capsys):
+    torch.save({"transformer.blocks.0.attn.v": _Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(ConvertError, match="--trust-pickle"):
+        convert_file(tmp_path / "evil.pth", tmp_path / "o.safetensors")
+    assert "must never run" not in capsys.readouterr().out
+    assert not (tmp_path / "o.safetensors").exists()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -71,19 +72,54 @@ class ConvertError(ValueError):
     """An official checkpoint holds tensors that cannot be placed (the message names them)."""
 
 
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles only tensors, storages, dtypes and plain containers, ``collections.defaultdict``
+    included (the official ``cache_gram_matrices.py`` saves a ``defaultdict(float)``, which
+    ``torch.load(weights_only=True)`` refuses). Any other global is an error."""
+
+    _ALLOWED = {("collections", "defaultdict"), ("collections", "OrderedDict"), ("builtins", "float"),
+                ("builtins", "int"), ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"),
+                ("builtins", "set"), ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+                ("torch", "Size"), ("torch", "device"), ("torch.storage", "UntypedStorage")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        module = "builtins" if module == "__builtin__" else module  # protocol-2 name
+        storage = module == "torch" and (name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype))
+        if (module, name) in self._ALLOWED or storage:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+
+
+class _RestrictedPickle:
+    """A ``pickle_module`` for ``torch.load`` that unpickles with :class:`_RestrictedUnpickler`."""
+
+    Unpickler = _RestrictedUnpickler
+    __name__ = "vlmerge_restricted_pickle"
+
+    @staticmethod
+    def load(fh: Any, **kwargs: Any) -> Any:
+        return _RestrictedUnpickler(fh, **kwargs).load()
+
+
 def load_torch(path: str | Path, trust_pickle: bool = False) -> Any:
-    """``torch.load`` with ``weights_only=True`` unless ``trust_pickle`` (errors name the file)."""
+    """``torch.load(weights_only=True)``; for a Gram file's ``defaultdict``, a restricted unpickler
+    (tensors and plain containers only); full unpickling only with ``trust_pickle``. Errors name the file."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
+    if trust_pickle:
+        return torch.load(path, map_location="cpu", weights_only=False)
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        if not trust_pickle and "weights_only" in str(exc).lower().replace(" ", "_"):
-            raise ConvertError(f"{path}: cannot be read with torch.load(weights_only=True) (it pickles other "
-                               "objects: Lightning hyper-parameters, a defaultdict...); pass --trust-pickle "
-                               "only if you trust its source") from None
-        raise ValueError(f"{path}: not a readable torch file ({exc})") from None
+        if "weights_only" not in str(exc).lower().replace(" ", "_"):
+            raise ValueError(f"{path}: not a readable torch file ({exc})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
+    except pickle.UnpicklingError as exc:
+        raise ConvertError(f"{path}: cannot be read with torch.load(weights_only=True) ({exc}); it pickles "
+                           "other objects (Lightning hyper-parameters...): pass --trust-pickle only if you "
+                           "trust its source") from None
 
 
 def detect(obj: Any) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
@@ -110,3 +111,35 @@ class BaseTask:
         """A few test predictions: ``[{"images": [uint8 HxWx3, ...], "text": str, "pred": str,
         "truth": str, optional "mask_pred"/"mask_true"}]``."""
         raise NotImplementedError
+
+
+class ClassifierTask(BaseTask):
+    """A task scored by cross-entropy over ``_logits(model, split_data, idx)`` and accuracy against
+    ``split_data["labels"]``; subclasses implement ``_logits`` and ``examples``."""
+
+    accuracy_name = "accuracy"
+
+    @property
+    def n_train(self) -> int:
+        return len(self.splits["train"]["labels"])
+
+    def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        s = self.splits["train"]
+        return F.cross_entropy(self._logits(model, s, idx), s["labels"][idx])
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        from vlmerge_core.tasks.metrics import accuracy
+
+        s = self.splits[split]
+        logits = torch.cat([self._logits(model, s, idx) for idx in batches(len(s["labels"]))])
+        return {self.accuracy_name: accuracy(logits, s["labels"])}
+
+    @torch.no_grad()
+    def _first_predictions(self, model: nn.Module, split: str, n: int) -> tuple[dict[str, Any], list[int], list[int]]:
+        """The split data, the first ``n`` indices and their predicted classes (for ``examples``)."""
+        s = self.splits[split]
+        idx = torch.arange(min(n, len(s["labels"])))
+        return s, idx.tolist(), self._logits(model, s, idx).argmax(1).tolist()

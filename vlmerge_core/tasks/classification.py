@@ -11,13 +11,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
-from vlmerge_core.tasks.base import BaseTask, batches, images_to_tensor, subsample, subsample_size
+from vlmerge_core.tasks.base import ClassifierTask, images_to_tensor, subsample, subsample_size
 from vlmerge_core.tasks.heads import LinearClassifier
-from vlmerge_core.tasks.metrics import accuracy
 from vlmerge_core.tasks.real import read_image_folders
 
 
@@ -30,10 +28,11 @@ def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> 
             "classes": [str(c) for c in range(world.num_image_classes)]}
 
 
-class ClassificationTask(BaseTask):
+class ClassificationTask(ClassifierTask):
     name = "imagenet"
     select_metric = "top1"
     main_metric = "top1"
+    accuracy_name = "top1"
 
     def __init__(self, model: nn.Module, data: dict[str, Any], cfg: FinetuneConfig, tokenizer: Any) -> None:
         super().__init__(model, data, cfg, tokenizer)
@@ -45,28 +44,13 @@ class ClassificationTask(BaseTask):
                                   "labels": torch.as_tensor(np.asarray(raw["labels"])[keep], dtype=torch.long)}
         self.head = LinearClassifier(self.dim, len(self.classes))
 
-    @property
-    def n_train(self) -> int:
-        return len(self.splits["train"]["labels"])
 
     def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
         images = images_to_tensor(s["images"][s["image"][idx.numpy()]])
         return self.head(model.forward_image(images)["tokens"].mean(1))  # (B, 1+N, D) -> (B, D)
 
-    def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        s = self.splits["train"]
-        return F.cross_entropy(self._logits(model, s, idx), s["labels"][idx])
-
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        s = self.splits[split]
-        logits = torch.cat([self._logits(model, s, idx) for idx in batches(len(s["labels"]))])
-        return {"top1": accuracy(logits, s["labels"])}
-
-    @torch.no_grad()
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
-        s = self.splits[split]
-        idx = torch.arange(min(n, len(s["labels"])))
-        pred = self._logits(model, s, idx).argmax(1).tolist()
+        s, idx, pred = self._first_predictions(model, split, n)
         return [{"images": [s["images"][int(s["image"][i])]], "text": "class",
                  "pred": self.classes[p], "truth": self.classes[int(s["labels"][i])]}
-                for i, p in zip(idx.tolist(), pred)]
+                for i, p in zip(idx, pred)]

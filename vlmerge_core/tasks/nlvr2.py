@@ -15,13 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
 from vlmerge_core.tasks.base import (
-    BaseTask,
-    batches,
+    ClassifierTask,
     images_to_tensor,
     subsample,
     subsample_size,
@@ -29,7 +27,6 @@ from vlmerge_core.tasks.base import (
     tokenize,
 )
 from vlmerge_core.tasks.heads import MLPClassifier
-from vlmerge_core.tasks.metrics import accuracy
 from vlmerge_core.tasks.real import read_nlvr2
 
 
@@ -41,7 +38,7 @@ def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> 
     return {"images": world.images(split), "pairs": world.nlvr2(split)}
 
 
-class NLVR2Task(BaseTask):
+class NLVR2Task(ClassifierTask):
     name = "nlvr2"
     select_metric = "accuracy"
     main_metric = "accuracy"
@@ -62,9 +59,6 @@ class NLVR2Task(BaseTask):
             }
         self.head = MLPClassifier(2 * self.dim, 2 * self.dim, 2)
 
-    @property
-    def n_train(self) -> int:
-        return len(self.splits["train"]["labels"])
 
     def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
         i = idx.numpy()
@@ -74,20 +68,8 @@ class NLVR2Task(BaseTask):
         pooled = model.forward_fused(images, ids.repeat(2, 1), mask.repeat(2, 1))["cls"]  # (2B, D)
         return self.head(torch.cat([pooled[:B], pooled[B:]], dim=-1))  # (B, 2D) -> (B, 2)
 
-    def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        s = self.splits["train"]
-        return F.cross_entropy(self._logits(model, s, idx), s["labels"][idx])
-
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        s = self.splits[split]
-        logits = torch.cat([self._logits(model, s, idx) for idx in batches(len(s["labels"]))])
-        return {"accuracy": accuracy(logits, s["labels"])}
-
-    @torch.no_grad()
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
-        s = self.splits[split]
-        idx = torch.arange(min(n, len(s["labels"])))
-        pred = self._logits(model, s, idx).argmax(1).tolist()
+        s, idx, pred = self._first_predictions(model, split, n)
         return [{"images": [s["images"][int(s["left"][i])], s["images"][int(s["right"][i])]],
                  "text": s["statements"][i], "pred": str(bool(p)), "truth": str(bool(s["labels"][i]))}
-                for i, p in zip(idx.tolist(), pred)]
+                for i, p in zip(idx, pred)]

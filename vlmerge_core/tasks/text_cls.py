@@ -10,13 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
-from vlmerge_core.tasks.base import BaseTask, batches, subsample, subsample_size, text_batch, tokenize
+from vlmerge_core.tasks.base import ClassifierTask, subsample, subsample_size, text_batch, tokenize
 from vlmerge_core.tasks.heads import LinearClassifier
-from vlmerge_core.tasks.metrics import accuracy
 from vlmerge_core.tasks.real import read_text_tsv
 
 
@@ -26,7 +24,7 @@ def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> 
     return {"items": read_text_tsv(root, split) if root else list(world.text_cls(split))}
 
 
-class TextClsTask(BaseTask):
+class TextClsTask(ClassifierTask):
     name = "text"
     select_metric = "accuracy"
     main_metric = "accuracy"
@@ -43,26 +41,11 @@ class TextClsTask(BaseTask):
                                   "labels": torch.tensor([int(x["label"]) for x in items], dtype=torch.long)}
         self.head = LinearClassifier(self.dim, self.num_classes)
 
-    @property
-    def n_train(self) -> int:
-        return len(self.splits["train"]["labels"])
 
     def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
         return self.head(model.forward_text(*text_batch(s["ids"], s["mask"], idx))["cls"])
 
-    def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        s = self.splits["train"]
-        return F.cross_entropy(self._logits(model, s, idx), s["labels"][idx])
-
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        s = self.splits[split]
-        logits = torch.cat([self._logits(model, s, idx) for idx in batches(len(s["labels"]))])
-        return {"accuracy": accuracy(logits, s["labels"])}
-
-    @torch.no_grad()
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
-        s = self.splits[split]
-        idx = torch.arange(min(n, len(s["labels"])))
-        pred = self._logits(model, s, idx).argmax(1).tolist()
+        s, idx, pred = self._first_predictions(model, split, n)
         return [{"images": [], "text": s["texts"][i], "pred": str(p), "truth": str(int(s["labels"][i]))}
-                for i, p in zip(idx.tolist(), pred)]
+                for i, p in zip(idx, pred)]
