@@ -44,7 +44,6 @@ class ClassificationTask(ClassifierTask):
                                   "labels": torch.as_tensor(np.asarray(raw["labels"])[keep], dtype=torch.long)}
         self.head = LinearClassifier(self.dim, len(self.classes))
 
-
     def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
         images = images_to_tensor(s["images"][s["image"][idx.numpy()]])
         return self.head(model.forward_image(images)["tokens"].mean(1))  # (B, 1+N, D) -> (B, D)

@@ -59,7 +59,6 @@ class NLVR2Task(ClassifierTask):
             }
         self.head = MLPClassifier(2 * self.dim, 2 * self.dim, 2)
 
-
     def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
         i = idx.numpy()
         B = len(i)

@@ -41,7 +41,6 @@ class TextClsTask(ClassifierTask):
                                   "labels": torch.tensor([int(x["label"]) for x in items], dtype=torch.long)}
         self.head = LinearClassifier(self.dim, self.num_classes)
 
-
     def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
         return self.head(model.forward_text(*text_batch(s["ids"], s["mask"], idx))["cls"])
 
