@@ -1,23 +1,20 @@
-"""Figures of the weight-distance analysis (pure in their inputs, Agg backend)."""
+"""Figures of the weight-distance analysis (pure in their inputs)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from vlmerge_core.analysis.distance import METRICS, layer_table  # noqa: E402
+from vlmerge_core.analysis.distance import METRICS, layer_table
+from vlmerge_core.plotting import subplots
 
 
 def fig_layer_distances(dists: Mapping[str, Mapping[str, Any]], metrics: Sequence[str] = METRICS) -> Figure:
     """One panel per metric: the per-block value for each labelled distance result (``{label: dist}``)."""
     metrics = [m for m in metrics if any(r["metric"] == m for d in dists.values() for r in layer_table(d))]
-    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(3.2 * max(1, len(metrics)), 2.8), squeeze=False)
+    fig, axes = subplots(1, max(1, len(metrics)), 3.2 * max(1, len(metrics)), 2.8)
     for ax, metric in zip(axes[0], metrics):
         for label, dist in dists.items():
             rows = sorted((r["block"], r["value"]) for r in layer_table(dist) if r["metric"] == metric)
@@ -27,5 +24,4 @@ def fig_layer_distances(dists: Mapping[str, Mapping[str, Any]], metrics: Sequenc
         ax.set_xlabel("block")
     if dists and metrics:
         axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
     return fig

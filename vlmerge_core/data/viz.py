@@ -12,12 +12,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from vlmerge_core.data.scenes import SHAPES
+from vlmerge_core.plotting import new_figure
 
 
 def _figure(w: float, h: float) -> Figure:
-    import matplotlib.pyplot as plt
-
-    return plt.figure(figsize=(w, h))
+    return new_figure(w, h)
 
 
 def _wrap(text: str, width: int = 26) -> str:
@@ -45,7 +44,6 @@ def fig_gallery(world, split: str = "train", n: int = 6) -> Figure:
             ax.set_yticks([])
     axes[1, 0].set_ylabel("mask: " + ", ".join(f"{k + 1}={s}" for k, s in enumerate(SHAPES)), fontsize=7)
     fig.suptitle(f"micro-world, {split} split", fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -62,7 +60,6 @@ def fig_nlvr2(world, split: str = "train", n: int = 4) -> Figure:
             ax.set_yticks([])
         axes[2 * k].set_xlabel(_wrap(f"{x['statement']} -> {x['label']}", 40), fontsize=7, loc="left")
     fig.suptitle("NLVR2 stand-in (left, right, statement -> label)", fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -82,7 +79,6 @@ def fig_distributions(stats: dict, split: str = "train") -> Figure:
         ax.set_xticklabels(keys, rotation=90 if len(keys) > 8 else 0, fontsize=7)
         ax.set_title(title, fontsize=9)
     fig.suptitle(f"label distributions ({split})", fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -107,7 +103,6 @@ def fig_text_lengths(world, split: str = "train") -> Figure:
     ax.set_xlabel("tokens")
     ax.set_ylabel("fraction")
     ax.legend(fontsize=7)
-    fig.tight_layout()
     return fig
 
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from vlmerge_core.plotting import subplots
 
 __all__ = ["fig_pretrain_losses"]
 
@@ -27,7 +24,7 @@ def fig_pretrain_losses(metrics: Mapping[str, Any] | list[Mapping[str, Any]],
     runs = [metrics] if isinstance(metrics, Mapping) else list(metrics)
     labels = labels or [str(r.get("stage", i)) for i, r in enumerate(runs)]
     names = sorted({n for r in runs for n in r.get("loss_curve", {}) if n != "step"})
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(3.2 * max(len(names), 1), 2.8), squeeze=False)
+    fig, axes = subplots(1, max(len(names), 1), 3.2 * max(len(names), 1), 2.8)
     for ax, name in zip(axes[0], names):
         for run, label in zip(runs, labels):
             curve = run.get("loss_curve", {})
@@ -39,5 +36,4 @@ def fig_pretrain_losses(metrics: Mapping[str, Any] | list[Mapping[str, Any]],
     axes[0][0].set_ylabel("loss")
     if len(runs) > 1:
         axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
     return fig

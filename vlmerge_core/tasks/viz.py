@@ -1,6 +1,6 @@
 """Figures of fine-tuning runs: learning curves and a few test predictions per task (pure functions).
 
-Figures use the Agg backend; every function returns a ``matplotlib.figure.Figure`` and does no I/O.
+Every function returns a ``matplotlib.figure.Figure`` and does no I/O.
 """
 
 from __future__ import annotations
@@ -8,12 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from vlmerge_core.plotting import subplots
 
 
 def fig_learning_curves(results: Mapping[str, Mapping[str, Any]]) -> Figure:
@@ -23,7 +21,7 @@ def fig_learning_curves(results: Mapping[str, Mapping[str, Any]]) -> Figure:
         results: task -> metrics of :func:`~vlmerge_core.tasks.finetune_task` (with ``curve``).
     """
     tasks = list(results)
-    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(3.0 * max(1, len(tasks)), 2.6), squeeze=False)
+    fig, axes = subplots(1, max(1, len(tasks)), 3.0 * max(1, len(tasks)), 2.6)
     for ax, task in zip(axes[0], tasks):
         m = results[task]
         c = m["curve"]
@@ -37,7 +35,6 @@ def fig_learning_curves(results: Mapping[str, Mapping[str, Any]]) -> Figure:
             ax2.plot(c["val_step"], c["val_select"], "o-", ms=3, color="tab:orange")
             ax2.set_ylabel(f"val {m['select_metric']}", fontsize=8, color="tab:orange")
             ax2.tick_params(labelsize=7)
-    fig.tight_layout()
     return fig
 
 
@@ -56,7 +53,7 @@ def fig_predictions(examples: Sequence[Mapping[str, Any]], title: str = "") -> F
     """
     n = max(1, len(examples))
     per = max([len(e["images"]) + (2 if "mask_pred" in e else 0) for e in examples] + [1])
-    fig, axes = plt.subplots(1, n * per, figsize=(1.9 * n * per, 2.4), squeeze=False)
+    fig, axes = subplots(1, n * per, 1.9 * n * per, 2.4)
     for ax in axes[0]:
         ax.axis("off")
     vmax = max([int(max(e["mask_pred"].max(), e["mask_true"].max())) for e in examples if "mask_pred" in e] + [1])
@@ -75,5 +72,4 @@ def fig_predictions(examples: Sequence[Mapping[str, Any]], title: str = "") -> F
         cells[0].text(0.0, -0.08, text, transform=cells[0].transAxes, fontsize=6, va="top", ha="left")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig
