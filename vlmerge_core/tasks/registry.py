@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlmerge_core.config import FinetuneConfig
+from vlmerge_core.config import PROFILES, FinetuneConfig
 from vlmerge_core.io import write_json
 from vlmerge_core.paths import resolve
 from vlmerge_core.tasks import classification, nlvr2, retrieval, segmentation, text_cls, vqa
@@ -170,7 +170,7 @@ def _cli(args: argparse.Namespace) -> int:
     from vlmerge_core.config import load_params
 
     torch.set_num_threads(args.threads)
-    params = load_params(args.params, profile=args.profile)
+    params = load_params(args.file, profile=args.profile)
     cfg = params.finetune
     world = args.world or params.data.root
     for task in args.tasks.split(",") if args.tasks else cfg.tasks:
@@ -183,8 +183,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune and evaluate a checkpoint on downstream tasks")
     p.add_argument("checkpoint", help="MS / MA / merged checkpoint (.safetensors)")
     p.add_argument("--tasks", default="", help=f"comma-separated subset of {','.join(TASKS)} (default: params)")
-    p.add_argument("--profile", default=None, help="use this profile's params instead of params.yaml")
-    p.add_argument("--params", default=None, help="params file (default: <repo root>/params.yaml)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--profile", default=None, choices=PROFILES, help="use this profile's params instead of params.yaml")
+    which.add_argument("--file", default=None, help="params file (default: <repo root>/params.yaml)")
     p.add_argument("--world", default=None, help="micro-world folder (default: params data.root)")
     p.add_argument("--out", default=None, help="write <out>/<task>.json")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
