@@ -128,13 +128,14 @@ class InitPretrainConfig(PretrainConfig):
 
 @dataclass
 class SeedPretrainConfig(PretrainConfig):
-    save_steps: list[int] = _f(factory=lambda: [100, 300])  # seed lengths K_seed kept as checkpoints
+    steps: int = _f(600, lo=0)  # K_seed of the longest seed run (ITM needs ~500 steps on micro)
+    save_steps: list[int] = _f(factory=lambda: [100, 300, 600])  # seed lengths K_seed kept as checkpoints
     losses: dict[str, float] = _f(factory=lambda: dict(VL_LOSSES))  # the paper's VL objectives
 
 
 @dataclass
 class MSPretrainConfig(PretrainConfig):
-    seed_steps: list[int] = _f(factory=lambda: [0, 100, 300])  # K_seed to start from; 0 = from init
+    seed_steps: list[int] = _f(factory=lambda: [0, 100, 300, 600])  # K_seed to start from; 0 = from init
     variants: list[str] = _f(factory=lambda: ["all"])  # MS architecture variants: all, attn, ffn, ln
     losses: dict[str, float] = _f(factory=lambda: dict(VL_LOSSES))  # the paper's VL objectives
 
@@ -201,6 +202,30 @@ class Params:
     merge: MergeConfig = field(default_factory=MergeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+
+    def __post_init__(self) -> None:
+        """Checks across sections: the data the model reads and the checkpoints later stages need."""
+        d, m = self.data, self.model
+        if d.image_size != m.image_size:
+            raise ParamsError(f"model.image_size ({m.image_size}) must equal data.image_size ({d.image_size})")
+        if d.max_text_len > m.max_text_len:
+            raise ParamsError(f"data.max_text_len ({d.max_text_len}) exceeds model.max_text_len ({m.max_text_len})")
+        init = self.init_pretrain
+        if init.steps > 0 and not init.beit_checkpoint and init.losses.get("mim", 0) > 0:
+            if d.mim_patch != m.patch_size:
+                raise ParamsError(f"data.mim_patch ({d.mim_patch}) must equal model.patch_size ({m.patch_size})")
+            if d.mim_codebook_size != m.mim_vocab:
+                raise ParamsError(f"data.mim_codebook_size ({d.mim_codebook_size}) must equal "
+                                  f"model.mim_vocab ({m.mim_vocab})")
+        seed = self.seed_pretrain
+        kept = {0, seed.steps, *seed.save_steps}
+        missing = [k for k in self.ms_pretrain.seed_steps if k not in kept]
+        if missing:
+            raise ParamsError(f"ms_pretrain.seed_steps {missing} are not kept by seed pre-training: add them to "
+                              f"seed_pretrain.save_steps {seed.save_steps} (or use seed_pretrain.steps)")
+        too_long = [k for k in seed.save_steps if k > seed.steps]
+        if too_long:
+            raise ParamsError(f"seed_pretrain.save_steps {too_long} exceed seed_pretrain.steps ({seed.steps})")
 
 
 # ------------------------------------------------------------------------------------------- loader

@@ -114,3 +114,20 @@ def test_section_from_dict():
     assert cfg.ratios == [0.25] and dataclasses.is_dataclass(cfg)
     with pytest.raises(ParamsError, match="merge.bogus"):
         section_from_dict(MergeConfig, {"bogus": 1}, prefix="merge")
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({"model": {"image_size": 64}}, ["model.image_size", "data.image_size"]),
+        ({"data": {"max_text_len": 40}}, ["data.max_text_len", "model.max_text_len"]),
+        ({"model": {"mim_vocab": 32}}, ["data.mim_codebook_size", "model.mim_vocab"]),
+        ({"ms_pretrain": {"seed_steps": [0, 250]}}, ["ms_pretrain.seed_steps", "[250]"]),
+        ({"seed_pretrain": {"steps": 200}}, ["seed_pretrain.save_steps"]),
+    ],
+)
+def test_cross_section_checks(tmp_path, data, words):
+    path = _write(tmp_path, data)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(path) in str(err.value) and all(w in str(err.value) for w in words)
