@@ -82,11 +82,15 @@ def child(what: str, d: Path) -> dict:
     out = d / f"out_{what}.safetensors"
     if what == "import":
         pass
-    elif what == "floor":
+    elif what in ("floor", "floor_central"):
         from vlmerge_core.io import save_safetensors
         from vlmerge_core.merge.unify import split_expert_key
 
         tensors = {}
+        if what == "floor_central":  # methods with a central checkpoint read it too
+            with open_tensors(d / "central.safetensors", "central") as (get, keys):
+                for k in keys:
+                    get(k)
         with open_tensors(d / "ms.safetensors", "MS") as (get, keys):
             for k in keys:
                 t = get(k)
@@ -159,20 +163,23 @@ def main() -> None:
     print(f"inputs written in {time.perf_counter() - t0:.1f}s: MS {os.path.getsize(d / 'ms.safetensors') / 2**20:.0f} MiB, "
           f"grams {os.path.getsize(d / 'grams.safetensors') / 2**20:.0f} MiB")
     rows = {}
-    for job in ["import", "floor", *args.methods.split(",")]:
+    for job in ["import", "floor", "floor_central", *args.methods.split(",")]:
         res = subprocess.run([sys.executable, __file__, "--child", job, "--dir", str(d)], capture_output=True,
                              text=True, check=True)
         rows[job] = json.loads(res.stdout.strip().splitlines()[-1])
-    base, floor = rows["import"]["peak_rss"], rows["floor"]
+    base, floor, floor_c = rows["import"]["peak_rss"], rows["floor"], rows["floor_central"]
     mib = 2**20
     print(f"\nwidth {args.width}, depth {args.depth}, vl_start {args.vl_start}; output {floor['out_bytes'] / mib:.0f} MiB; "
           f"import-only RSS {base / mib:.0f} MiB")
+    print("x floor: seconds over the floor of the same reads (MS file; MS + central file for arithmetic, "
+          "TIES, DARE)")
     print(f"{'job':14s} {'seconds':>8s} {'x floor':>8s} {'peak RSS':>9s} {'net RSS':>8s} {'net/out':>8s}")
     for job, r in rows.items():
         if job == "import":
             continue
         net = r["peak_rss"] - base
-        print(f"{job:14s} {r['seconds']:8.2f} {r['seconds'] / floor['seconds']:8.2f} {r['peak_rss'] / mib:8.0f}M "
+        ref = floor_c if job in CENTRAL else floor
+        print(f"{job:14s} {r['seconds']:8.2f} {r['seconds'] / ref['seconds']:8.2f} {r['peak_rss'] / mib:8.0f}M "
               f"{net / mib:7.0f}M {net / max(r['out_bytes'], 1):8.2f}")
     import torch
 

@@ -132,3 +132,44 @@ def test_ddp_two_processes_match_one(tmp_path, smoke_params, smoke_world, init_c
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0, msg=k)
     assert read_json(tmp_path / "ddp" / "metrics.json")["world_size"] == 2
+
+
+_KILLED_RUN = """
+import dataclasses, os, signal, sys
+import torch
+from vlmerge_core.config import profile_params
+from vlmerge_core.data import load_world
+from vlmerge_core.pretrain import loop
+
+torch.set_num_threads(1)
+world_root, out, init = sys.argv[1:4]
+p = profile_params("smoke")
+cfg = dataclasses.replace(p.seed_pretrain, steps=4, ckpt_every=2, grad_accum=2, save_steps=[])
+real_save = loop._save_state
+
+def save_then_die(path, model, opt, step, *args, **kwargs):
+    real_save(path, model, opt, step, *args, **kwargs)
+    if step == 2:  # a hard kill right after the step-2 checkpoint: no cleanup, no exception handling
+        os.kill(os.getpid(), signal.SIGKILL)
+
+loop._save_state = save_then_die
+loop.run_pretrain(cfg, p.model, load_world(world_root), out, init=init)
+"""
+
+
+def test_resume_after_sigkill_is_exact(tmp_path, smoke_params, smoke_world, init_ckpt):
+    """N/2 steps, SIGKILL (a real, separate process), resume, N/2 more == N steps straight."""
+    cfg = _seed_cfg(smoke_params, steps=4, ckpt_every=2, grad_accum=2, save_steps=[])
+    run_pretrain(cfg, smoke_params.model, smoke_world, tmp_path / "straight", init=init_ckpt)
+    killed = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(smoke_world.root), str(killed), str(init_ckpt)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (killed / "train_state.safetensors").exists() and not (killed / "last.safetensors").exists()
+    m = run_pretrain(cfg, smoke_params.model, smoke_world, killed, init=init_ckpt)
+    assert m["resumed_from_step"] == 2
+    a, _ = load_safetensors(tmp_path / "straight" / "last.safetensors")
+    b, _ = load_safetensors(killed / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
