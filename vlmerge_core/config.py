@@ -173,7 +173,7 @@ class FinetuneConfig:
     seed: int = _f(0, lo=0)  # fine-tuning seed
     overrides: dict[str, dict[str, Any]] = _f(factory=lambda: {  # task -> {field: value}
         "vqa": {"lr": 3e-4, "head_lr_mult": 100.0}, "coco": {"batch_size": 64}, "flickr": {"batch_size": 64},
-        "nlvr2": {"lr": 3e-4, "train_subsample": 3000},
+        "nlvr2": {"lr": 3e-4, "train_subsample": 0, "epochs": 4},  # 3000 x 2 epochs: 53.8-55.4 from seed
         "ade20k": {"epochs": 3, "batch_size": 16, "train_subsample": 0}})
     real_paths: dict[str, str] = _f(factory=dict)  # task -> local dataset root; "tokenizer" -> tokenizer file
     train_subsample: int = _f(4000, lo=0)  # at most this many training examples per task; 0 = all
