@@ -356,16 +356,15 @@ def load_params(path: str | Path | None = None, profile: str | None = None) -> P
     """Load ``params.yaml`` (default: the one at the repo root) strictly.
 
     Args:
-        path: the params file. ``None`` uses ``<repo root>/params.yaml``.
+        path: the params file, absolute or relative to the repo root. ``None`` uses
+            ``<repo root>/params.yaml``.
         profile: when given and ``path`` is ``None``, return that profile's preset instead.
     """
+    from vlmerge_core.paths import resolve
+
     if path is None and profile is not None:
         return profile_params(profile)
-    if path is None:
-        from vlmerge_core.paths import repo_root
-
-        path = repo_root() / "params.yaml"
-    path = Path(path)
+    path = resolve("params.yaml" if path is None else path)  # relative paths: from the repo root
     if not path.exists():
         raise ParamsError(f"{path}: params file not found")
     try:

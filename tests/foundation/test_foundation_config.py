@@ -131,3 +131,11 @@ def test_cross_section_checks(tmp_path, data, words):
     with pytest.raises(ParamsError) as err:
         load_params(path)
     assert str(path) in str(err.value) and all(w in str(err.value) for w in words)
+
+
+def test_relative_params_path_resolves_from_repo_root(tmp_path, monkeypatch):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "p.yaml").write_text(yaml.safe_dump({"profile": "smoke"}))
+    monkeypatch.setenv("VLMERGE_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "cfg")  # a relative path is never read from the current directory
+    assert load_params("cfg/p.yaml").profile == "smoke"
