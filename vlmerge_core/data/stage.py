@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
 from vlmerge_core.config import load_params, profile_params
-from vlmerge_core.data.world import FORMAT, World, generate_world, load_world
+from vlmerge_core.data.world import FORMAT, World, generate_world, load_world, run_info_path
 from vlmerge_core.io import read_json, write_json
 from vlmerge_core.paths import resolve
 
@@ -46,7 +45,7 @@ def run_data_stage(profile: str = "smoke", params_file: str = "", out_dir: str =
 def world_summary(world: World) -> dict:
     """A few headline numbers of a world (for a notebook or CLI line)."""
     st = world.stats
-    info_path = Path(world.root) / "run_info.json"
+    info_path = run_info_path(world.root)
     seconds = read_json(info_path).get("generation_seconds") if info_path.exists() else None
     return {"root": str(world.root), "train_images": st["counts"]["train"]["images"],
             "vocab_size": st["counts"]["vocab_size"], "megabytes": round(st["total_bytes"] / 1e6, 2),

@@ -1,12 +1,12 @@
 """Generate the micro-world once into a folder, and read it back as a :class:`World`.
 
-Layout of a world folder (all bytes deterministic for a seed, except ``run_info.json``):
+Layout of a world folder (all bytes deterministic for the generator parameters):
 ``images_{split}.npy`` uint8 [N,H,W,3], ``masks_{split}.npy`` uint8 [N,H,W], ``labels_{split}.npy``
 int64 [N], ``image_only.npy`` uint8 [M,H,W,3], ``codebook.npy`` float32 [K, p*p*3],
 ``scenes.json`` (scene graphs of every split and of the image-only set), ``captions.json``,
 ``vqa.json``, ``nlvr2.json``, ``text_cls.json``, ``corpus.json``, ``tokenizer.json``, ``meta.json``
-(generator parameters, class names), ``stats.json`` (sizes, distributions, chance levels) and
-``run_info.json`` (generation time and provenance).
+(generator parameters, class names) and ``stats.json`` (sizes, distributions, chance levels).
+Generation time and provenance go beside the folder, to ``<folder>.run_info.json``.
 
 Every split and purpose draws from its own RNG stream (``SeedSequence(seed, spawn_key=...)``), and
 scenes of val/test (and their texts for the text-only task) are excluded from the other splits, so
@@ -49,8 +49,15 @@ _STREAM = {"train": 0, "val": 1, "test": 2, "image_only": 3, "corpus": 4}
 _PURPOSE = {"scenes": 0, "render": 1, "coco": 2, "flickr": 3, "vqa": 4, "nlvr2": 5, "text_cls": 6, "corpus": 7}
 
 
+
+def run_info_path(root: str | Path) -> Path:
+    """Provenance of a world (``<root>.run_info.json``), kept beside the folder, not in it, so that the
+    folder's bytes, and hence its DVC hash, depend on the parameters alone."""
+    root = Path(root)
+    return root.with_name(root.name + ".run_info.json")
+
 def world_files() -> list[str]:
-    """Names of the deterministic files of a world folder (all but ``stats.json`` and ``run_info.json``)."""
+    """Names of the deterministic files of a world folder (all but ``stats.json``)."""
     names = [f"{k}_{s}.npy" for k in ("images", "masks", "labels") for s in SPLITS]
     names += ["image_only.npy", "codebook.npy", "tokenizer.json", "meta.json"]
     return sorted(names + [f"{k}.json" for k in ("scenes", "captions", "vqa", "nlvr2", "text_cls", "corpus")])
@@ -263,7 +270,7 @@ def generate_world(cfg: DataConfig, out_dir: str | Path | None = None) -> Path:
 
     write_json(out / "stats.json", stats)
     seconds = time.perf_counter() - t0
-    write_run_info(out / "run_info.json", cfg, generation_seconds=round(seconds, 3))
+    write_run_info(run_info_path(out), cfg, generation_seconds=round(seconds, 3))
     log.info("micro-world written to %s in %.1f s", out, seconds)
     return out
 
