@@ -17,7 +17,7 @@ from vlmerge_core.data.loaders import (
                                        patchify,
 )
 from vlmerge_core.data.tokenizer import SPECIAL_TOKENS, load_tokenizer
-from vlmerge_core.data.world import SPLITS, STYLES, World, generate_world, load_world
+from vlmerge_core.data.world import SPLITS, STYLES, World, ensure_world, generate_world, load_world
 
 __all__ = [
     "IGNORE_INDEX",
@@ -27,6 +27,7 @@ __all__ = [
     "PairDataset",
     "World",
     "encode_text",
+    "ensure_world",
     "generate_world",
     "image_to_tensor",
     "load_tokenizer",

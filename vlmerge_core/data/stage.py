@@ -25,13 +25,12 @@ def run_data_stage(profile: str = "smoke", params_file: str = "", out_dir: str =
         metrics_out: when non-empty, ``stats.json`` is also written there (relative to the repo root).
         force: regenerate even when the folder already holds a world of the same parameters.
     """
-    params = load_params(resolve(params_file)) if params_file else profile_params(profile)
+    params = load_params(params_file) if params_file else profile_params(profile)
     cfg = params.data
     out = resolve(out_dir or cfg.root)
-    meta_path = out / "meta.json"
-    same = (meta_path.exists() and (out / "stats.json").exists()
-            and read_json(meta_path).get("format") == FORMAT
-            and read_json(meta_path).get("config") == dataclasses.asdict(cfg))
+    meta = read_json(out / "meta.json") if (out / "meta.json").exists() else {}
+    same = ((out / "stats.json").exists() and meta.get("format") == FORMAT
+            and meta.get("config") == dataclasses.asdict(cfg))
     if force or not same:
         generate_world(cfg, out)
     else:

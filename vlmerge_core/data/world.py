@@ -374,3 +374,15 @@ def load_world(root: str | Path) -> World:
     if not (root / "meta.json").exists():
         raise FileNotFoundError(f"{root}: not a micro-world folder (no meta.json); run `vlmerge data` first")
     return World(root)
+
+
+def ensure_world(data_cfg: DataConfig, root: str | Path | None = None) -> World:
+    """Open the micro-world at ``root`` (default ``data_cfg.root``, from the repo root), generating it
+    first if missing."""
+    from vlmerge_core.paths import resolve
+
+    folder = resolve(root or data_cfg.root)
+    if not (folder / "meta.json").exists():
+        log.info("generating the micro-world into %s", folder)
+        generate_world(data_cfg, folder)
+    return load_world(folder)

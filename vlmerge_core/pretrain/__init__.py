@@ -7,7 +7,6 @@ from vlmerge_core.pretrain.loop import (
     STAGES,
     NonFiniteLossError,
     build_stage_model,
-    ensure_world,
     run_pretrain,
     stage_configs,
 )
@@ -15,5 +14,5 @@ from vlmerge_core.pretrain.objectives import LOSS_NAMES, compute_losses
 from vlmerge_core.pretrain.plots import fig_pretrain_losses
 
 __all__ = ["LOSS_NAMES", "STAGES", "NonFiniteLossError", "build_stage_model", "compute_losses",
-           "ensure_world", "evaluate_retrieval", "fig_pretrain_losses", "retrieval_recalls", "run_pretrain",
+           "evaluate_retrieval", "fig_pretrain_losses", "retrieval_recalls", "run_pretrain",
            "stage_configs"]

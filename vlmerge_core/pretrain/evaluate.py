@@ -24,19 +24,13 @@ def retrieval_recalls(sim: torch.Tensor, text_image: torch.Tensor, ks: tuple[int
     Returns:
         ``ir_r{k}``, ``tr_r{k}`` (percent), ``rsum``, and ``chance_ir_r{k}``/``chance_tr_r{k}``.
     """
+    from vlmerge_core.tasks.metrics import retrieval_recalls as recalls  # the one recall@K (pessimistic ties)
+
     n_img, n_txt = sim.shape
-    out: dict[str, float] = {}
-    # IR: for each text, rank of its image among all images
-    # (ties count against the query, so a constant model scores 0, not 100)
-    img_rank = (sim.T >= sim.T.gather(1, text_image[:, None])).sum(1) - 1  # (N_texts,) 0 = first
-    # TR: for each image, best rank of any of its captions
-    is_pos = text_image[None, :] == torch.arange(n_img)[:, None]  # (N_images, N_texts)
-    pos_best = sim.masked_fill(~is_pos, float("-inf")).max(1).values  # (N_images,)
-    txt_rank = (sim.masked_fill(is_pos, float("-inf")) >= pos_best[:, None]).sum(1)
-    caps = is_pos.sum(1).float()
+    full = recalls(sim, text_image, ks)
+    out = {f"{d}_r{k}": full[f"{d}_r{k}"] for d in ("ir", "tr") for k in ks}
+    caps = (text_image[None, :] == torch.arange(n_img)[:, None]).sum(1).float()  # captions per image
     for k in ks:
-        out[f"ir_r{k}"] = 100.0 * (img_rank < k).float().mean().item()
-        out[f"tr_r{k}"] = 100.0 * (txt_rank < k).float().mean().item()
         out[f"chance_ir_r{k}"] = 100.0 * min(k / n_img, 1.0)
         # P(some of the c captions in the top k of n_txt at random) = 1 - C(n-c, k) / C(n, k)
         p_none = torch.ones(n_img)

@@ -39,7 +39,7 @@ from vlmerge_core.pretrain.distributed import DistInfo, all_reduce_sum, init_dis
 from vlmerge_core.pretrain.evaluate import evaluate_retrieval
 from vlmerge_core.pretrain.optim import load_optimizer_state, make_optimizer, optimizer_state_tensors, set_lr
 
-__all__ = ["NonFiniteLossError", "STAGES", "build_stage_model", "ensure_world", "run_pretrain", "stage_configs"]
+__all__ = ["NonFiniteLossError", "STAGES", "build_stage_model", "run_pretrain", "stage_configs"]
 
 log = logging.getLogger(__name__)
 STAGES = ("init", "seed", "ms")
@@ -285,14 +285,3 @@ def stage_configs(params, stage: str, variant: str = "") -> tuple[PretrainConfig
         model_cfg = dataclasses.replace(model_cfg, ms_components=[])
     return cfg, model_cfg
 
-
-def ensure_world(data_cfg, root: str | Path | None = None):
-    """Open the micro-world at ``root`` (default ``data_cfg.root``), generating it first if missing."""
-    from vlmerge_core.data import generate_world, load_world
-    from vlmerge_core.paths import resolve
-
-    folder = resolve(root or data_cfg.root)
-    if not (folder / "meta.json").exists():
-        log.info("generating the micro-world into %s", folder)
-        generate_world(data_cfg, folder)
-    return load_world(folder)

@@ -7,9 +7,10 @@ import logging
 from pathlib import Path
 
 from vlmerge_core.config import load_params
+from vlmerge_core.data import ensure_world
 from vlmerge_core.io import write_json
 from vlmerge_core.paths import resolve
-from vlmerge_core.pretrain.loop import ensure_world, run_pretrain, stage_configs
+from vlmerge_core.pretrain.loop import run_pretrain, stage_configs
 
 __all__ = ["clear_run", "run_pretrain_stage", "summary_table"]
 
@@ -37,7 +38,7 @@ def run_pretrain_stage(stage: str = "seed", *, profile: str = "smoke", params_fi
     Returns:
         The run's metrics.
     """
-    params = load_params(resolve(params_file)) if params_file else load_params(profile=profile)
+    params = load_params(params_file) if params_file else load_params(profile=profile)
     cfg, model_cfg = stage_configs(params, stage, variant)
     if steps > 0:
         keep = [s for s in getattr(cfg, "save_steps", []) if s <= steps]
