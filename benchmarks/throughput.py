@@ -27,8 +27,17 @@ from vlmerge_core.pretrain.optim import make_optimizer
 
 SIZES = {
     "micro": ModelConfig(width=64, depth=4, heads=4, vl_start=3, image_size=32, patch_size=8, vocab_size=512),
-    "vitb": ModelConfig(width=768, depth=12, heads=12, vl_start=10, image_size=224, patch_size=16,
-                        vocab_size=30522, max_text_len=40, layer_scale_init=0.1),
+    "vitb": ModelConfig(
+        width=768,
+        depth=12,
+        heads=12,
+        vl_start=10,
+        image_size=224,
+        patch_size=16,
+        vocab_size=30522,
+        max_text_len=40,
+        layer_scale_init=0.1,
+    ),
 }
 
 
@@ -65,6 +74,7 @@ def image_step(model, forward, opt, images):
         out.float().pow(2).mean().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)  # AdamW skips parameters without gradient (text side, heads)
+
     return step
 
 
@@ -76,6 +86,7 @@ def vl_step(model, opt, batch, losses, device):
         sum(parts.values()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
     return step
 
 
@@ -95,16 +106,34 @@ def main() -> None:
     pcfg = PretrainConfig()
     images = torch.randn(B, 3, cfg.image_size, cfg.image_size, device=dev)
     n_tokens = 1 + (cfg.image_size // cfg.patch_size) ** 2
-    print(f"size={args.size} D={cfg.width} L={cfg.depth} H={cfg.heads} tokens={n_tokens} batch={B} "
-          f"device={dev} threads={args.threads}")
+    print(
+        f"size={args.size} D={cfg.width} L={cfg.depth} H={cfg.heads} tokens={n_tokens} batch={B} "
+        f"device={dev} threads={args.threads}"
+    )
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.startswith("cuda"))
     vit = timm.models.vision_transformer.VisionTransformer(
-        img_size=cfg.image_size, patch_size=cfg.patch_size, embed_dim=cfg.width, depth=cfg.depth,
-        num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, num_classes=0, qkv_bias=True).to(dev)
-    steps = {"timm ViT": image_step(vit, vit.forward_features, torch.optim.AdamW(vit.parameters(), lr=1e-4), images)}
+        img_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        embed_dim=cfg.width,
+        depth=cfg.depth,
+        num_heads=cfg.heads,
+        mlp_ratio=cfg.mlp_ratio,
+        num_classes=0,
+        qkv_bias=True,
+    ).to(dev)
+    steps = {
+        "timm ViT": image_step(
+            vit, vit.forward_features, torch.optim.AdamW(vit.parameters(), lr=1e-4), images
+        )
+    }
     T = cfg.max_text_len
-    batch = {"images": images, "image_index": torch.arange(B), "ids": torch.randint(5, cfg.vocab_size, (B, T)),
-             "mask": torch.ones(B, T, dtype=torch.bool), "itm_seed": torch.tensor(0)}
+    batch = {
+        "images": images,
+        "image_index": torch.arange(B),
+        "ids": torch.randint(5, cfg.vocab_size, (B, T)),
+        "mask": torch.ones(B, T, dtype=torch.bool),
+        "itm_seed": torch.tensor(0),
+    }
     batch["mlm_ids"] = batch["ids"].clone()
     batch["mlm_labels"] = torch.where(torch.rand(B, T) < 0.25, batch["ids"], -100)
     losses = {"mlm": 1.0, "itc": 1.0, "itc_vl": 1.0, "itm": 1.0}
@@ -122,8 +151,12 @@ def main() -> None:
     print(f"ratio MA / timm (image path): {res['ours MA'] / res['timm ViT']:.3f}   (goal >= 1)")
     print(f"ratio MS / MA (image path):   {res['ours MS(all)'] / res['ours MA']:.3f}   (goal >= 0.9)")
     if not args.skip_vl:
-        print(f"ratio MS / MA (VL step):      {res['ours MS(all) VL step'] / res['ours MA VL step']:.3f}   (goal >= 0.9)")
-    print(f"peak memory: {peak_memory_mb(dev):.0f} MiB ({'max allocated' if dev.startswith('cuda') else 'max RSS'})")
+        print(
+            f"ratio MS / MA (VL step):      {res['ours MS(all) VL step'] / res['ours MA VL step']:.3f}   (goal >= 0.9)"
+        )
+    print(
+        f"peak memory: {peak_memory_mb(dev):.0f} MiB ({'max allocated' if dev.startswith('cuda') else 'max RSS'})"
+    )
 
 
 if __name__ == "__main__":

@@ -43,9 +43,15 @@ def main() -> None:
     ap.add_argument("--seed-steps", type=int, default=200)
     ap.add_argument("--vl-steps", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lam", type=float, default=0.75, help="modality-arithmetic lambda (README example 0.75; "
-                    "0.5 equals interpolation 0.5 for two experts)")
-    ap.add_argument("--lr", type=float, help="peak learning rate of every stage (default: the micro profile's)")
+    ap.add_argument(
+        "--lam",
+        type=float,
+        default=0.75,
+        help="modality-arithmetic lambda (README example 0.75; 0.5 equals interpolation 0.5 for two experts)",
+    )
+    ap.add_argument(
+        "--lr", type=float, help="peak learning rate of every stage (default: the micro profile's)"
+    )
     ap.add_argument("--no-ma-baseline", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -58,16 +64,27 @@ def main() -> None:
     if not (world_dir / "stats.json").exists():
         generate_world(data_cfg, world_dir)
     world = load_world(world_dir)
-    ma_cfg = dataclasses.replace(P.model, vocab_size=data_cfg.vocab_size, mim_vocab=data_cfg.mim_codebook_size)
+    ma_cfg = dataclasses.replace(
+        P.model, vocab_size=data_cfg.vocab_size, mim_vocab=data_cfg.mim_codebook_size
+    )
     ms_cfg = dataclasses.replace(ma_cfg, ms_components=MS_ALL)
-    common = {"batch_size": args.batch_size, "eval_batch_size": 256, "ckpt_every": 50,
-              **({"lr": args.lr} if args.lr else {})}
+    common = {
+        "batch_size": args.batch_size,
+        "eval_batch_size": 256,
+        "ckpt_every": 50,
+        **({"lr": args.lr} if args.lr else {}),
+    }
     timings = {}
 
     def stage(name: str, cfg, model_cfg, init: Path | None, kind: str, steps: int) -> Path:
         t = time.perf_counter()
-        cfg = dataclasses.replace(cfg, steps=steps, warmup_steps=max(1, steps // 10), **common,
-                                  **({"save_steps": [steps]} if hasattr(cfg, "save_steps") else {}))
+        cfg = dataclasses.replace(
+            cfg,
+            steps=steps,
+            warmup_steps=max(1, steps // 10),
+            **common,
+            **({"save_steps": [steps]} if hasattr(cfg, "save_steps") else {}),
+        )
         run_pretrain(cfg, model_cfg, world, out / name, init=init, stage=kind, device="cpu")
         timings[name] = time.perf_counter() - t
         return out / name / "last.safetensors"
@@ -76,37 +93,63 @@ def main() -> None:
     seed = stage("seed", P.seed_pretrain, ma_cfg, init, "seed", args.seed_steps)
     ms_seed = stage("ms_from_seed", P.ms_pretrain, ms_cfg, seed, "ms", args.vl_steps)
     ms_init = stage("ms_from_init", P.ms_pretrain, ms_cfg, init, "ms", args.vl_steps)
-    models = {"init": init, "seed (MA, K_seed)": seed, "MS from seed (unmerged)": ms_seed,
-              "MS no seed (unmerged)": ms_init}
+    models = {
+        "init": init,
+        "seed (MA, K_seed)": seed,
+        "MS from seed (unmerged)": ms_seed,
+        "MS no seed (unmerged)": ms_init,
+    }
     if not args.no_ma_baseline:
-        models["MA control (seed + K_VL MA steps)"] = stage("ma_control", P.seed_pretrain, ma_cfg, seed, "seed",
-                                                            args.vl_steps)
+        models["MA control (seed + K_VL MA steps)"] = stage(
+            "ma_control", P.seed_pretrain, ma_cfg, seed, "seed", args.vl_steps
+        )
     for label, ms_path, central in (("seed", ms_seed, seed), ("no seed", ms_init, init)):
         for method, params in (("interpolation", {"ratio": 0.5}), ("arithmetic", {"lam": args.lam})):
             path = out / "merged" / f"{label.replace(' ', '_')}_{method}.safetensors"
-            merge_checkpoint(ms_path, path, method, central_path=central if method == "arithmetic" else None,
-                             task="coco", **params)
+            merge_checkpoint(
+                ms_path,
+                path,
+                method,
+                central_path=central if method == "arithmetic" else None,
+                task="coco",
+                **params,
+            )
             models[f"MS {label} -> {method}"] = path
     distances = {}
     for label, ms_path, central in (("seed", ms_seed, seed), ("no seed", ms_init, init)):
-        dist = weight_distances(load_safetensors(ms_path)[0], load_safetensors(central)[0], 0.5, per_param=False)
+        dist = weight_distances(
+            load_safetensors(ms_path)[0], load_safetensors(central)[0], 0.5, per_param=False
+        )
         distances[label] = {m: dist["total"][m] for m in ("l2", "cosine", "ssd", "tssd", "sign_conflict")}
     rows = {}
     for label, path in models.items():
         model = load_model(path)
         rows[label] = {split: evaluate_retrieval(model, world, split, "coco") for split in ("val", "test")}
-    result = {"args": vars(args), "stage_seconds": timings, "total_seconds": time.perf_counter() - t0,
-              "retrieval": rows, "distances_v_l": distances}
+    result = {
+        "args": vars(args),
+        "stage_seconds": timings,
+        "total_seconds": time.perf_counter() - t0,
+        "retrieval": rows,
+        "distances_v_l": distances,
+    }
     write_json(out / "pilot_results.json", result)
-    print(f"\nzero-shot retrieval (coco captions), recall@1/5 in %; chance IR@1 "
-          f"{rows['init']['test']['chance_ir_r1']:.1f}, TR@1 {rows['init']['test']['chance_tr_r1']:.1f}")
-    print(f"{'model':34s} {'val IR@1':>8s} {'val TR@1':>8s} {'test IR@1':>9s} {'test TR@1':>9s} {'test rsum':>9s}")
+    print(
+        f"\nzero-shot retrieval (coco captions), recall@1/5 in %; chance IR@1 "
+        f"{rows['init']['test']['chance_ir_r1']:.1f}, TR@1 {rows['init']['test']['chance_tr_r1']:.1f}"
+    )
+    print(
+        f"{'model':34s} {'val IR@1':>8s} {'val TR@1':>8s} {'test IR@1':>9s} {'test TR@1':>9s} {'test rsum':>9s}"
+    )
     for label, r in rows.items():
         v, t = r["val"], r["test"]
-        print(f"{label:34s} {v['ir_r1']:8.1f} {v['tr_r1']:8.1f} {t['ir_r1']:9.1f} {t['tr_r1']:9.1f} {t['rsum']:9.1f}")
+        print(
+            f"{label:34s} {v['ir_r1']:8.1f} {v['tr_r1']:8.1f} {t['ir_r1']:9.1f} {t['tr_r1']:9.1f} {t['rsum']:9.1f}"
+        )
     for label, d in distances.items():
-        print(f"v-l distances, MS {label} (central = {'seed' if label == 'seed' else 'init'}): "
-              + ", ".join(f"{k} {v:.4g}" for k, v in d.items()))
+        print(
+            f"v-l distances, MS {label} (central = {'seed' if label == 'seed' else 'init'}): "
+            + ", ".join(f"{k} {v:.4g}" for k, v in d.items())
+        )
     print(json.dumps({k: round(v) for k, v in timings.items()}), f"total {result['total_seconds']:.0f}s")
 
 

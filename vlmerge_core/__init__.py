@@ -22,22 +22,44 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     # data
-    "generate_world": "data", "load_world": "data", "World": "data", "load_tokenizer": "data",
-    "PairDataset": "data", "encode_text": "data", "image_to_tensor": "data", "mask_tokens": "data",
+    "generate_world": "data",
+    "load_world": "data",
+    "World": "data",
+    "load_tokenizer": "data",
+    "PairDataset": "data",
+    "encode_text": "data",
+    "image_to_tensor": "data",
+    "mask_tokens": "data",
     "patch_codes": "data",
     # model
-    "MultiwayTransformer": "model", "MS_VARIANTS": "model", "save_model": "model", "load_model": "model",
-    "model_config_of": "model", "init_ms_from_ma": "model", "load_timm_into_v": "model",
+    "MultiwayTransformer": "model",
+    "MS_VARIANTS": "model",
+    "save_model": "model",
+    "load_model": "model",
+    "model_config_of": "model",
+    "init_ms_from_ma": "model",
+    "load_timm_into_v": "model",
     "CheckpointMismatchError": "model",
     # pre-training
-    "run_pretrain": "pretrain", "evaluate_retrieval": "pretrain", "NonFiniteLossError": "pretrain",
+    "run_pretrain": "pretrain",
+    "evaluate_retrieval": "pretrain",
+    "NonFiniteLossError": "pretrain",
     # merging
-    "METHODS": "merge", "get_method": "merge", "unify_state_dict": "merge", "merge_checkpoint": "merge",
-    "collect_grams": "merge", "convert_file": "merge", "MergeError": "merge", "ConvertError": "merge",
+    "METHODS": "merge",
+    "get_method": "merge",
+    "unify_state_dict": "merge",
+    "merge_checkpoint": "merge",
+    "collect_grams": "merge",
+    "convert_file": "merge",
+    "MergeError": "merge",
+    "ConvertError": "merge",
     # analysis
-    "weight_distances": "analysis", "rank_correlation": "analysis",
+    "weight_distances": "analysis",
+    "rank_correlation": "analysis",
     # tasks
-    "TASKS": "tasks", "finetune_task": "tasks", "run_finetune": "tasks",
+    "TASKS": "tasks",
+    "finetune_task": "tasks",
+    "run_finetune": "tasks",
 }
 
 

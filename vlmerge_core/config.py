@@ -28,8 +28,14 @@ class ParamsError(ValueError):
     """A params file has an unknown key, a wrong type or an out-of-range value."""
 
 
-def _f(default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: float | None = None,
-       choices: tuple | None = None, factory: Any = None) -> Any:
+def _f(
+    default: Any = dataclasses.MISSING,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple | None = None,
+    factory: Any = None,
+) -> Any:
     """A dataclass field with range metadata checked by the loader."""
     meta = {"lo": lo, "hi": hi, "choices": choices}
     if factory is not None:
@@ -88,8 +94,9 @@ class ModelConfig:
             raise ParamsError(f"model.image_size ({self.image_size}) must be divisible by model.patch_size")
         bad = set(self.ms_components) - {"attn", "mlp", "norm1", "norm2"}
         if bad:
-            raise ParamsError(f"model.ms_components: unknown component(s) {sorted(bad)}; "
-                              "allowed: attn, mlp, norm1, norm2")
+            raise ParamsError(
+                f"model.ms_components: unknown component(s) {sorted(bad)}; allowed: attn, mlp, norm1, norm2"
+            )
 
 
 # ------------------------------------------------------------------------------------ pre-training
@@ -171,10 +178,15 @@ class FinetuneConfig:
     warmup_frac: float = _f(0.1, lo=0.0, hi=1.0)  # warm-up fraction of the steps
     weight_decay: float = _f(0.01, lo=0.0)  # AdamW weight decay
     seed: int = _f(0, lo=0)  # fine-tuning seed
-    overrides: dict[str, dict[str, Any]] = _f(factory=lambda: {  # task -> {field: value}
-        "vqa": {"lr": 3e-4, "head_lr_mult": 100.0}, "coco": {"batch_size": 64}, "flickr": {"batch_size": 64},
-        "nlvr2": {"lr": 3e-4, "train_subsample": 0, "epochs": 4},  # 3000 x 2 epochs: 53.8-55.4 from seed
-        "ade20k": {"epochs": 3, "batch_size": 16, "train_subsample": 0}})
+    overrides: dict[str, dict[str, Any]] = _f(
+        factory=lambda: {  # task -> {field: value}
+            "vqa": {"lr": 3e-4, "head_lr_mult": 100.0},
+            "coco": {"batch_size": 64},
+            "flickr": {"batch_size": 64},
+            "nlvr2": {"lr": 3e-4, "train_subsample": 0, "epochs": 4},  # 3000 x 2 epochs: 53.8-55.4 from seed
+            "ade20k": {"epochs": 3, "batch_size": 16, "train_subsample": 0},
+        }
+    )
     real_paths: dict[str, str] = _f(factory=dict)  # task -> local dataset root; "tokenizer" -> tokenizer file
     train_subsample: int = _f(4000, lo=0)  # at most this many training examples per task; 0 = all
     eval_subsample: int = _f(0, lo=0)  # at most this many val/test examples per task; 0 = all
@@ -207,25 +219,37 @@ class Params:
         """Checks across sections: the data the model reads and the checkpoints later stages need."""
         d, m = self.data, self.model
         if d.image_size != m.image_size:
-            raise ParamsError(f"model.image_size ({m.image_size}) must equal data.image_size ({d.image_size})")
+            raise ParamsError(
+                f"model.image_size ({m.image_size}) must equal data.image_size ({d.image_size})"
+            )
         if d.max_text_len > m.max_text_len:
-            raise ParamsError(f"data.max_text_len ({d.max_text_len}) exceeds model.max_text_len ({m.max_text_len})")
+            raise ParamsError(
+                f"data.max_text_len ({d.max_text_len}) exceeds model.max_text_len ({m.max_text_len})"
+            )
         init = self.init_pretrain
         if init.steps > 0 and not init.beit_checkpoint and init.losses.get("mim", 0) > 0:
             if d.mim_patch != m.patch_size:
-                raise ParamsError(f"data.mim_patch ({d.mim_patch}) must equal model.patch_size ({m.patch_size})")
+                raise ParamsError(
+                    f"data.mim_patch ({d.mim_patch}) must equal model.patch_size ({m.patch_size})"
+                )
             if d.mim_codebook_size != m.mim_vocab:
-                raise ParamsError(f"data.mim_codebook_size ({d.mim_codebook_size}) must equal "
-                                  f"model.mim_vocab ({m.mim_vocab})")
+                raise ParamsError(
+                    f"data.mim_codebook_size ({d.mim_codebook_size}) must equal "
+                    f"model.mim_vocab ({m.mim_vocab})"
+                )
         seed = self.seed_pretrain
         kept = {0, seed.steps, *seed.save_steps}
         missing = [k for k in self.ms_pretrain.seed_steps if k not in kept]
         if missing:
-            raise ParamsError(f"ms_pretrain.seed_steps {missing} are not kept by seed pre-training: add them to "
-                              f"seed_pretrain.save_steps {seed.save_steps} (or use seed_pretrain.steps)")
+            raise ParamsError(
+                f"ms_pretrain.seed_steps {missing} are not kept by seed pre-training: add them to "
+                f"seed_pretrain.save_steps {seed.save_steps} (or use seed_pretrain.steps)"
+            )
         too_long = [k for k in seed.save_steps if k > seed.steps]
         if too_long:
-            raise ParamsError(f"seed_pretrain.save_steps {too_long} exceed seed_pretrain.steps ({seed.steps})")
+            raise ParamsError(
+                f"seed_pretrain.save_steps {too_long} exceed seed_pretrain.steps ({seed.steps})"
+            )
 
 
 # ------------------------------------------------------------------------------------------- loader
@@ -274,7 +298,9 @@ def _coerce(value: Any, tp: Any, key: str, src: str) -> Any:
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ParamsError(f"{src}: {key}: expected bool (true/false), got {type(value).__name__} {value!r}")
+            raise ParamsError(
+                f"{src}: {key}: expected bool (true/false), got {type(value).__name__} {value!r}"
+            )
         return value
     if tp is str:
         if not isinstance(value, str):
@@ -306,8 +332,10 @@ def _build(cls: type, data: Any, prefix: str, src: str, base: Any = None) -> Any
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ParamsError(f"{src}: unknown key(s) {', '.join(where + k for k in unknown)}; "
-                          f"allowed: {', '.join(sorted(fields))}")
+        raise ParamsError(
+            f"{src}: unknown key(s) {', '.join(where + k for k in unknown)}; "
+            f"allowed: {', '.join(sorted(fields))}"
+        )
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name

@@ -109,14 +109,18 @@ def read_json(path: str | Path) -> Any:
 
 
 # -------------------------------------------------------------------------------------- checkpoints
-def save_safetensors(path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> Path:
+def save_safetensors(
+    path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
+) -> Path:
     """Save a flat ``{name: tensor}`` dict as safetensors, atomically.
 
     ``metadata`` values that are not strings are stored as JSON strings.
     """
     from safetensors.torch import save_file
 
-    meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (metadata or {}).items()}
+    meta = {
+        k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (metadata or {}).items()
+    }
     tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -153,10 +157,16 @@ def git_sha(root: str | Path | None = None) -> str:
     """The current git commit (with ``-dirty`` when the tree has changes), or ``unknown``."""
     try:
         cwd = str(root) if root else None
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except Exception:
         return "unknown"
@@ -186,6 +196,11 @@ def write_run_info(path: str | Path, config: Any, **extra: Any) -> Path:
     from vlmerge_core.paths import repo_root
 
     cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
-    info = {"config": cfg, "git_sha": git_sha(repo_root()), "versions": versions(),
-            "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **extra}
+    info = {
+        "config": cfg,
+        "git_sha": git_sha(repo_root()),
+        "versions": versions(),
+        "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
     return write_json(path, info)

@@ -45,7 +45,9 @@ def test_load_tokenizer_from_folder_and_errors(smoke_world, tmp_path):
     assert len(load_tokenizer(smoke_world.root)) == len(load_tokenizer(smoke_world.tokenizer_path))
     with pytest.raises(FileNotFoundError):
         load_tokenizer(tmp_path)
-    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red"]) + "\n")
+    (tmp_path / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red"]) + "\n"
+    )
     bert = load_tokenizer(tmp_path)  # a local BERT vocabulary can be swapped in by path
     assert bert("a red")["input_ids"] == [2, 5, 6, 3]
 
@@ -95,7 +97,9 @@ def test_image_to_tensor(smoke_world):
     x = image_to_tensor(smoke_world.images("val"))
     assert x.shape == (32, 3, 32, 32) and x.dtype == torch.float32
     assert x.min() >= -1 and x.max() <= 1
-    assert torch.allclose(x[0, :, 0, 0], torch.tensor(smoke_world.images("val")[0, 0, 0] / 127.5 - 1.0).float())
+    assert torch.allclose(
+        x[0, :, 0, 0], torch.tensor(smoke_world.images("val")[0, 0, 0] / 127.5 - 1.0).float()
+    )
     with pytest.raises(ValueError, match="uint8"):
         image_to_tensor(smoke_world.images("val").astype(np.float32))
 
@@ -128,8 +132,12 @@ def test_pair_dataset(smoke_world, tok):
     n = len(smoke_world.images("train")) * len(smoke_world.captions("train")[0])
     assert len(ds) == n
     item = ds[3]
-    assert item["image"].shape == (3, 32, 32) and item["ids"].shape == (24,) and item["mask"].dtype == torch.bool
+    assert (
+        item["image"].shape == (3, 32, 32) and item["ids"].shape == (24,) and item["mask"].dtype == torch.bool
+    )
     assert int(item["index"]) == 1
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=5)))
     assert batch["image"].shape == (5, 3, 32, 32) and batch["ids"].shape == (5, 24)
-    assert len(PairDataset(smoke_world, "val", tok, 24, "both")) == 2 * len(PairDataset(smoke_world, "val", tok, 24))
+    assert len(PairDataset(smoke_world, "val", tok, 24, "both")) == 2 * len(
+        PairDataset(smoke_world, "val", tok, 24)
+    )

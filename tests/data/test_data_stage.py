@@ -20,8 +20,10 @@ def test_stage_reuses_same_params_and_writes_metrics(tmp_path, monkeypatch, smok
     run_data_stage(profile="smoke", out_dir="w")  # same parameters: reused, not rewritten
     assert (tmp_path / "w/images_train.npy").stat().st_mtime_ns == stamp
     assert world_summary(w)["train_images"] == 64
-    (tmp_path / "params.yaml").write_text("profile: smoke\ndata: {root: other, n_train: 8, n_val: 4, n_test: 4,"
-                                          " n_image_only: 16, n_corpus: 16}\n")
+    (tmp_path / "params.yaml").write_text(
+        "profile: smoke\ndata: {root: other, n_train: 8, n_val: 4, n_test: 4,"
+        " n_image_only: 16, n_corpus: 16}\n"
+    )
     assert main(["data", "--file", "params.yaml", "--reuse"]) == 0  # world goes to data.root of the file
     assert len(read_json(tmp_path / "other/meta.json")["config"]) > 5
     assert main(["data", "--file", "missing.yaml"]) == 2

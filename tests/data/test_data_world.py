@@ -24,15 +24,22 @@ COLOUR_OF = {w: c for c, ws in COLOUR_WORDS.items() for w in ws}
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.iterdir())
-            if p.is_file() and p.name != "run_info.json"}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.iterdir())
+        if p.is_file() and p.name != "run_info.json"
+    }
 
 
 def test_same_seed_same_bytes_in_a_new_process(smoke_world, tmp_path):
     """Generating again (through the CLI, in another process) gives byte-identical files."""
     out = tmp_path / "again"
-    subprocess.run([sys.executable, "-m", "vlmerge_core.cli", "data", "--profile", "smoke", "-o", str(out)],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "vlmerge_core.cli", "data", "--profile", "smoke", "-o", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     first, second = _hashes(smoke_world.root), _hashes(out)
     assert len(first) >= 18
     assert first == second
@@ -43,20 +50,31 @@ def test_other_seed_other_world(smoke_params, tmp_path):
 
     from vlmerge_core.data import generate_world
 
-    cfg = dataclasses.replace(smoke_params.data, seed=1, n_train=8, n_val=4, n_test=4, n_image_only=16,
-                              n_corpus=16)
+    cfg = dataclasses.replace(
+        smoke_params.data, seed=1, n_train=8, n_val=4, n_test=4, n_image_only=16, n_corpus=16
+    )
     w = load_world(generate_world(cfg, tmp_path))
     assert w.images("train").shape == (8, 32, 32, 3)
-    assert not np.array_equal(w.images("val"), load_world(generate_world(
-        dataclasses.replace(cfg, seed=2), tmp_path / "s2")).images("val"))
+    assert not np.array_equal(
+        w.images("val"),
+        load_world(generate_world(dataclasses.replace(cfg, seed=2), tmp_path / "s2")).images("val"),
+    )
 
 
 def test_splits_do_not_share_scenes(smoke_world):
     keys = {s: {scene_key(x) for x in smoke_world.scenes(s)} for s in ("train", "val", "test", "image_only")}
-    assert not keys["train"] & keys["val"] and not keys["train"] & keys["test"] and not keys["val"] & keys["test"]
+    assert (
+        not keys["train"] & keys["val"]
+        and not keys["train"] & keys["test"]
+        and not keys["val"] & keys["test"]
+    )
     assert not keys["image_only"] & (keys["val"] | keys["test"])
     texts = {s: {x["text"] for x in smoke_world.text_cls(s)} for s in ("train", "val", "test")}
-    assert not texts["train"] & texts["test"] and not texts["train"] & texts["val"] and not texts["val"] & texts["test"]
+    assert (
+        not texts["train"] & texts["test"]
+        and not texts["train"] & texts["val"]
+        and not texts["val"] & texts["test"]
+    )
 
 
 def test_arrays_shapes_and_labels(smoke_world, smoke_params):
@@ -71,7 +89,9 @@ def test_arrays_shapes_and_labels(smoke_world, smoke_params):
             assert len(big) == 1
             assert label == SHAPES.index(big[0]["shape"]) * len(COLOURS) + COLOURS.index(big[0]["colour"])
     assert w.image_only().shape == (cfg.n_image_only, 32, 32, 3)
-    assert w.codebook.shape == (cfg.mim_codebook_size, cfg.mim_patch ** 2 * 3) and w.codebook.dtype == np.float32
+    assert (
+        w.codebook.shape == (cfg.mim_codebook_size, cfg.mim_patch**2 * 3) and w.codebook.dtype == np.float32
+    )
     assert w.num_image_classes == 30 and w.num_seg_classes == 6
 
 
@@ -136,8 +156,10 @@ def test_vqa_answers_recomputed_from_scene(smoke_world):
 
 
 def _has(scene: dict, shape: str | None, colour: str | None) -> bool:
-    return any((shape is None or o["shape"] == shape) and (colour is None or o["colour"] == colour)
-               for o in scene["objects"])
+    return any(
+        (shape is None or o["shape"] == shape) and (colour is None or o["colour"] == colour)
+        for o in scene["objects"]
+    )
 
 
 def _nlvr2_truth(text: str, left: dict, right: dict) -> bool:
@@ -175,8 +197,15 @@ def test_nlvr2_truth_recomputed_and_balanced(smoke_world):
             assert _nlvr2_truth(x["statement"], scenes[x["left"]], scenes[x["right"]]) == x["label"], x
 
 
-REL = {"left of": "L", "to the left of": "L", "right of": "R", "to the right of": "R", "above": "A",
-       "below": "B", "under": "B"}
+REL = {
+    "left of": "L",
+    "to the left of": "L",
+    "right of": "R",
+    "to the right of": "R",
+    "above": "A",
+    "below": "B",
+    "under": "B",
+}
 OPP = {"L": "R", "R": "L", "A": "B", "B": "A"}
 
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import torch
 
 COMPONENT_PARAMS = {
-    "attn": {"qkv.weight": ("3w", "w"), "q_bias": ("w",), "v_bias": ("w",), "proj.weight": ("w", "w"),
-             "proj.bias": ("w",)},
+    "attn": {
+        "qkv.weight": ("3w", "w"),
+        "q_bias": ("w",),
+        "v_bias": ("w",),
+        "proj.weight": ("w", "w"),
+        "proj.bias": ("w",),
+    },
     "mlp": {"fc1.weight": ("h", "w"), "fc1.bias": ("h",), "fc2.weight": ("w", "h"), "fc2.bias": ("w",)},
     "norm1": {"weight": ("w",), "bias": ("w",)},
     "norm2": {"weight": ("w",), "bias": ("w",)},
@@ -60,4 +65,3 @@ def make_ms_sd(depth=2, width=8, vl_start=1, components=ALL, seed=0):
     """An MS state dict with independent random experts, and its central MA state dict."""
     central = make_ma_sd(depth, width, seed=seed)
     return ms_from_ma(central, vl_start, components, noise=1.0, seed=seed + 1), central
-

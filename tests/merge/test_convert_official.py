@@ -12,8 +12,13 @@ from vlmerge_core.io import load_safetensors
 from vlmerge_core.merge.convert import ConvertError, convert_file
 
 D, L, H, VL, V, T, P, IMG = 8, 2, 2, 1, 20, 6, 8, 32
-VARIANTS = {"all_moe": ("attn", "mlp", "norm1", "norm2"), "attn_moe": ("attn", "norm1"),
-            "ffn_moe": ("mlp", "norm2"), "ln_moe": ("norm1", "norm2"), "ufo": ()}
+VARIANTS = {
+    "all_moe": ("attn", "mlp", "norm1", "norm2"),
+    "attn_moe": ("attn", "norm1"),
+    "ffn_moe": ("mlp", "norm2"),
+    "ln_moe": ("norm1", "norm2"),
+    "ufo": (),
+}
 
 
 def official_sd(variant="all_moe", backbone_only=False, seed=0):
@@ -21,44 +26,78 @@ def official_sd(variant="all_moe", backbone_only=False, seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     comps = VARIANTS[variant]
-    sd = {"transformer.patch_embed.proj.weight": r(D, 3, P, P), "transformer.patch_embed.proj.bias": r(D),
-          "transformer.cls_token": r(1, 1, D), "transformer.mask_token": r(1, 1, D),
-          "transformer.norm.weight": r(D), "transformer.norm.bias": r(D)}
-    params = {"attn": {"qkv.weight": (3 * D, D), "q_bias": (D,), "v_bias": (D,), "proj.weight": (D, D), "proj.bias": (D,)},
-              "mlp": {"fc1.weight": (4 * D, D), "fc1.bias": (4 * D,), "fc2.weight": (D, 4 * D), "fc2.bias": (D,)},
-              "norm1": {"weight": (D,), "bias": (D,)}, "norm2": {"weight": (D,), "bias": (D,)}}
+    sd = {
+        "transformer.patch_embed.proj.weight": r(D, 3, P, P),
+        "transformer.patch_embed.proj.bias": r(D),
+        "transformer.cls_token": r(1, 1, D),
+        "transformer.mask_token": r(1, 1, D),
+        "transformer.norm.weight": r(D),
+        "transformer.norm.bias": r(D),
+    }
+    params = {
+        "attn": {
+            "qkv.weight": (3 * D, D),
+            "q_bias": (D,),
+            "v_bias": (D,),
+            "proj.weight": (D, D),
+            "proj.bias": (D,),
+        },
+        "mlp": {"fc1.weight": (4 * D, D), "fc1.bias": (4 * D,), "fc2.weight": (D, 4 * D), "fc2.bias": (D,)},
+        "norm1": {"weight": (D,), "bias": (D,)},
+        "norm2": {"weight": (D,), "bias": (D,)},
+    }
     for i in range(L):
         experts = ("v", "l") if i < VL else ("v", "l", "vl")
         for comp, ps in params.items():
             for p, shape in ps.items():
                 for e in experts if comp in comps else (None,):
-                    name = f"transformer.blocks.{i}.{comp}.{e}.{p}" if e else f"transformer.blocks.{i}.{comp}.{p}"
+                    name = (
+                        f"transformer.blocks.{i}.{comp}.{e}.{p}"
+                        if e
+                        else f"transformer.blocks.{i}.{comp}.{p}"
+                    )
                     sd[name] = r(*shape)
         sd[f"transformer.blocks.{i}.gamma_1"] = r(D)
         sd[f"transformer.blocks.{i}.gamma_2"] = r(D)
     if backbone_only:
         return sd
     n_rel = (2 * (IMG // P) - 1) ** 2 + 3
-    sd.update({
-        "text_embeddings.word_embeddings.weight": r(V, D), "text_embeddings.position_embeddings.weight": r(T, D),
-        "text_embeddings.token_type_embeddings.weight": r(2, D), "text_embeddings.LayerNorm.weight": r(D),
-        "text_embeddings.LayerNorm.bias": r(D), "text_embeddings.position_ids": torch.arange(T)[None],
-        "token_type_embeddings.weight": r(2, D), "pooler.dense.weight": r(D, D), "pooler.dense.bias": r(D),
-        "mlm_score.transform.dense.weight": r(D, D), "mlm_score.transform.dense.bias": r(D),
-        "mlm_score.transform.LayerNorm.weight": r(D), "mlm_score.transform.LayerNorm.bias": r(D),
-        "mlm_score.decoder.weight": r(V, D), "mlm_score.bias": r(V), "itm_score.fc.weight": r(2, D),
-        "itm_score.fc.bias": r(2), "ifm_text_proj.fc.weight": r(D, D), "ifm_image_proj.fc.weight": r(D, D),
-        "ifm_vl_text_proj.fc.weight": r(D, D), "ifm_vl_image_proj.fc.weight": r(D, D),
-        "mim_score.weight": r(16, D), "mim_score.bias": r(16),
-        "logit_scale": r(()), "logit_vl_scale": r(()),
-        "relative_position_bias_table": r(n_rel + 2 * 196 + 2, H * L),
-        "relative_position_index": torch.zeros(17, 17, dtype=torch.long),
-        "text_relative_position_index": torch.zeros(T, T, dtype=torch.long),
-        "text_imag_relative_position_index": torch.zeros(T + 17, T + 17),
-        "temporal_relative_position_bias_table": r(2, H * L),
-        "temporal_relative_position_index": torch.zeros(34, 34, dtype=torch.long),
-        "mask_for_combining_temporal": torch.ones(1, 17, 17),
-    })
+    sd.update(
+        {
+            "text_embeddings.word_embeddings.weight": r(V, D),
+            "text_embeddings.position_embeddings.weight": r(T, D),
+            "text_embeddings.token_type_embeddings.weight": r(2, D),
+            "text_embeddings.LayerNorm.weight": r(D),
+            "text_embeddings.LayerNorm.bias": r(D),
+            "text_embeddings.position_ids": torch.arange(T)[None],
+            "token_type_embeddings.weight": r(2, D),
+            "pooler.dense.weight": r(D, D),
+            "pooler.dense.bias": r(D),
+            "mlm_score.transform.dense.weight": r(D, D),
+            "mlm_score.transform.dense.bias": r(D),
+            "mlm_score.transform.LayerNorm.weight": r(D),
+            "mlm_score.transform.LayerNorm.bias": r(D),
+            "mlm_score.decoder.weight": r(V, D),
+            "mlm_score.bias": r(V),
+            "itm_score.fc.weight": r(2, D),
+            "itm_score.fc.bias": r(2),
+            "ifm_text_proj.fc.weight": r(D, D),
+            "ifm_image_proj.fc.weight": r(D, D),
+            "ifm_vl_text_proj.fc.weight": r(D, D),
+            "ifm_vl_image_proj.fc.weight": r(D, D),
+            "mim_score.weight": r(16, D),
+            "mim_score.bias": r(16),
+            "logit_scale": r(()),
+            "logit_vl_scale": r(()),
+            "relative_position_bias_table": r(n_rel + 2 * 196 + 2, H * L),
+            "relative_position_index": torch.zeros(17, 17, dtype=torch.long),
+            "text_relative_position_index": torch.zeros(T, T, dtype=torch.long),
+            "text_imag_relative_position_index": torch.zeros(T + 17, T + 17),
+            "temporal_relative_position_bias_table": r(2, H * L),
+            "temporal_relative_position_index": torch.zeros(34, 34, dtype=torch.long),
+            "mask_for_combining_temporal": torch.ones(1, 17, 17),
+        }
+    )
     return sd
 
 
@@ -68,27 +107,50 @@ def test_convert_lightning_checkpoint_loads(tmp_path, variant):
 
     sd = official_sd(variant)
     torch.save({"state_dict": sd, "epoch": 3, "global_step": 10}, tmp_path / "in.ckpt")
-    rep = convert_file(tmp_path / "in.ckpt", tmp_path / "out.safetensors", allow_lossy=True,
-                       vl_start=VL if variant == "ufo" else None)
+    rep = convert_file(
+        tmp_path / "in.ckpt",
+        tmp_path / "out.safetensors",
+        allow_lossy=True,
+        vl_start=VL if variant == "ufo" else None,
+    )
     model = load_model(tmp_path / "out.safetensors")
     assert model.kind == ("ma" if variant == "ufo" else "ms")
     cfg = model.cfg
-    assert (cfg.width, cfg.depth, cfg.heads, cfg.vl_start, cfg.image_size, cfg.patch_size) == (D, L, H, VL, IMG, P)
+    assert (cfg.width, cfg.depth, cfg.heads, cfg.vl_start, cfg.image_size, cfg.patch_size) == (
+        D,
+        L,
+        H,
+        VL,
+        IMG,
+        P,
+    )
     assert sorted(cfg.ms_components) == sorted(VARIANTS[variant])
     ours = model.state_dict()
-    pairs = {"transformer.blocks.1.gamma_2": "blocks.1.gamma_2", "pooler.dense.weight": "heads.pooler.dense.weight",
-             "mlm_score.transform.LayerNorm.bias": "heads.mlm.transform.norm.bias", "logit_vl_scale": "logit_scale_vl",
-             "ifm_vl_image_proj.fc.weight": "heads.itc_vl_image.weight", "transformer.norm.bias": "norm.bias",
-             "text_embeddings.LayerNorm.weight": "text_embed.norm.weight", "mim_score.bias": "heads.mim.bias"}
+    pairs = {
+        "transformer.blocks.1.gamma_2": "blocks.1.gamma_2",
+        "pooler.dense.weight": "heads.pooler.dense.weight",
+        "mlm_score.transform.LayerNorm.bias": "heads.mlm.transform.norm.bias",
+        "logit_vl_scale": "logit_scale_vl",
+        "ifm_vl_image_proj.fc.weight": "heads.itc_vl_image.weight",
+        "transformer.norm.bias": "norm.bias",
+        "text_embeddings.LayerNorm.weight": "text_embed.norm.weight",
+        "mim_score.bias": "heads.mim.bias",
+    }
     if variant == "all_moe":
-        pairs.update({"transformer.blocks.1.attn.vl.qkv.weight": "blocks.1.attn.vl.qkv.weight",
-                      "transformer.blocks.0.norm2.l.bias": "blocks.0.norm2.l.bias",
-                      "transformer.blocks.1.mlp.v.fc2.weight": "blocks.1.mlp.v.fc2.weight"})
+        pairs.update(
+            {
+                "transformer.blocks.1.attn.vl.qkv.weight": "blocks.1.attn.vl.qkv.weight",
+                "transformer.blocks.0.norm2.l.bias": "blocks.0.norm2.l.bias",
+                "transformer.blocks.1.mlp.v.fc2.weight": "blocks.1.mlp.v.fc2.weight",
+            }
+        )
     if variant == "ufo":
         pairs["transformer.blocks.1.attn.q_bias"] = "blocks.1.attn.q_bias"
     for src, dst in pairs.items():
         assert torch.equal(ours[dst], sd[src]), dst
-    assert torch.equal(ours["rel_pos_bias.relative_position_bias_table"], sd["relative_position_bias_table"][:52])
+    assert torch.equal(
+        ours["rel_pos_bias.relative_position_bias_table"], sd["relative_position_bias_table"][:52]
+    )
     tt0 = sd["text_embeddings.token_type_embeddings.weight"][0]
     assert torch.equal(ours["text_embed.position_embeddings.weight"], tt0.expand(T, D))
     assert torch.equal(ours["pos_embed"], torch.zeros(1, 17, D))
@@ -102,7 +164,9 @@ def test_refuses_unplaceable_tensors(tmp_path):
     sd = official_sd("all_moe")
     sd["vqa_classifier.0.weight"] = torch.zeros(4, D)
     torch.save(sd, tmp_path / "in.pt")
-    with pytest.raises(ConvertError, match=r"relative_position_bias_table.*temporal.*vqa_classifier.0.weight"):
+    with pytest.raises(
+        ConvertError, match=r"relative_position_bias_table.*temporal.*vqa_classifier.0.weight"
+    ):
         convert_file(tmp_path / "in.pt", tmp_path / "out.safetensors")
     with pytest.raises(ConvertError, match="--vl-start"):
         torch.save(official_sd("ufo"), tmp_path / "ufo.pt")
@@ -120,21 +184,33 @@ def test_backbone_only_and_official_regmean_float64(tmp_path):
     rep = convert_file(tmp_path / "bb.pt", tmp_path / "o.safetensors", vl_start=1, image_size=IMG, heads=H)
     model = load_model(tmp_path / "o.safetensors")
     assert "heads.itm.weight" in rep["initialised"] and "blocks.0.attn.qkv.weight" not in rep["initialised"]
-    torch.testing.assert_close(model.state_dict()["blocks.1.mlp.fc1.weight"], sd["transformer.blocks.1.mlp.fc1.weight"].float())
+    torch.testing.assert_close(
+        model.state_dict()["blocks.1.mlp.fc1.weight"], sd["transformer.blocks.1.mlp.fc1.weight"].float()
+    )
 
 
 def test_convert_official_gram_file(tmp_path):
     grams = collections.defaultdict(float)
-    names = ["transformer.blocks.0.attn.v", "transformer.blocks.0.attn.l.proj", "transformer.blocks.1.mlp.vl.fc1",
-             "transformer.blocks.1.mlp.fc2", "transformer.blocks.1.attn"]
+    names = [
+        "transformer.blocks.0.attn.v",
+        "transformer.blocks.0.attn.l.proj",
+        "transformer.blocks.1.mlp.vl.fc1",
+        "transformer.blocks.1.mlp.fc2",
+        "transformer.blocks.1.attn",
+    ]
     for i, n in enumerate(names):
         grams[n] += torch.eye(4, dtype=torch.float64) * (i + 1)
     torch.save(grams, tmp_path / "g.pth")
     rep = convert_file(tmp_path / "g.pth", tmp_path / "g.safetensors")  # no --trust-pickle needed
     assert rep["kind"] == "gram"
     out, _ = load_safetensors(tmp_path / "g.safetensors")
-    expect = {"blocks.0.attn.v.qkv": 1, "blocks.0.attn.l.proj": 2, "blocks.1.mlp.vl.fc1": 3, "blocks.1.mlp.fc2": 4,
-              "blocks.1.attn.qkv": 5}
+    expect = {
+        "blocks.0.attn.v.qkv": 1,
+        "blocks.0.attn.l.proj": 2,
+        "blocks.1.mlp.vl.fc1": 3,
+        "blocks.1.mlp.fc2": 4,
+        "blocks.1.attn.qkv": 5,
+    }
     assert set(out) == set(expect)
     for k, s in expect.items():
         assert torch.equal(out[k], torch.eye(4, dtype=torch.float64) * s)

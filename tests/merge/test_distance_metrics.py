@@ -17,10 +17,18 @@ TL = torch.tensor([-4.0, -1.0, 2.0, 0.1])
 
 
 def _sd():
-    ms = {"blocks.0.norm1.v.weight": C + TV, "blocks.0.norm1.l.weight": C + TL,
-          "blocks.0.norm1.v.bias": torch.tensor([1.0, 0.0]), "blocks.0.norm1.l.bias": torch.tensor([1.0, 2.0]),
-          "cls_token": torch.zeros(1, 1, 4)}
-    central = {"blocks.0.norm1.weight": C, "blocks.0.norm1.bias": torch.zeros(2), "cls_token": torch.zeros(1, 1, 4)}
+    ms = {
+        "blocks.0.norm1.v.weight": C + TV,
+        "blocks.0.norm1.l.weight": C + TL,
+        "blocks.0.norm1.v.bias": torch.tensor([1.0, 0.0]),
+        "blocks.0.norm1.l.bias": torch.tensor([1.0, 2.0]),
+        "cls_token": torch.zeros(1, 1, 4),
+    }
+    central = {
+        "blocks.0.norm1.weight": C,
+        "blocks.0.norm1.bias": torch.zeros(2),
+        "cls_token": torch.zeros(1, 1, 4),
+    }
     return ms, central
 
 
@@ -53,8 +61,11 @@ def test_total_flattens_all_parameters():
 
 
 def test_three_experts_and_no_central():
-    ms = {"blocks.0.mlp.v.fc1.bias": torch.tensor([1.0, 1.0]), "blocks.0.mlp.l.fc1.bias": torch.tensor([1.0, -1.0]),
-          "blocks.0.mlp.vl.fc1.bias": torch.tensor([1.0, 0.0])}
+    ms = {
+        "blocks.0.mlp.v.fc1.bias": torch.tensor([1.0, 1.0]),
+        "blocks.0.mlp.l.fc1.bias": torch.tensor([1.0, -1.0]),
+        "blocks.0.mlp.vl.fc1.bias": torch.tensor([1.0, 0.0]),
+    }
     central = {"blocks.0.mlp.fc1.bias": torch.zeros(2)}
     d = weight_distances(ms, central, experts=None, vl_start=0)
     p = d["total"]
@@ -98,5 +109,8 @@ def test_layer_plot_and_grid():
     fig = fig_layer_distances({"a": weight_distances(ms, central, vl_start=1)})
     assert len(fig.axes) == 5
     grid = method_grid(MergeConfig(methods=["interpolation", "dare"], ratios=[0.25, 0.75]))
-    assert [run_name(m, p) for m, p in grid] == ["interpolation_ratio0.25", "interpolation_ratio0.75",
-                                                 "dare_drop_rate0.5"]
+    assert [run_name(m, p) for m, p in grid] == [
+        "interpolation_ratio0.25",
+        "interpolation_ratio0.75",
+        "dare_drop_rate0.5",
+    ]

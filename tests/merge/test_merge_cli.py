@@ -34,10 +34,45 @@ def test_cli_merge_distance(tmp_path, capsys):
 
     _pico(tmp_path)
     ms, c = str(tmp_path / "ms.safetensors"), str(tmp_path / "ma.safetensors")
-    assert main(["merge", ms, "--method", "dare", "--central", c, "--drop-rate", "0.3", "--seed", "1",
-                 "--lambda", "0.5", "--task", "coco", "-o", str(tmp_path / "m.safetensors")]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                ms,
+                "--method",
+                "dare",
+                "--central",
+                c,
+                "--drop-rate",
+                "0.3",
+                "--seed",
+                "1",
+                "--lambda",
+                "0.5",
+                "--task",
+                "coco",
+                "-o",
+                str(tmp_path / "m.safetensors"),
+            ]
+        )
+        == 0
+    )
     assert load_model(tmp_path / "m.safetensors").kind == "ma"
-    assert main(["merge", ms, "--method", "interpolation", "--density", "0.5", "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert (
+        main(
+            [
+                "merge",
+                ms,
+                "--method",
+                "interpolation",
+                "--density",
+                "0.5",
+                "-o",
+                str(tmp_path / "x.safetensors"),
+            ]
+        )
+        == 2
+    )
     assert "does not take ['density']" in capsys.readouterr().err
     assert main(["merge", ms, "--method", "arithmetic", "-o", str(tmp_path / "y.safetensors")]) == 2
     assert "needs the central" in capsys.readouterr().err
@@ -53,5 +88,8 @@ def test_cli_convert(tmp_path, capsys):
     torch.save({"state_dict": official_sd("ffn_moe")}, tmp_path / "o.ckpt")
     assert main(["convert", str(tmp_path / "o.ckpt"), "-o", str(tmp_path / "o.safetensors")]) == 2
     assert "--allow-lossy" in capsys.readouterr().err
-    assert main(["convert", str(tmp_path / "o.ckpt"), "--allow-lossy", "-o", str(tmp_path / "o.safetensors")]) == 0
+    assert (
+        main(["convert", str(tmp_path / "o.ckpt"), "--allow-lossy", "-o", str(tmp_path / "o.safetensors")])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["kind"] == "ms"

@@ -40,8 +40,13 @@ def _run(name, experts, central=None, seed=0, **kw):
     return m(experts, name="p", **kw)
 
 
-IDENTITY_KW = {"interpolation": {}, "regmean": {"alpha": 0.7}, "ties": {"density": 1.0, "lam": 1.0},
-               "dare": {"drop_rate": 0.0}, "arithmetic": {}}
+IDENTITY_KW = {
+    "interpolation": {},
+    "regmean": {"alpha": 0.7},
+    "ties": {"density": 1.0, "lam": 1.0},
+    "dare": {"drop_rate": 0.0},
+    "arithmetic": {},
+}
 
 
 def test_registry_has_all_methods_with_references():
@@ -53,7 +58,9 @@ def test_registry_has_all_methods_with_references():
 
 
 @SETTINGS
-@given(shape=shapes, n=st.integers(1, 3), seed=st.integers(0, 1000), name=st.sampled_from(sorted(IDENTITY_KW)))
+@given(
+    shape=shapes, n=st.integers(1, 3), seed=st.integers(0, 1000), name=st.sampled_from(sorted(IDENTITY_KW))
+)
 def test_identical_experts_are_returned(shape, n, seed, name):
     x = _tensors(shape, 1, seed)[0]
     central = _tensors(shape, 1, seed + 1)[0]
@@ -73,14 +80,24 @@ def test_ratio_0_and_1_return_an_input(shape, seed, ratio):
 
 
 @SETTINGS
-@given(shape=shapes, n=st.integers(2, 3), seed=st.integers(0, 1000), name=st.sampled_from(sorted(IDENTITY_KW)),
-       perm_seed=st.integers(0, 100))
+@given(
+    shape=shapes,
+    n=st.integers(2, 3),
+    seed=st.integers(0, 1000),
+    name=st.sampled_from(sorted(IDENTITY_KW)),
+    perm_seed=st.integers(0, 100),
+)
 def test_permuting_experts_gives_the_same_result(shape, n, seed, name, perm_seed):
     xs = _tensors(shape, n, seed)
     central = _tensors(shape, 1, seed + 7)[0]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(perm_seed)).tolist()
-    kw = {"interpolation": {"weights": [0.2, 0.8] if n == 2 else [0.2, 0.5, 0.3]}, "arithmetic": {"lam": 0.4},
-          "regmean": {"alpha": 0.6}, "ties": {"density": 0.5}, "dare": {"drop_rate": 0.0}}[name]
+    kw = {
+        "interpolation": {"weights": [0.2, 0.8] if n == 2 else [0.2, 0.5, 0.3]},
+        "arithmetic": {"lam": 0.4},
+        "regmean": {"alpha": 0.6},
+        "ties": {"density": 0.5},
+        "dare": {"drop_rate": 0.0},
+    }[name]
     grams = [_gram(shape[-1], seed + i) for i in range(n)] if name == "regmean" and len(shape) == 2 else None
     kw_p = dict(kw)
     if "weights" in kw:
@@ -93,8 +110,12 @@ def test_permuting_experts_gives_the_same_result(shape, n, seed, name, perm_seed
 
 
 @SETTINGS
-@given(shape=shapes, seed=st.integers(0, 1000), name=st.sampled_from(sorted(IDENTITY_KW)),
-       dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+@given(
+    shape=shapes,
+    seed=st.integers(0, 1000),
+    name=st.sampled_from(sorted(IDENTITY_KW)),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+)
 def test_shape_and_dtype_kept_no_nan(shape, seed, name, dtype):
     xs = _tensors(shape, 3, seed, dtype)
     central = _tensors(shape, 1, seed + 1, dtype)[0]
@@ -155,8 +176,9 @@ def test_regmean_matches_closed_form_and_explicit_inverse():
     # alpha = 0 with diagonal Grams: per input column weighted average
     d0, d1 = torch.diag(torch.tensor([1.0, 3.0, 1.0])), torch.diag(torch.tensor([1.0, 1.0, 0.0]))
     out0 = get_method("regmean")(ws, grams=[d0, d1], alpha=0.0)
-    expect = torch.stack([(ws[0][:, j] * d0[j, j] + ws[1][:, j] * d1[j, j]) / (d0[j, j] + d1[j, j])
-                          for j in range(3)], dim=1)
+    expect = torch.stack(
+        [(ws[0][:, j] * d0[j, j] + ws[1][:, j] * d1[j, j]) / (d0[j, j] + d1[j, j]) for j in range(3)], dim=1
+    )
     torch.testing.assert_close(out0, expect)
 
 

@@ -10,8 +10,13 @@ import torch
 from vlmerge_core.merge.gram import collect_grams, save_grams
 from vlmerge_core.merge.stream import merge_checkpoint
 
-METHODS = {"interpolation": {"ratio": 0.3}, "arithmetic": {"lam": 0.5}, "regmean": {"alpha": 0.9},
-           "ties": {"density": 1.0}, "dare": {"drop_rate": 0.0, "lam": 0.5}}
+METHODS = {
+    "interpolation": {"ratio": 0.3},
+    "arithmetic": {"lam": 0.5},
+    "regmean": {"alpha": 0.9},
+    "ties": {"density": 1.0},
+    "dare": {"drop_rate": 0.0, "lam": 0.5},
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +33,11 @@ def pico_ckpts(tmp_path_factory):
     save_model(tmp / "ma.safetensors", ma)
     save_model(tmp / "ms.safetensors", ms)
     g = torch.Generator().manual_seed(0)
-    batch = {"images": torch.randn(4, 3, cfg.image_size, cfg.image_size, generator=g),
-             "ids": torch.randint(5, cfg.vocab_size, (4, 6), generator=g), "mask": torch.ones(4, 6, dtype=torch.bool)}
+    batch = {
+        "images": torch.randn(4, 3, cfg.image_size, cfg.image_size, generator=g),
+        "ids": torch.randint(5, cfg.vocab_size, (4, 6), generator=g),
+        "mask": torch.ones(4, 6, dtype=torch.bool),
+    }
     save_grams(tmp / "grams.safetensors", collect_grams(ms, [batch], 1))
     return tmp, ma
 
@@ -39,10 +47,15 @@ def test_round_trip_loads_as_ma(pico_ckpts, method):
     from vlmerge_core.model import load_model
 
     tmp, ma = pico_ckpts
-    out = merge_checkpoint(tmp / "ms.safetensors", tmp / f"{method}.safetensors", method,
-                           central_path=tmp / "ma.safetensors" if method in ("arithmetic", "ties", "dare") else None,
-                           gram_path=tmp / "grams.safetensors" if method == "regmean" else None,
-                           task="vqa", **METHODS[method])
+    out = merge_checkpoint(
+        tmp / "ms.safetensors",
+        tmp / f"{method}.safetensors",
+        method,
+        central_path=tmp / "ma.safetensors" if method in ("arithmetic", "ties", "dare") else None,
+        gram_path=tmp / "grams.safetensors" if method == "regmean" else None,
+        task="vqa",
+        **METHODS[method],
+    )
     merged = load_model(out)
     assert merged.kind == "ma"
     ref = ma.state_dict()

@@ -13,8 +13,13 @@ from vlmerge_core.merge.methods import MergeError
 from vlmerge_core.merge.stream import merge_checkpoint
 from vlmerge_core.merge.unify import gram_key, plan_groups, unify_state_dict, used_experts
 
-PARAMS = {"interpolation": {"ratio": 0.5}, "arithmetic": {"lam": 1.0}, "regmean": {"alpha": 0.9},
-          "ties": {"density": 1.0}, "dare": {"drop_rate": 0.0}}
+PARAMS = {
+    "interpolation": {"ratio": 0.5},
+    "arithmetic": {"lam": 1.0},
+    "regmean": {"alpha": 0.9},
+    "ties": {"density": 1.0},
+    "dare": {"drop_rate": 0.0},
+}
 
 
 def _grams(ms_sd, seed=0):
@@ -30,7 +35,9 @@ def _grams(ms_sd, seed=0):
 
 
 @pytest.mark.parametrize("method", sorted(PARAMS))
-@pytest.mark.parametrize("components", [("attn", "mlp", "norm1", "norm2"), ("mlp", "norm2"), ("norm1", "norm2")])
+@pytest.mark.parametrize(
+    "components", [("attn", "mlp", "norm1", "norm2"), ("mlp", "norm2"), ("norm1", "norm2")]
+)
 def test_identical_experts_round_trip(method, components):
     ma = make_ma_sd(depth=3, width=8)
     ms = ms_from_ma(ma, vl_start=1, components=components)
@@ -54,9 +61,14 @@ def test_interpolation_uses_official_weights_and_passes_through(ms_and_central):
     ms, _ = ms_and_central
     out = unify_state_dict(ms, "interpolation", vl_start=1, ratio=0.25, only_used_experts=False)
     k0, k1 = "blocks.0.mlp.fc1.weight", "blocks.1.mlp.fc1.weight"
-    torch.testing.assert_close(out[k0], 0.25 * ms["blocks.0.mlp.v.fc1.weight"] + 0.75 * ms["blocks.0.mlp.l.fc1.weight"])
-    expect = (2 / 3 * 0.25 * ms["blocks.1.mlp.v.fc1.weight"] + 2 / 3 * 0.75 * ms["blocks.1.mlp.l.fc1.weight"]
-              + 1 / 3 * ms["blocks.1.mlp.vl.fc1.weight"])
+    torch.testing.assert_close(
+        out[k0], 0.25 * ms["blocks.0.mlp.v.fc1.weight"] + 0.75 * ms["blocks.0.mlp.l.fc1.weight"]
+    )
+    expect = (
+        2 / 3 * 0.25 * ms["blocks.1.mlp.v.fc1.weight"]
+        + 2 / 3 * 0.75 * ms["blocks.1.mlp.l.fc1.weight"]
+        + 1 / 3 * ms["blocks.1.mlp.vl.fc1.weight"]
+    )
     torch.testing.assert_close(out[k1], expect)
     for k in ("blocks.1.gamma_1", "cls_token", "heads.pooler.weight", "logit_scale"):
         assert torch.equal(out[k], ms[k])
@@ -74,7 +86,11 @@ def test_task_rules(ms_and_central):
     assert used_experts(1, ["v", "l", "vl"], vl_start=1, task="imagenet", unimodal_paths=True) == ["v"]
     assert used_experts(0, ["v", "l"], vl_start=1, task="text", unimodal_paths=True) == ["l"]
     assert used_experts(0, ["v", "l"], vl_start=1, task="vqa") == ["v", "l"]
-    assert used_experts(1, ["v", "l", "vl"], vl_start=1, task="vqa", only_used_experts=False) == ["v", "l", "vl"]
+    assert used_experts(1, ["v", "l", "vl"], vl_start=1, task="vqa", only_used_experts=False) == [
+        "v",
+        "l",
+        "vl",
+    ]
     assert used_experts(1, ["v", "l", "vl"], vl_start=1, experts=["l", "vl"]) == ["l", "vl"]
 
 
@@ -134,11 +150,19 @@ def test_errors_name_the_tensor(ms_and_central):
 
 def test_merge_checkpoint_streaming(tmp_path, ms_and_central):
     ms, central = ms_and_central
-    cfg = {"width": 8, "depth": 2, "heads": 2, "vl_start": 1, "ms_components": ["attn", "mlp", "norm1", "norm2"]}
+    cfg = {
+        "width": 8,
+        "depth": 2,
+        "heads": 2,
+        "vl_start": 1,
+        "ms_components": ["attn", "mlp", "norm1", "norm2"],
+    }
     ms_path, c_path = tmp_path / "ms.safetensors", tmp_path / "c.safetensors"
     save_safetensors(ms_path, ms, {"model_config": cfg, "kind": "ms", "format": "vlmerge-v1"})
     save_safetensors(c_path, central, {"model_config": {**cfg, "ms_components": []}, "kind": "ma"})
-    out = merge_checkpoint(ms_path, tmp_path / "o" / "ma.safetensors", "ties", central_path=c_path, density=0.5)
+    out = merge_checkpoint(
+        ms_path, tmp_path / "o" / "ma.safetensors", "ties", central_path=c_path, density=0.5
+    )
     tensors, meta = load_safetensors(out)
     ref = unify_state_dict(ms, "ties", vl_start=1, central=central, density=0.5)
     assert set(tensors) == set(ref) and all(torch.equal(tensors[k], ref[k]) for k in ref)
@@ -151,8 +175,14 @@ def test_merge_checkpoint_streaming(tmp_path, ms_and_central):
 def test_open_tensors_reads_every_dtype(tmp_path):
     from vlmerge_core.merge.stream import open_tensors
 
-    src = {"a": torch.randn(3, 4), "b": torch.randn(5).to(torch.bfloat16), "c": torch.arange(6).reshape(2, 3),
-           "d": torch.tensor([True, False]), "e": torch.zeros(0, 4), "f": torch.randn(2, 2, dtype=torch.float64)}
+    src = {
+        "a": torch.randn(3, 4),
+        "b": torch.randn(5).to(torch.bfloat16),
+        "c": torch.arange(6).reshape(2, 3),
+        "d": torch.tensor([True, False]),
+        "e": torch.zeros(0, 4),
+        "f": torch.randn(2, 2, dtype=torch.float64),
+    }
     save_safetensors(tmp_path / "t.safetensors", src, {"x": "y"})
     with open_tensors(tmp_path / "t.safetensors", "test") as (get, keys):
         assert sorted(keys) == sorted(src)

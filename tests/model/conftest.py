@@ -13,8 +13,17 @@ from vlmerge_core.config import ModelConfig
 @pytest.fixture
 def pico() -> ModelConfig:
     """MA pico model: width 16, 2 blocks, 2 heads, fusion from block 1, 32x32 images, 8x8 patches."""
-    return ModelConfig(width=16, depth=2, heads=2, vl_start=1, image_size=32, patch_size=8,
-                       vocab_size=64, max_text_len=12, mim_vocab=8)
+    return ModelConfig(
+        width=16,
+        depth=2,
+        heads=2,
+        vl_start=1,
+        image_size=32,
+        patch_size=8,
+        vocab_size=64,
+        max_text_len=12,
+        mim_vocab=8,
+    )
 
 
 def with_ms(cfg: ModelConfig, comps) -> ModelConfig:

@@ -42,7 +42,9 @@ def test_other_architecture_is_named(tmp_path, pico):
         load_model(path, cfg_override=dataclasses.replace(pico, vocab_size=65))
     state = dict(MultiwayTransformer(pico).state_dict())
     state["extra.weight"] = torch.zeros(2)
-    save_safetensors(tmp_path / "x.safetensors", state, {"model_config": read_safetensors_metadata(path)["model_config"]})
+    save_safetensors(
+        tmp_path / "x.safetensors", state, {"model_config": read_safetensors_metadata(path)["model_config"]}
+    )
     with pytest.raises(CheckpointMismatchError, match="extra.weight"):
         load_model(tmp_path / "x.safetensors")
 
@@ -57,8 +59,17 @@ def test_init_ms_from_ma_errors(pico):
 
 def _timm_tiny(name, **kw):
     torch.manual_seed(0)
-    return timm.create_model(name, pretrained=False, img_size=32, patch_size=8, embed_dim=16, depth=2,
-                             num_heads=2, num_classes=0, **kw).eval()
+    return timm.create_model(
+        name,
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        embed_dim=16,
+        depth=2,
+        num_heads=2,
+        num_classes=0,
+        **kw,
+    ).eval()
 
 
 @pytest.mark.parametrize("variant", ["ma", "all"])
@@ -70,8 +81,9 @@ def test_load_timm_beit(tmp_path, pico, variant):
                 p.normal_(0, 0.1)
     path = tmp_path / "beit.pth"
     torch.save(beit.state_dict(), path)
-    cfg = dataclasses.replace(pico, rel_pos_bias=True, layer_scale_init=0.1, vl_start=2,
-                              ms_components=MS_VARIANTS.get(variant, []))
+    cfg = dataclasses.replace(
+        pico, rel_pos_bias=True, layer_scale_init=0.1, vl_start=2, ms_components=MS_VARIANTS.get(variant, [])
+    )
     model = MultiwayTransformer(cfg).eval()
     load_timm_into_v(model, path)
     with torch.no_grad():

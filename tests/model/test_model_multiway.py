@@ -12,9 +12,13 @@ from vlmerge_core.model import MS_VARIANTS, MultiwayTransformer, init_ms_from_ma
 
 
 def _outputs(model, images, ids, mask):
-    return {"image": model.forward_image(images), "image_vl": model.forward_image(images, top="vl"),
-            "text": model.forward_text(ids, mask), "text_vl": model.forward_text(ids, mask, top="vl"),
-            "fused": model.forward_fused(images, ids, mask)}
+    return {
+        "image": model.forward_image(images),
+        "image_vl": model.forward_image(images, top="vl"),
+        "text": model.forward_text(ids, mask),
+        "text_vl": model.forward_text(ids, mask, top="vl"),
+        "fused": model.forward_fused(images, ids, mask),
+    }
 
 
 @pytest.mark.parametrize("variant", sorted(MS_VARIANTS))
@@ -64,15 +68,21 @@ def test_padded_text_is_masked(pico, inputs):
     model = MultiwayTransformer(dataclasses.replace(pico, ms_components=MS_VARIANTS["all"])).eval()
     ids2 = ids.clone()
     ids2[~mask] = 7  # change only padded tokens
-    for fn in (lambda i: model.forward_text(i, mask)["tokens"],
-               lambda i: model.forward_fused(images, i, mask)["text_tokens"]):
+    for fn in (
+        lambda i: model.forward_text(i, mask)["tokens"],
+        lambda i: model.forward_fused(images, i, mask)["text_tokens"],
+    ):
         a, b = fn(ids), fn(ids2)
         torch.testing.assert_close(a[mask], b[mask], atol=1e-6, rtol=0)
 
 
 def _sizes(D=16, hidden=64):
-    return {"norm1": 2 * D, "norm2": 2 * D, "attn": 3 * D * D + 2 * D + D * D + D,
-            "mlp": D * hidden + hidden + hidden * D + D}
+    return {
+        "norm1": 2 * D,
+        "norm2": 2 * D,
+        "attn": 3 * D * D + 2 * D + D * D + D,
+        "mlp": D * hidden + hidden + hidden * D + D,
+    }
 
 
 @pytest.mark.parametrize("variant", sorted(MS_VARIANTS))
@@ -98,8 +108,12 @@ def test_variant_names_and_counts(pico, variant):
 
 
 def test_ms_variant_mapping_matches_official():
-    assert MS_VARIANTS == {"all": ["attn", "mlp", "norm1", "norm2"], "attn": ["attn", "norm1"],
-                           "ffn": ["mlp", "norm2"], "ln": ["norm1", "norm2"]}
+    assert MS_VARIANTS == {
+        "all": ["attn", "mlp", "norm1", "norm2"],
+        "attn": ["attn", "norm1"],
+        "ffn": ["mlp", "norm2"],
+        "ln": ["norm1", "norm2"],
+    }
 
 
 def test_mim_mask_token_changes_only_masked(pico, inputs):

@@ -32,13 +32,27 @@ def _seed_cfg(smoke_params, **kw):
 def test_stages_write_checkpoints_and_metrics(tmp_path, smoke_params, smoke_world, init_ckpt):
     cfg = _seed_cfg(smoke_params, steps=4, save_steps=[2, 4])
     m = run_pretrain(cfg, smoke_params.model, smoke_world, tmp_path / "seed", init=init_ckpt, stage="seed")
-    for f in ("ckpt_step2.safetensors", "ckpt_step4.safetensors", "last.safetensors", "metrics.json", "run_info.json"):
+    for f in (
+        "ckpt_step2.safetensors",
+        "ckpt_step4.safetensors",
+        "last.safetensors",
+        "metrics.json",
+        "run_info.json",
+    ):
         assert (tmp_path / "seed" / f).exists(), f
     assert set(m["loss_curve"]) == {"step", "mlm", "itc", "itc_vl", "itm"}
-    assert read_json(tmp_path / "seed" / "metrics.json")["retrieval"]["n_images"] == len(smoke_world.images("val"))
+    assert read_json(tmp_path / "seed" / "metrics.json")["retrieval"]["n_images"] == len(
+        smoke_world.images("val")
+    )
     ms_cfg = dataclasses.replace(smoke_params.model, ms_components=MS_VARIANTS["ffn"])
-    m = run_pretrain(smoke_params.ms_pretrain, ms_cfg, smoke_world, tmp_path / "ms",
-                     init=tmp_path / "seed" / "ckpt_step2.safetensors", stage="ms")
+    m = run_pretrain(
+        smoke_params.ms_pretrain,
+        ms_cfg,
+        smoke_world,
+        tmp_path / "ms",
+        init=tmp_path / "seed" / "ckpt_step2.safetensors",
+        stage="ms",
+    )
     assert load_model(tmp_path / "ms" / "last.safetensors").kind == "ms" and m["kind"] == "ms"
 
 
@@ -50,8 +64,14 @@ def test_stage_errors(tmp_path, smoke_params, smoke_world, init_ckpt):
         run_pretrain(smoke_params.ms_pretrain, ms_cfg, smoke_world, tmp_path / "b", stage="ms")
     save_model(tmp_path / "ms.safetensors", MultiwayTransformer(ms_cfg))
     with pytest.raises(ValueError, match="MA checkpoint"):
-        run_pretrain(smoke_params.ms_pretrain, ms_cfg, smoke_world, tmp_path / "c", stage="ms",
-                     init=tmp_path / "ms.safetensors")
+        run_pretrain(
+            smoke_params.ms_pretrain,
+            ms_cfg,
+            smoke_world,
+            tmp_path / "c",
+            stage="ms",
+            init=tmp_path / "ms.safetensors",
+        )
 
 
 def test_resume_is_exact(tmp_path, smoke_params, smoke_world, init_ckpt):
@@ -93,8 +113,16 @@ def test_nan_guard_keeps_last_good_checkpoint(tmp_path, smoke_params, smoke_worl
 def test_init_from_timm_checkpoint(tmp_path, smoke_params, smoke_world):
     import timm
 
-    vit = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, patch_size=8,
-                            embed_dim=16, depth=2, num_heads=2, num_classes=0)
+    vit = timm.create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        embed_dim=16,
+        depth=2,
+        num_heads=2,
+        num_classes=0,
+    )
     torch.save(vit.state_dict(), tmp_path / "vit.pth")
     cfg = dataclasses.replace(smoke_params.init_pretrain, beit_checkpoint=str(tmp_path / "vit.pth"))
     m = run_pretrain(cfg, smoke_params.model, smoke_world, tmp_path / "init", stage="init")
@@ -118,14 +146,34 @@ def test_retrieval_recalls():
 def test_ddp_two_processes_match_one(tmp_path, smoke_params, smoke_world, init_ckpt):
     worker = Path(__file__).with_name("_ddp_worker.py")
     root = str(smoke_world.root)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLMERGE_NO_TQDM": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(worker), root, str(tmp_path / "ddp"), str(init_ckpt)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "VLMERGE_NO_TQDM": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        str(worker),
+        root,
+        str(tmp_path / "ddp"),
+        str(init_ckpt),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    single = subprocess.run([sys.executable, str(worker), root, str(tmp_path / "one"), str(init_ckpt)],
-                            env=env, capture_output=True, text=True, timeout=240)
+    single = subprocess.run(
+        [sys.executable, str(worker), root, str(tmp_path / "one"), str(init_ckpt)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     a, _ = load_safetensors(tmp_path / "one" / "last.safetensors")
     b, _ = load_safetensors(tmp_path / "ddp" / "last.safetensors")
@@ -162,8 +210,12 @@ def test_resume_after_sigkill_is_exact(tmp_path, smoke_params, smoke_world, init
     cfg = _seed_cfg(smoke_params, steps=4, ckpt_every=2, grad_accum=2, save_steps=[])
     run_pretrain(cfg, smoke_params.model, smoke_world, tmp_path / "straight", init=init_ckpt)
     killed = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(smoke_world.root), str(killed), str(init_ckpt)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, str(smoke_world.root), str(killed), str(init_ckpt)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert (killed / "train_state.safetensors").exists() and not (killed / "last.safetensors").exists()
     m = run_pretrain(cfg, smoke_params.model, smoke_world, killed, init=init_ckpt)

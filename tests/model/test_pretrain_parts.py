@@ -34,7 +34,13 @@ def test_stream_is_a_permutation_per_epoch_and_pure():
 def test_lr_schedule(smoke_params):
     cfg = dataclasses.replace(smoke_params.seed_pretrain, steps=10, warmup_steps=2, schedule="cosine")
     f = [lr_factor(s, cfg) for s in range(10)]
-    assert f[0] == 0.5 and f[1] == 1.0 and f[2] == 1.0 and f[-1] < 0.05 and f == sorted(f[:2]) + sorted(f[2:], reverse=True)
+    assert (
+        f[0] == 0.5
+        and f[1] == 1.0
+        and f[2] == 1.0
+        and f[-1] < 0.05
+        and f == sorted(f[:2]) + sorted(f[2:], reverse=True)
+    )
     lin = dataclasses.replace(cfg, schedule="linear")
     assert abs(lr_factor(6, lin) - 0.5) < 1e-9
 
@@ -45,8 +51,16 @@ def test_no_decay_groups(pico):
     names = {id(p): n for n, p in model.named_parameters()}
     dec = {names[id(p)] for p in decay["params"]}
     assert "blocks.0.attn.qkv.weight" in dec and "heads.itm.weight" in dec
-    for n in ("blocks.0.attn.q_bias", "blocks.0.norm1.weight", "pos_embed", "text_embed.word_embeddings.weight",
-              "blocks.0.gamma_1", "logit_scale", "rel_pos_bias.relative_position_bias_table", "token_type_embed.weight"):
+    for n in (
+        "blocks.0.attn.q_bias",
+        "blocks.0.norm1.weight",
+        "pos_embed",
+        "text_embed.word_embeddings.weight",
+        "blocks.0.gamma_1",
+        "logit_scale",
+        "rel_pos_bias.relative_position_bias_table",
+        "token_type_embed.weight",
+    ):
         assert n not in dec, n
     assert decay["weight_decay"] > 0 and rest["weight_decay"] == 0
 
@@ -58,8 +72,10 @@ def test_losses_are_finite_and_differentiable(smoke_params, smoke_world):
     cfg = dataclasses.replace(smoke_params.seed_pretrain, losses=losses)
     data = build_pretrain_data(smoke_world, mc, losses)
     batch = make_global_batch(data, cfg, 0, 0, 8, model.num_patches, set(losses))
-    assert torch.equal(batch["mlm_labels"], make_global_batch(data, cfg, 0, 0, 8, model.num_patches,
-                                                              set(losses))["mlm_labels"])
+    assert torch.equal(
+        batch["mlm_labels"],
+        make_global_batch(data, cfg, 0, 0, 8, model.num_patches, set(losses))["mlm_labels"],
+    )
     parts = objectives.compute_losses(model, batch, losses, objectives.Shard(0, 8, 8))
     assert set(parts) == set(losses)
     sum(parts.values()).backward()
@@ -82,13 +98,15 @@ def test_hard_negatives_exclude_positives():
 
 def test_losses_under_bf16_autocast(smoke_params, smoke_world):
     """The GPU path runs under bf16 autocast; check dtypes on CPU autocast (rel-pos bias, layer scale on)."""
-    mc = dataclasses.replace(smoke_params.model, ms_components=MS_VARIANTS["attn"], rel_pos_bias=True,
-                             layer_scale_init=0.1)
+    mc = dataclasses.replace(
+        smoke_params.model, ms_components=MS_VARIANTS["attn"], rel_pos_bias=True, layer_scale_init=0.1
+    )
     model = MultiwayTransformer(mc)
     losses = dict.fromkeys(objectives.LOSS_NAMES, 1.0)
     cfg = dataclasses.replace(smoke_params.seed_pretrain, losses=losses)
-    batch = make_global_batch(build_pretrain_data(smoke_world, mc, losses), cfg, 0, 0, 8, model.num_patches,
-                              set(losses))
+    batch = make_global_batch(
+        build_pretrain_data(smoke_world, mc, losses), cfg, 0, 0, 8, model.num_patches, set(losses)
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         parts = objectives.compute_losses(model, batch, losses, objectives.Shard(0, 8, 8))
     sum(parts.values()).backward()

@@ -26,8 +26,11 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 def _digest(folder: Path) -> dict[str, str]:
     """sha256 of every file (provenance lives beside the folder, in <folder>.run_info.json)."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +38,13 @@ def smoke_repo(tmp_path_factory) -> Path:
     if shutil.which("dvc") is None:
         pytest.fail("dvc is not installed (it is a dependency in pyproject.toml)")
     repo = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for rel in files:
         src = ROOT / rel
         if src.is_file():
@@ -45,7 +53,9 @@ def smoke_repo(tmp_path_factory) -> Path:
     for rel in (".dvc/config", ".dvcignore"):
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, repo / rel)
-    _run([sys.executable, "-m", "vlmerge_core.cli", "params", "--profile", "smoke", "-o", "params.yaml"], repo)
+    _run(
+        [sys.executable, "-m", "vlmerge_core.cli", "params", "--profile", "smoke", "-o", "params.yaml"], repo
+    )
     _run(["git", "init", "-q"], repo)
     _run(["git", "add", "-A"], repo)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke"], repo)

@@ -19,8 +19,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.pipeline, pytest.mark.notebooks]
 
 
 def _run(name: str, out: Path, **parameters) -> None:
-    pm.execute_notebook(ROOT / "notebooks" / name, out / name, parameters=parameters, kernel_name="python3",
-                        cwd=str(ROOT / "notebooks"), progress_bar=False)
+    pm.execute_notebook(
+        ROOT / "notebooks" / name,
+        out / name,
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(ROOT / "notebooks"),
+        progress_bar=False,
+    )
 
 
 def test_seed_ms_merge_finetune_chain(tmp_path, smoke_world):
@@ -28,23 +34,52 @@ def test_seed_ms_merge_finetune_chain(tmp_path, smoke_world):
     assert vlmerge(["params", "--profile", "smoke", "-o", str(params)]) == 0
     world, metrics = str(smoke_world.root), tmp_path / "metrics"
     common = {"params_file": str(params), "world_dir": world}
-    _run("02_pretrain.ipynb", tmp_path, stage="seed", out_dir=str(tmp_path / "seed"),
-         metrics_out=str(metrics / "pretrain_seed.json"), **common)
+    _run(
+        "02_pretrain.ipynb",
+        tmp_path,
+        stage="seed",
+        out_dir=str(tmp_path / "seed"),
+        metrics_out=str(metrics / "pretrain_seed.json"),
+        **common,
+    )
     seed = tmp_path / "seed" / "ckpt_step2.safetensors"
     assert seed.exists() and json.loads((metrics / "pretrain_seed.json").read_text())["kind"] == "ma"
-    _run("02_pretrain.ipynb", tmp_path, stage="ms", variant="all", init=str(seed), out_dir=str(tmp_path / "ms"),
-         metrics_out=str(metrics / "pretrain_ms.json"), **common)
+    _run(
+        "02_pretrain.ipynb",
+        tmp_path,
+        stage="ms",
+        variant="all",
+        init=str(seed),
+        out_dir=str(tmp_path / "ms"),
+        metrics_out=str(metrics / "pretrain_ms.json"),
+        **common,
+    )
     assert json.loads((metrics / "pretrain_ms.json").read_text())["kind"] == "ms"
-    _run("03_merge.ipynb", tmp_path, ms_ckpt=str(tmp_path / "ms" / "last.safetensors"), central_ckpt=str(seed),
-         methods="interpolation,arithmetic,regmean", out_dir=str(tmp_path / "merged"),
-         metrics_out=str(metrics / "merge.json"), **common)
+    _run(
+        "03_merge.ipynb",
+        tmp_path,
+        ms_ckpt=str(tmp_path / "ms" / "last.safetensors"),
+        central_ckpt=str(seed),
+        methods="interpolation,arithmetic,regmean",
+        out_dir=str(tmp_path / "merged"),
+        metrics_out=str(metrics / "merge.json"),
+        **common,
+    )
     merge = json.loads((metrics / "merge.json").read_text())
     assert {m["method"] for m in merge["merges"]} == {"interpolation", "arithmetic", "regmean"}
     assert merge["distance"]["total"]["l2"] > 0
     merged = sorted((tmp_path / "merged").glob("interpolation*.safetensors"))
     assert merged, "no merged checkpoint written"
-    _run("04_finetune_eval.ipynb", tmp_path, checkpoint=str(merged[0]), tasks="coco,text", model_name="merged",
-         metrics_root=str(metrics), params_file=str(params), world_root=world)
+    _run(
+        "04_finetune_eval.ipynb",
+        tmp_path,
+        checkpoint=str(merged[0]),
+        tasks="coco,text",
+        model_name="merged",
+        metrics_root=str(metrics),
+        params_file=str(params),
+        world_root=world,
+    )
     for task in ("coco", "text"):
         result = json.loads((metrics / "merged" / f"{task}.json").read_text())
         assert result["task"] == task and result["main"] >= 0

@@ -17,8 +17,9 @@ from vlmerge_core.tasks.heads import MLPClassifier
 
 @pytest.fixture
 def ft_cfg(smoke_params) -> FinetuneConfig:
-    return dataclasses.replace(smoke_params.finetune, epochs=1, batch_size=16, train_subsample=32,
-                               eval_subsample=16)
+    return dataclasses.replace(
+        smoke_params.finetune, epochs=1, batch_size=16, train_subsample=32, eval_subsample=16
+    )
 
 
 @pytest.fixture
@@ -37,7 +38,9 @@ def _strip(m: dict) -> dict:
 
 
 def test_overrides_apply_and_are_validated():
-    cfg = FinetuneConfig(lr=1e-3, overrides={"vqa": {"lr": 2e-4, "head_lr_mult": 10.0}, "coco": {"epochs": 3}})
+    cfg = FinetuneConfig(
+        lr=1e-3, overrides={"vqa": {"lr": 2e-4, "head_lr_mult": 10.0}, "coco": {"epochs": 3}}
+    )
     assert task_config(cfg, "vqa").lr == 2e-4 and task_config(cfg, "vqa").epochs == cfg.epochs
     assert task_config(cfg, "coco").epochs == 3 and task_config(cfg, "text") is cfg
     with pytest.raises(ParamsError, match=r"unknown key.*finetune\.overrides\.vqa\.lrr"):
@@ -58,7 +61,7 @@ def test_param_groups_head_mult_layer_decay_and_no_decay(pico_ma):
     depth = len(pico_ma.blocks)  # 2 -> blocks get 0.5^(2-i), embeddings 0.5^3, top (norm, heads) 1
     assert by_id[id(head.net[0].weight)]["lr_scale"] == 10.0
     assert by_id[id(pico_ma.patch_embed.proj.weight)]["lr_scale"] == 0.5 ** (depth + 1)
-    assert by_id[id(pico_ma.blocks[0].mlp.fc1.weight)]["lr_scale"] == 0.5 ** depth
+    assert by_id[id(pico_ma.blocks[0].mlp.fc1.weight)]["lr_scale"] == 0.5**depth
     assert by_id[id(pico_ma.blocks[1].mlp.fc1.weight)]["lr_scale"] == 0.5
     assert by_id[id(pico_ma.norm.weight)]["lr_scale"] == 1.0
     assert by_id[id(pico_ma.norm.weight)]["weight_decay"] == 0.0  # norms and biases: no decay
@@ -68,7 +71,19 @@ def test_param_groups_head_mult_layer_decay_and_no_decay(pico_ma):
 
 def test_warmup_linear_schedule():
     f = warmup_linear(total=10, warmup=2)
-    assert [round(f(s), 3) for s in range(11)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0]
+    assert [round(f(s), 3) for s in range(11)] == [
+        0.5,
+        1.0,
+        1.0,
+        0.875,
+        0.75,
+        0.625,
+        0.5,
+        0.375,
+        0.25,
+        0.125,
+        0.0,
+    ]
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -118,8 +133,20 @@ def test_cli_finetune(pico_ma, smoke_world, tmp_path, capsys):
     from vlmerge_core.cli import main
 
     path = save_model(tmp_path / "ma.safetensors", pico_ma)
-    rc = main(["finetune", str(path), "--profile", "smoke", "--tasks", "text,imagenet",
-               "--world", str(smoke_world.root), "--out", str(tmp_path / "m")])
+    rc = main(
+        [
+            "finetune",
+            str(path),
+            "--profile",
+            "smoke",
+            "--tasks",
+            "text,imagenet",
+            "--world",
+            str(smoke_world.root),
+            "--out",
+            str(tmp_path / "m"),
+        ]
+    )
     assert rc == 0 and "text: accuracy =" in capsys.readouterr().out
     assert (tmp_path / "m" / "imagenet.json").exists()
 

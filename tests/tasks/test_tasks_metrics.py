@@ -35,11 +35,13 @@ def test_vqa_soft_scores_by_hand():
 
 def test_vqa_score_picks_target_of_argmax():
     targets = dense_targets([[0, 2], [1], [3]], [[1.0, 2 / 3], [1.0], [1 / 3]], num_answers=5)
-    logits = torch.tensor([
-        [0.0, 0.0, 5.0, 0.0, 0.0],  # answer 2 -> 2/3
-        [0.0, 1.0, 1.0, 0.0, 0.0],  # tie 1/2 -> first max (1) -> 1.0
-        [9.0, 0.0, 0.0, 0.0, 0.0],  # answer 0 -> 0
-    ])
+    logits = torch.tensor(
+        [
+            [0.0, 0.0, 5.0, 0.0, 0.0],  # answer 2 -> 2/3
+            [0.0, 1.0, 1.0, 0.0, 0.0],  # tie 1/2 -> first max (1) -> 1.0
+            [9.0, 0.0, 0.0, 0.0, 0.0],  # answer 0 -> 0
+        ]
+    )
     s = vqa_score(logits, targets)
     assert s.tolist() == pytest.approx([2 / 3, 1.0, 0.0])
     assert s.mean().item() == pytest.approx((2 / 3 + 1.0) / 3)
@@ -48,11 +50,13 @@ def test_vqa_score_picks_target_of_argmax():
 def test_recall_multi_caption_and_pessimistic_ties():
     # 3 images, 5 texts; captions of image 0: texts 0,1; image 1: texts 2,3; image 2: text 4
     t2i = torch.tensor([0, 0, 1, 1, 2])
-    sim = torch.tensor([
-        [0.1, 0.9, 0.9, 0.0, 0.0],  # img0: best positive (0.9) tied with text 2 -> position 1
-        [0.5, 0.0, 0.4, 0.0, 0.0],  # img1: best positive 0.4 behind text 0 -> position 1
-        [0.0, 0.0, 0.0, 0.0, 0.7],  # img2: its text first -> position 0
-    ])
+    sim = torch.tensor(
+        [
+            [0.1, 0.9, 0.9, 0.0, 0.0],  # img0: best positive (0.9) tied with text 2 -> position 1
+            [0.5, 0.0, 0.4, 0.0, 0.0],  # img1: best positive 0.4 behind text 0 -> position 1
+            [0.0, 0.0, 0.0, 0.0, 0.7],  # img2: its text first -> position 0
+        ]
+    )
     r = retrieval_recalls(sim, t2i, ks=(1, 2))
     assert r["tr_r1"] == pytest.approx(100 / 3)
     assert r["tr_r2"] == pytest.approx(100.0)

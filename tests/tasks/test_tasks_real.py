@@ -36,12 +36,22 @@ def write_vqav2(root: Path) -> None:
             qid = iid * 1000 + k
             qs.append({"image_id": iid, "question": f"What colour is thing {k}?", "question_id": qid})
             answers = ["red"] * 7 + ["Red."] * 1 + ["blue"] * 2
-            anns.append({"question_id": qid, "image_id": iid, "multiple_choice_answer": "red",
-                         "answer_type": "other", "question_type": "what color is the",
-                         "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1}
-                                     for j, a in enumerate(answers)]})
+            anns.append(
+                {
+                    "question_id": qid,
+                    "image_id": iid,
+                    "multiple_choice_answer": "red",
+                    "answer_type": "other",
+                    "question_type": "what color is the",
+                    "answers": [
+                        {"answer": a, "answer_confidence": "yes", "answer_id": j + 1}
+                        for j, a in enumerate(answers)
+                    ],
+                }
+            )
         (root / f"v2_OpenEnded_mscoco_{sub}_questions.json").write_text(
-            json.dumps({"task_type": "Open-Ended", "data_type": "mscoco", "questions": qs}))
+            json.dumps({"task_type": "Open-Ended", "data_type": "mscoco", "questions": qs})
+        )
         (root / f"v2_mscoco_{sub}_annotations.json").write_text(json.dumps({"annotations": anns}))
 
 
@@ -65,7 +75,9 @@ def test_vqav2_errors_name_file_and_record(tmp_path):
     data = json.loads(path.read_text())
     del data["questions"][1]["question"]
     path.write_text(json.dumps(data))
-    with pytest.raises(RealFormatError, match=r"train2014_questions\.json: question 1 \(question_id 25001\).*'question'"):
+    with pytest.raises(
+        RealFormatError, match=r"train2014_questions\.json: question 1 \(question_id 25001\).*'question'"
+    ):
         read_vqav2(tmp_path, "train", SIZE, min_answer_count=1)
     with pytest.raises(FileNotFoundError, match="v2_mscoco_train2014_annotations.json"):
         read_vqav2(tmp_path / "nowhere", "train", SIZE)
@@ -77,9 +89,16 @@ def write_karpathy(root: Path, dataset: str) -> None:
         fname = f"img_{i}.jpg"
         folder = ("train2014" if i % 2 else "val2014") if dataset == "coco" else "flickr30k-images"
         _img(root / folder / fname)
-        rec = {"filename": fname, "split": split, "imgid": i, "sentids": [2 * i, 2 * i + 1],
-               "sentences": [{"raw": f"A photo number {i}.", "tokens": ["a"], "imgid": i, "sentid": 2 * i},
-                             {"raw": f"Another caption {i}.", "tokens": ["a"], "imgid": i, "sentid": 2 * i + 1}]}
+        rec = {
+            "filename": fname,
+            "split": split,
+            "imgid": i,
+            "sentids": [2 * i, 2 * i + 1],
+            "sentences": [
+                {"raw": f"A photo number {i}.", "tokens": ["a"], "imgid": i, "sentid": 2 * i},
+                {"raw": f"Another caption {i}.", "tokens": ["a"], "imgid": i, "sentid": 2 * i + 1},
+            ],
+        }
         if dataset == "coco":
             rec["filepath"] = folder
         recs.append(rec)
@@ -94,7 +113,12 @@ def test_karpathy_reader(tmp_path, dataset):
     tr = read_karpathy(tmp_path, "train", SIZE, dataset)
     assert len(tr["captions"]) == 2 and tr["captions"][1] == ["A photo number 1.", "Another caption 1."]
     te = read_karpathy(tmp_path, "test", SIZE, dataset)
-    assert te["filenames"] == ["img_3.jpg", "img_4.jpg"] and te["images"][np.arange(2)].shape == (2, SIZE, SIZE, 3)
+    assert te["filenames"] == ["img_3.jpg", "img_4.jpg"] and te["images"][np.arange(2)].shape == (
+        2,
+        SIZE,
+        SIZE,
+        3,
+    )
 
 
 def test_karpathy_errors(tmp_path):
@@ -103,7 +127,9 @@ def test_karpathy_errors(tmp_path):
     data = json.loads(path.read_text())
     del data["images"][2]["sentences"][0]["raw"]
     path.write_text(json.dumps(data))
-    with pytest.raises(RealFormatError, match=r"dataset_coco\.json: image 2 \(img_2\.jpg\) sentence 0: missing key 'raw'"):
+    with pytest.raises(
+        RealFormatError, match=r"dataset_coco\.json: image 2 \(img_2\.jpg\) sentence 0: missing key 'raw'"
+    ):
         read_karpathy(tmp_path, "val", SIZE, "coco")
     (tmp_path / "train2014" / "img_1.jpg").unlink()
     with pytest.raises(FileNotFoundError, match=r"image 1 \(img_1\.jpg\).*img_1\.jpg"):
@@ -111,10 +137,14 @@ def test_karpathy_errors(tmp_path):
 
 
 def write_nlvr2(root: Path) -> None:
-    rows = {"train": [("train-10171-0-0", "True", "One image shows exactly two dogs."),
-                      ("train-10171-0-1", "False", "Both images show cats.")],
-            "dev": [("dev-850-0-0", "False", "There are three birds.")],
-            "test1": [("test1-77-1-0", "True", "A dog is on the left.")]}
+    rows = {
+        "train": [
+            ("train-10171-0-0", "True", "One image shows exactly two dogs."),
+            ("train-10171-0-1", "False", "Both images show cats."),
+        ],
+        "dev": [("dev-850-0-0", "False", "There are three birds.")],
+        "test1": [("test1-77-1-0", "True", "A dog is on the left.")],
+    }
     for split, recs in rows.items():
         lines = []
         for ident, label, sent in recs:
@@ -149,7 +179,9 @@ def test_nlvr2_errors(tmp_path):
     with pytest.raises(RealFormatError, match=r"dev\.json: line 1 \(identifier dev-850-0-0\): label"):
         read_nlvr2(tmp_path, "val", SIZE)
     (tmp_path / "test1" / "test1-77-1-img1.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"test1\.json: line 1 \(identifier test1-77-1-0\).*img1\.png"):
+    with pytest.raises(
+        FileNotFoundError, match=r"test1\.json: line 1 \(identifier test1-77-1-0\).*img1\.png"
+    ):
         read_nlvr2(tmp_path, "test", SIZE)
 
 

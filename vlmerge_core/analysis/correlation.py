@@ -25,9 +25,16 @@ def _corr(x: np.ndarray, y: np.ndarray, method: str) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
-def rank_correlation(x: Sequence[float], y: Sequence[float], *, method: str = "spearman",
-                     ci_method: str = "bootstrap", n_bootstrap: int = 1000, confidence: float = 0.95,
-                     seed: int = 0) -> dict[str, Any]:
+def rank_correlation(
+    x: Sequence[float],
+    y: Sequence[float],
+    *,
+    method: str = "spearman",
+    ci_method: str = "bootstrap",
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Rank correlation of ``x`` with ``y`` and its ``confidence`` interval.
 
     Returns ``{"rho", "p_value", "ci_low", "ci_high", "n", "method", "ci_method", "confidence"}``;
@@ -39,8 +46,16 @@ def rank_correlation(x: Sequence[float], y: Sequence[float], *, method: str = "s
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     n = len(x)
-    out: dict[str, Any] = {"n": n, "method": method, "ci_method": ci_method, "confidence": confidence,
-                           "rho": None, "p_value": None, "ci_low": None, "ci_high": None}
+    out: dict[str, Any] = {
+        "n": n,
+        "method": method,
+        "ci_method": ci_method,
+        "confidence": confidence,
+        "rho": None,
+        "p_value": None,
+        "ci_low": None,
+        "ci_high": None,
+    }
     if n < 3:
         return out
     rho, p = _corr(x, y, method)
@@ -49,7 +64,9 @@ def rank_correlation(x: Sequence[float], y: Sequence[float], *, method: str = "s
     out.update(rho=rho, p_value=p)
     alpha = 1 - confidence
     if ci_method == "fisher":
-        se = 1.06 / math.sqrt(n - 3) if method == "spearman" else math.sqrt(0.437 / (n - 4)) if n > 4 else None
+        se = (
+            1.06 / math.sqrt(n - 3) if method == "spearman" else math.sqrt(0.437 / (n - 4)) if n > 4 else None
+        )
         if se is not None and abs(rho) < 1:
             z, q = math.atanh(rho), stats.norm.ppf(1 - alpha / 2)
             out.update(ci_low=math.tanh(z - q * se), ci_high=math.tanh(z + q * se))
@@ -64,7 +81,9 @@ def rank_correlation(x: Sequence[float], y: Sequence[float], *, method: str = "s
             if not math.isnan(r):
                 boots.append(r)
         if boots:
-            out.update(ci_low=float(np.quantile(boots, alpha / 2)), ci_high=float(np.quantile(boots, 1 - alpha / 2)))
+            out.update(
+                ci_low=float(np.quantile(boots, alpha / 2)), ci_high=float(np.quantile(boots, 1 - alpha / 2))
+            )
     else:
         raise ValueError(f"ci_method must be 'bootstrap' or 'fisher', got {ci_method!r}")
     return out

@@ -58,7 +58,9 @@ def _sign_conflict(t: Tensor) -> float | None:
     return float(both.sum() / nonzero.sum())
 
 
-def row_metrics(rows: Tensor, names: Sequence[str], *, k: float = 0.5, centred: bool = True) -> dict[str, Any]:
+def row_metrics(
+    rows: Tensor, names: Sequence[str], *, k: float = 0.5, centred: bool = True
+) -> dict[str, Any]:
     """All metrics of the stacked rows ``[M, D]`` (modality vectors, or raw weights if not ``centred``)."""
     rows = rows.to(torch.float64)
     pairs = {}
@@ -79,9 +81,15 @@ def row_metrics(rows: Tensor, names: Sequence[str], *, k: float = 0.5, centred: 
     return out
 
 
-def weight_distances(ms_sd: Mapping[str, Tensor], central_sd: Mapping[str, Tensor] | None = None, k: float = 0.5,
-                     *, experts: Sequence[str] | None = ("v", "l"), vl_start: int | None = None,
-                     per_param: bool = True) -> dict[str, Any]:
+def weight_distances(
+    ms_sd: Mapping[str, Tensor],
+    central_sd: Mapping[str, Tensor] | None = None,
+    k: float = 0.5,
+    *,
+    experts: Sequence[str] | None = ("v", "l"),
+    vl_start: int | None = None,
+    per_param: bool = True,
+) -> dict[str, Any]:
     """Distance metrics of an MS state dict's experts, per parameter, per block and in total.
 
     Args:
@@ -112,7 +120,9 @@ def weight_distances(ms_sd: Mapping[str, Tensor], central_sd: Mapping[str, Tenso
                 raise MergeError(f"central checkpoint has no tensor {target} (another architecture?)")
             c = central_sd[target].detach().to(torch.float64).reshape(-1)
             if c.numel() != ts[0].numel():
-                raise MergeError(f"{target}: central tensor has {c.numel()} elements, experts {ts[0].numel()}")
+                raise MergeError(
+                    f"{target}: central tensor has {c.numel()} elements, experts {ts[0].numel()}"
+                )
             ts = [t - c for t in ts]
         rows_by_param[target] = (names, torch.stack(ts))
     if not rows_by_param:
@@ -120,16 +130,21 @@ def weight_distances(ms_sd: Mapping[str, Tensor], central_sd: Mapping[str, Tenso
 
     def aggregate(targets: list[str]) -> dict[str, Any]:
         common = [e for e in EXPERTS if all(e in rows_by_param[t][0] for t in targets)]
-        rows = torch.cat([rows_by_param[t][1][[rows_by_param[t][0].index(e) for e in common]] for t in targets],
-                         dim=1)
+        rows = torch.cat(
+            [rows_by_param[t][1][[rows_by_param[t][0].index(e) for e in common]] for t in targets], dim=1
+        )
         return row_metrics(rows, common, k=k, centred=centred)
 
     by_block: dict[int, list[str]] = {}
     for t in rows_by_param:
         by_block.setdefault(int(t.split(".")[1]), []).append(t)
-    out: dict[str, Any] = {"k": k, "central": centred, "experts": list(wanted),
-                           "total": aggregate(sorted(rows_by_param)),
-                           "blocks": {str(b): aggregate(ts) for b, ts in sorted(by_block.items())}}
+    out: dict[str, Any] = {
+        "k": k,
+        "central": centred,
+        "experts": list(wanted),
+        "total": aggregate(sorted(rows_by_param)),
+        "blocks": {str(b): aggregate(ts) for b, ts in sorted(by_block.items())},
+    }
     if per_param:
         out["params"] = {t: row_metrics(r, n, k=k, centred=centred) for t, (n, r) in rows_by_param.items()}
     return out

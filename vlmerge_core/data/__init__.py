@@ -8,13 +8,13 @@ Public API: :func:`generate_world`, :func:`load_world`, :class:`World`, :func:`l
 from __future__ import annotations
 
 from vlmerge_core.data.loaders import (
-                                       IGNORE_INDEX,
-                                       PairDataset,
-                                       encode_text,
-                                       image_to_tensor,
-                                       mask_tokens,
-                                       patch_codes,
-                                       patchify,
+    IGNORE_INDEX,
+    PairDataset,
+    encode_text,
+    image_to_tensor,
+    mask_tokens,
+    patch_codes,
+    patchify,
 )
 from vlmerge_core.data.tokenizer import SPECIAL_TOKENS, load_tokenizer
 from vlmerge_core.data.world import SPLITS, STYLES, World, ensure_world, generate_world, load_world

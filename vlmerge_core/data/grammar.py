@@ -21,22 +21,65 @@ import numpy as np
 
 from vlmerge_core.data.scenes import CELL_NAMES, COLOURS, SHAPES, Scene
 
-SHAPE_WORDS = {"circle": ("circle", "disk"), "square": ("square", "box"), "triangle": ("triangle",),
-               "diamond": ("diamond", "rhombus"), "cross": ("cross", "plus")}
-PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds",
-           "cross": "crosses"}
-COLOUR_WORDS = {"red": ("red",), "green": ("green",), "blue": ("blue",), "yellow": ("yellow",),
-                "purple": ("purple", "violet"), "cyan": ("cyan", "turquoise")}
+SHAPE_WORDS = {
+    "circle": ("circle", "disk"),
+    "square": ("square", "box"),
+    "triangle": ("triangle",),
+    "diamond": ("diamond", "rhombus"),
+    "cross": ("cross", "plus"),
+}
+PLURALS = {
+    "circle": "circles",
+    "square": "squares",
+    "triangle": "triangles",
+    "diamond": "diamonds",
+    "cross": "crosses",
+}
+COLOUR_WORDS = {
+    "red": ("red",),
+    "green": ("green",),
+    "blue": ("blue",),
+    "yellow": ("yellow",),
+    "purple": ("purple", "violet"),
+    "cyan": ("cyan", "turquoise"),
+}
 SIZE_WORDS = {"large": ("large", "big"), "small": ("small", "little", "tiny")}
-NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-           "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen")
-POS_PHRASES = {"top left": ("at the top left", "in the top left corner"), "top": ("at the top",),
-               "top right": ("at the top right", "in the top right corner"), "left": ("on the left",),
-               "center": ("in the center", "in the middle"), "right": ("on the right",),
-               "bottom left": ("at the bottom left", "in the bottom left corner"), "bottom": ("at the bottom",),
-               "bottom right": ("at the bottom right", "in the bottom right corner")}
-RELATIONS = {"left": ("left of", "to the left of"), "right": ("right of", "to the right of"),
-             "above": ("above",), "below": ("below", "under")}
+NUMBERS = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+)
+POS_PHRASES = {
+    "top left": ("at the top left", "in the top left corner"),
+    "top": ("at the top",),
+    "top right": ("at the top right", "in the top right corner"),
+    "left": ("on the left",),
+    "center": ("in the center", "in the middle"),
+    "right": ("on the right",),
+    "bottom left": ("at the bottom left", "in the bottom left corner"),
+    "bottom": ("at the bottom",),
+    "bottom right": ("at the bottom right", "in the bottom right corner"),
+}
+RELATIONS = {
+    "left": ("left of", "to the left of"),
+    "right": ("right of", "to the right of"),
+    "above": ("above",),
+    "below": ("below", "under"),
+}
 CONVERSE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
 
@@ -114,14 +157,18 @@ def caption(rng: np.random.Generator, scene: Scene, style: str) -> tuple[str, st
     n = len(objs)
     if style == "coco":
         if n == 1:
-            text = _word(rng, ("a picture of {0}", "{0} by itself", "{0} on a plain background",
-                               "an image of {0}")).format(nps[0])
+            text = _word(
+                rng, ("a picture of {0}", "{0} by itself", "{0} on a plain background", "an image of {0}")
+            ).format(nps[0])
         else:
             head = _word(rng, ("{0} {r} {1}", "{0} is {r} {1}", "a picture of {0} {r} {1}"))
             text = head.format(nps[0], nps[1], r=_rel(rng, objs[0], objs[1]))
-            rest = [f"{npx} {_rel(rng, o, objs[0])} the {o0}" if rng.random() < 0.5 else npx
-                    for npx, o, o0 in zip(nps[2:], objs[2:],
-                                          [f"{objs[0]['colour']} {objs[0]['shape']}"] * (n - 2))]
+            rest = [
+                f"{npx} {_rel(rng, o, objs[0])} the {o0}" if rng.random() < 0.5 else npx
+                for npx, o, o0 in zip(
+                    nps[2:], objs[2:], [f"{objs[0]['colour']} {objs[0]['shape']}"] * (n - 2)
+                )
+            ]
             text = " and ".join([text, *rest])
     elif style == "flickr":
         pos = [_word(rng, POS_PHRASES[cell_name(o)]) for o in objs]
@@ -161,7 +208,9 @@ def vqa_item(rng: np.random.Generator, scene: Scene) -> tuple[str, str, str]:
             qtype = "where"
         else:
             o = _pick(rng, uniq)
-            q = _word(rng, ("what color is the {s}", "what is the color of the {s}", "which color is the {s}"))
+            q = _word(
+                rng, ("what color is the {s}", "what is the color of the {s}", "which color is the {s}")
+            )
             return q.format(s=_word(rng, SHAPE_WORDS[o["shape"]])), o["colour"], qtype
     if qtype == "shape":
         uniq = [o for o in objs if colours.count(o["colour"]) == 1]
@@ -174,7 +223,11 @@ def vqa_item(rng: np.random.Generator, scene: Scene) -> tuple[str, str, str]:
     if qtype == "count":
         kind = int(rng.integers(3))
         if kind == 0:
-            return _word(rng, ("how many objects are there", "how many shapes are there")), NUMBERS[len(objs)], qtype
+            return (
+                _word(rng, ("how many objects are there", "how many shapes are there")),
+                NUMBERS[len(objs)],
+                qtype,
+            )
         if kind == 1:
             s = _pick(rng, shapes) if rng.random() < 0.5 else _pick(rng, SHAPES)
             return f"how many {PLURALS[s]} are there", NUMBERS[shapes.count(s)], qtype
@@ -196,8 +249,10 @@ def vqa_item(rng: np.random.Generator, scene: Scene) -> tuple[str, str, str]:
 
 # ------------------------------------------------------------------------------------------- NLVR2
 def _has(scene: Scene, shape: str | None = None, colour: str | None = None) -> bool:
-    return any((shape is None or o["shape"] == shape) and (colour is None or o["colour"] == colour)
-               for o in scene["objects"])
+    return any(
+        (shape is None or o["shape"] == shape) and (colour is None or o["colour"] == colour)
+        for o in scene["objects"]
+    )
 
 
 NLVR2_KINDS = ("contains", "both", "total", "more", "exactly_one", "neither")
@@ -206,7 +261,11 @@ NLVR2_KINDS = ("contains", "both", "total", "more", "exactly_one", "neither")
 def nlvr2_statement(rng: np.random.Generator, left: Scene, right: Scene, kind: str) -> tuple[str, bool]:
     """A statement of ``kind`` (one of ``NLVR2_KINDS``) about an image pair, and its truth value."""
     pool = left["objects"] + right["objects"]
-    o = _pick(rng, pool) if rng.random() < 0.6 else {"shape": _pick(rng, SHAPES), "colour": _pick(rng, COLOURS)}
+    o = (
+        _pick(rng, pool)
+        if rng.random() < 0.6
+        else {"shape": _pick(rng, SHAPES), "colour": _pick(rng, COLOURS)}
+    )
     s, c = o["shape"], o["colour"]
     sw, cw = _word(rng, SHAPE_WORDS[s]), _word(rng, COLOUR_WORDS[c])
     nl, nr = len(left["objects"]), len(right["objects"])
@@ -246,7 +305,11 @@ def text_cls_item(rng: np.random.Generator, scene: Scene, label: int, kind: str)
         s1, s2 = rng.choice(len(SHAPES), size=2, replace=False)
         c1, c2 = rng.choice(len(COLOURS), size=2)
         coloured = rng.random() < 0.5
-        a, b = (f"{COLOURS[c1]} {SHAPES[s1]}", f"{COLOURS[c2]} {SHAPES[s2]}") if coloured else (SHAPES[s1], SHAPES[s2])
+        a, b = (
+            (f"{COLOURS[c1]} {SHAPES[s1]}", f"{COLOURS[c2]} {SHAPES[s2]}")
+            if coloured
+            else (SHAPES[s1], SHAPES[s2])
+        )
         r = _pick(rng, tuple(RELATIONS))
         r1, r2 = _word(rng, RELATIONS[r]), _word(rng, RELATIONS[CONVERSE[r] if label else r])
         return f"the {a} is {r1} the {b} and the {b} is {r2} the {a}"
@@ -264,7 +327,9 @@ def text_cls_item(rng: np.random.Generator, scene: Scene, label: int, kind: str)
     if label:
         return text
     words = text.split()
-    idx = [i for i in range(len(words) - 1) if words[i] != words[i + 1] and not _swap_ok(words[i], words[i + 1])]
+    idx = [
+        i for i in range(len(words) - 1) if words[i] != words[i + 1] and not _swap_ok(words[i], words[i + 1])
+    ]
     i = _pick(rng, idx)
     words[i], words[i + 1] = words[i + 1], words[i]
     return " ".join(words)
@@ -282,11 +347,14 @@ def fact_sentence(rng: np.random.Generator) -> str:
     """A filler sentence of general world knowledge for the text-only corpus."""
     s, c = _pick(rng, SHAPES), _pick(rng, COLOURS)
     corners = {"circle": "no", "square": "four", "triangle": "three", "diamond": "four", "cross": "twelve"}
-    return _pick(rng, (
-        f"a {s} has {corners[s]} corners",
-        f"{PLURALS[s]} can be {c} or {_pick(rng, COLOURS)}",
-        f"a {_word(rng, SHAPE_WORDS[s])} is a kind of shape",
-        f"the color {_word(rng, COLOUR_WORDS[c])} is a bright color",
-        f"many pictures show {PLURALS[s]} and {PLURALS[_pick(rng, SHAPES)]}",
-        f"a {_word(rng, SIZE_WORDS['large'])} {s} is bigger than a {_word(rng, SIZE_WORDS['small'])} one",
-    ))
+    return _pick(
+        rng,
+        (
+            f"a {s} has {corners[s]} corners",
+            f"{PLURALS[s]} can be {c} or {_pick(rng, COLOURS)}",
+            f"a {_word(rng, SHAPE_WORDS[s])} is a kind of shape",
+            f"the color {_word(rng, COLOUR_WORDS[c])} is a bright color",
+            f"many pictures show {PLURALS[s]} and {PLURALS[_pick(rng, SHAPES)]}",
+            f"a {_word(rng, SIZE_WORDS['large'])} {s} is bigger than a {_word(rng, SIZE_WORDS['small'])} one",
+        ),
+    )

@@ -18,7 +18,9 @@ IGNORE_INDEX = -100
 def image_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] normalised to [-1, 1] (mean .5, std .5)."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"image_to_tensor: expected uint8 [N,H,W,3], got {images.dtype} {list(images.shape)}")
+        raise ValueError(
+            f"image_to_tensor: expected uint8 [N,H,W,3], got {images.dtype} {list(images.shape)}"
+        )
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()  # (N, 3, H, W)
     return x.div_(127.5).sub_(1.0)
 
@@ -43,22 +45,31 @@ def patch_codes(images: torch.Tensor, codebook: np.ndarray | torch.Tensor, patch
     """
     cb = torch.as_tensor(codebook, dtype=torch.float32, device=images.device)
     if cb.shape[1] != patch * patch * images.shape[1]:
-        raise ValueError(f"patch_codes: codebook has {cb.shape[1]} values per entry, "
-                         f"patches of side {patch} have {patch * patch * images.shape[1]}")
+        raise ValueError(
+            f"patch_codes: codebook has {cb.shape[1]} values per entry, "
+            f"patches of side {patch} have {patch * patch * images.shape[1]}"
+        )
     x = patchify(images.detach().float().permute(0, 2, 3, 1), patch)  # (B, N, p*p*3)
-    d = (x.pow(2).sum(-1, keepdim=True) - 2 * x @ cb.T + cb.pow(2).sum(-1))  # (B, N, K) squared distances
+    d = x.pow(2).sum(-1, keepdim=True) - 2 * x @ cb.T + cb.pow(2).sum(-1)  # (B, N, K) squared distances
     return d.argmin(-1)
 
 
 def encode_text(tokenizer, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids Long [B, max_len] and attention mask Bool [B, max_len] (True = real token)."""
-    enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_len,
-                    return_tensors="pt", return_token_type_ids=False)
+    enc = tokenizer(
+        list(texts),
+        padding="max_length",
+        truncation=True,
+        max_length=max_len,
+        return_tensors="pt",
+        return_token_type_ids=False,
+    )
     return enc["input_ids"].long(), enc["attention_mask"].bool()
 
 
-def mask_tokens(ids: torch.Tensor, mask: torch.Tensor, tokenizer, prob: float,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    ids: torch.Tensor, mask: torch.Tensor, tokenizer, prob: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking (Devlin et al., 2019): choose ``prob`` of the real, non-special tokens; of those
     80% become [MASK], 10% a random token, 10% stay. Returns (input_ids, labels) with labels
     ``-100`` on every position not chosen. Special tokens ([CLS], [SEP], [PAD]) are never chosen.

@@ -20,14 +20,23 @@ import numpy as np
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "cyan")
-RGB = {"red": (215, 45, 45), "green": (45, 175, 65), "blue": (55, 85, 225), "yellow": (225, 205, 45),
-       "purple": (155, 65, 205), "cyan": (55, 205, 215)}
+RGB = {
+    "red": (215, 45, 45),
+    "green": (45, 175, 65),
+    "blue": (55, 85, 225),
+    "yellow": (225, 205, 45),
+    "purple": (155, 65, 205),
+    "cyan": (55, 205, 215),
+}
 SIZES = ("small", "large")
 ROWS = ("top", "middle", "bottom")
 COLS = ("left", "center", "right")
 # answer of "where is ..." for each grid cell (row, col)
-CELL_NAMES = (("top left", "top", "top right"), ("left", "center", "right"),
-              ("bottom left", "bottom", "bottom right"))
+CELL_NAMES = (
+    ("top left", "top", "top right"),
+    ("left", "center", "right"),
+    ("bottom left", "bottom", "bottom right"),
+)
 NUM_IMAGE_CLASSES = len(SHAPES) * len(COLOURS)
 NUM_SEG_CLASSES = len(SHAPES) + 1
 
@@ -59,17 +68,24 @@ def sample_scene(rng: np.random.Generator, max_objects: int, size: int) -> Scene
         row, col = divmod(cell, 3)
         lo, hi = (0.14, 0.17) if i == big else (0.08, 0.11)
         jx, jy = rng.uniform(-0.03, 0.03, size=2)
-        objects.append({
-            "shape": SHAPES[kind // len(COLOURS)], "colour": COLOURS[kind % len(COLOURS)],
-            "size": "large" if i == big else "small", "row": row, "col": col,
-            "cx": round(float((col + 0.5) / 3 + jx) * size, 2), "cy": round(float((row + 0.5) / 3 + jy) * size, 2),
-            "r": round(float(rng.uniform(lo, hi)) * size, 2),
-        })
+        objects.append(
+            {
+                "shape": SHAPES[kind // len(COLOURS)],
+                "colour": COLOURS[kind % len(COLOURS)],
+                "size": "large" if i == big else "small",
+                "row": row,
+                "col": col,
+                "cx": round(float((col + 0.5) / 3 + jx) * size, 2),
+                "cy": round(float((row + 0.5) / 3 + jy) * size, 2),
+                "r": round(float(rng.uniform(lo, hi)) * size, 2),
+            }
+        )
     return {"objects": objects, "label": image_label(objects)}
 
 
-def sample_scenes(rng: np.random.Generator, n: int, max_objects: int, size: int,
-                  exclude: set | None = None) -> list[Scene]:
+def sample_scenes(
+    rng: np.random.Generator, n: int, max_objects: int, size: int, exclude: set | None = None
+) -> list[Scene]:
     """Draw ``n`` scenes whose keys are not in ``exclude`` (scenes of other splits)."""
     exclude = exclude or set()
     out: list[Scene] = []
@@ -77,8 +93,10 @@ def sample_scenes(rng: np.random.Generator, n: int, max_objects: int, size: int,
     while len(out) < n:
         tries += 1
         if tries > 50 * n + 1000:
-            raise ValueError(f"could not draw {n} scenes disjoint from {len(exclude)} others; "
-                             "raise data.max_objects or lower the split sizes")
+            raise ValueError(
+                f"could not draw {n} scenes disjoint from {len(exclude)} others; "
+                "raise data.max_objects or lower the split sizes"
+            )
         scene = sample_scene(rng, max_objects, size)
         if scene_key(scene) not in exclude:
             out.append(scene)
@@ -101,7 +119,9 @@ def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarr
     raise KeyError(f"unknown shape {shape!r}")
 
 
-def render_scene(scene: Scene, size: int, rng: np.random.Generator, noise_std: float) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(
+    scene: Scene, size: int, rng: np.random.Generator, noise_std: float
+) -> tuple[np.ndarray, np.ndarray]:
     """RGB image uint8 [H, W, 3] and segmentation mask uint8 [H, W] of a scene.
 
     The background is a random dark grey with a slight tint; objects get a jittered colour; Gaussian
@@ -119,8 +139,9 @@ def render_scene(scene: Scene, size: int, rng: np.random.Generator, noise_std: f
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), mask
 
 
-def render_scenes(scenes: list[Scene], size: int, rng: np.random.Generator,
-                  noise_std: float) -> tuple[np.ndarray, np.ndarray]:
+def render_scenes(
+    scenes: list[Scene], size: int, rng: np.random.Generator, noise_std: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 [N, H, W, 3] and masks uint8 [N, H, W] of a list of scenes."""
     images = np.zeros((len(scenes), size, size, 3), dtype=np.uint8)
     masks = np.zeros((len(scenes), size, size), dtype=np.uint8)

@@ -13,8 +13,13 @@ from vlmerge_core.paths import resolve
 log = logging.getLogger(__name__)
 
 
-def run_data_stage(profile: str = "smoke", params_file: str = "", out_dir: str = "", metrics_out: str = "",
-                   force: bool = False) -> World:
+def run_data_stage(
+    profile: str = "smoke",
+    params_file: str = "",
+    out_dir: str = "",
+    metrics_out: str = "",
+    force: bool = False,
+) -> World:
     """Generate (or reuse) the micro-world and optionally copy its statistics to a metrics file.
 
     Args:
@@ -29,8 +34,11 @@ def run_data_stage(profile: str = "smoke", params_file: str = "", out_dir: str =
     cfg = params.data
     out = resolve(out_dir or cfg.root)
     meta = read_json(out / "meta.json") if (out / "meta.json").exists() else {}
-    same = ((out / "stats.json").exists() and meta.get("format") == FORMAT
-            and meta.get("config") == dataclasses.asdict(cfg))
+    same = (
+        (out / "stats.json").exists()
+        and meta.get("format") == FORMAT
+        and meta.get("config") == dataclasses.asdict(cfg)
+    )
     if force or not same:
         generate_world(cfg, out)
     else:
@@ -46,6 +54,10 @@ def world_summary(world: World) -> dict:
     st = world.stats
     info_path = run_info_path(world.root)
     seconds = read_json(info_path).get("generation_seconds") if info_path.exists() else None
-    return {"root": str(world.root), "train_images": st["counts"]["train"]["images"],
-            "vocab_size": st["counts"]["vocab_size"], "megabytes": round(st["total_bytes"] / 1e6, 2),
-            "generation_seconds": seconds}
+    return {
+        "root": str(world.root),
+        "train_images": st["counts"]["train"]["images"],
+        "vocab_size": st["counts"]["vocab_size"],
+        "megabytes": round(st["total_bytes"] / 1e6, 2),
+        "generation_seconds": seconds,
+    }

@@ -28,8 +28,12 @@ def _majority_acc(train: list, test: list) -> float:
 
 
 def _lengths(lens: np.ndarray) -> dict[str, float]:
-    return {"mean": float(lens.mean()), "min": int(lens.min()), "max": int(lens.max()),
-            "p95": float(np.percentile(lens, 95))}
+    return {
+        "mean": float(lens.mean()),
+        "min": int(lens.min()),
+        "max": int(lens.max()),
+        "p95": float(np.percentile(lens, 95)),
+    }
 
 
 def random_recall(n_images: int, per_image: int, k: int) -> dict[str, float]:
@@ -48,8 +52,11 @@ def majority_miou(train_masks: np.ndarray, test_masks: np.ndarray, num_classes: 
     present = gt > 0
     iou = np.zeros(num_classes)
     iou[top] = gt[top] / test_masks.size  # intersection = gt[top]; union = every pixel
-    return {"miou": float(iou[present].mean()), "pixel_acc": float(gt[top] / test_masks.size),
-            "majority_class": top}
+    return {
+        "miou": float(iou[present].mean()),
+        "pixel_acc": float(gt[top] / test_masks.size),
+        "majority_class": top,
+    }
 
 
 def compute_stats(world) -> dict[str, Any]:
@@ -60,9 +67,13 @@ def compute_stats(world) -> dict[str, Any]:
     cfg = world.config
     counts, dists, lengths = {}, {}, {}
     for split in SPLITS:
-        counts[split] = {"images": len(world.labels(split)), "vqa": len(world.vqa(split)),
-                         "nlvr2": len(world.nlvr2(split)), "text_cls": len(world.text_cls(split)),
-                         **{f"captions_{s}": sum(map(len, world.captions(split, s))) for s in STYLES}}
+        counts[split] = {
+            "images": len(world.labels(split)),
+            "vqa": len(world.vqa(split)),
+            "nlvr2": len(world.nlvr2(split)),
+            "text_cls": len(world.text_cls(split)),
+            **{f"captions_{s}": sum(map(len, world.captions(split, s))) for s in STYLES},
+        }
         dists[split] = {
             "vqa_answer": _dist([q["answer"] for q in world.vqa(split)]),
             "vqa_qtype": _dist([q["qtype"] for q in world.vqa(split)]),
@@ -72,8 +83,12 @@ def compute_stats(world) -> dict[str, Any]:
             "text_cls_kind": _dist([x["kind"] for x in world.text_cls(split)]),
             "image_class": _dist(world.labels(split).tolist()),
             "objects_per_scene": _dist([len(s["objects"]) for s in world.scenes(split)]),
-            "seg_pixels": {str(c): int(v) for c, v in enumerate(
-                np.bincount(world.masks(split).ravel(), minlength=world.num_seg_classes))},
+            "seg_pixels": {
+                str(c): int(v)
+                for c, v in enumerate(
+                    np.bincount(world.masks(split).ravel(), minlength=world.num_seg_classes)
+                )
+            },
         }
     for name, texts in (
         ("coco", [c for caps in world.captions("train", "coco") for c in caps]),
@@ -84,24 +99,40 @@ def compute_stats(world) -> dict[str, Any]:
         ("corpus", world.text_corpus()),
     ):
         _, mask = encode_text(tok, texts, cfg.max_text_len + 1)
-        lengths[name] = {"tokens": _lengths(mask.sum(1).numpy()),
-                         "words": _lengths(np.array([len(t.split()) for t in texts]))}
+        lengths[name] = {
+            "tokens": _lengths(mask.sum(1).numpy()),
+            "words": _lengths(np.array([len(t.split()) for t in texts])),
+        }
     n_test = len(world.labels("test"))
     chance = {
-        "vqa_majority_acc": _majority_acc([q["answer"] for q in world.vqa("train")],
-                                          [q["answer"] for q in world.vqa("test")]),
-        "nlvr2_majority_acc": _majority_acc([x["label"] for x in world.nlvr2("train")],
-                                            [x["label"] for x in world.nlvr2("test")]),
+        "vqa_majority_acc": _majority_acc(
+            [q["answer"] for q in world.vqa("train")], [q["answer"] for q in world.vqa("test")]
+        ),
+        "nlvr2_majority_acc": _majority_acc(
+            [x["label"] for x in world.nlvr2("train")], [x["label"] for x in world.nlvr2("test")]
+        ),
         "imagenet_majority_acc": _majority_acc(world.labels("train").tolist(), world.labels("test").tolist()),
-        "text_majority_acc": _majority_acc([x["label"] for x in world.text_cls("train")],
-                                           [x["label"] for x in world.text_cls("test")]),
+        "text_majority_acc": _majority_acc(
+            [x["label"] for x in world.text_cls("train")], [x["label"] for x in world.text_cls("test")]
+        ),
         "imagenet_uniform_acc": 1.0 / world.num_image_classes,
         "ade20k_majority": majority_miou(world.masks("train"), world.masks("test"), world.num_seg_classes),
         "retrieval_random": {f"r{k}": random_recall(n_test, cfg.captions_per_image, k) for k in (1, 5, 10)},
     }
     files = {name: (world.root / name).stat().st_size for name in world_files()}
-    return {"counts": {**counts, "image_only": len(world.image_only()), "corpus": len(world.text_corpus()),
-                       "answers": len(world.answers), "vocab_size": len(tok)},
-            "distributions": dists, "lengths": lengths, "chance": chance,
-            "file_bytes": files, "total_bytes": sum(files.values()),
-            "num_image_classes": world.num_image_classes, "num_seg_classes": world.num_seg_classes}
+    return {
+        "counts": {
+            **counts,
+            "image_only": len(world.image_only()),
+            "corpus": len(world.text_corpus()),
+            "answers": len(world.answers),
+            "vocab_size": len(tok),
+        },
+        "distributions": dists,
+        "lengths": lengths,
+        "chance": chance,
+        "file_bytes": files,
+        "total_bytes": sum(files.values()),
+        "num_image_classes": world.num_image_classes,
+        "num_seg_classes": world.num_seg_classes,
+    }

@@ -59,19 +59,23 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
 
-    normalizer = normalizers.BertNormalizer(lowercase=True, clean_text=True, handle_chinese_chars=False,
-                                            strip_accents=True)
+    normalizer = normalizers.BertNormalizer(
+        lowercase=True, clean_text=True, handle_chinese_chars=False, strip_accents=True
+    )
     pre = pre_tokenizers.BertPreTokenizer()
     counts: Counter = Counter()
     for text in texts:
         counts.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
     vocab = learn_wordpiece_vocab(counts, vocab_size)
-    tok = Tokenizer(WordPiece(vocab={t: i for i, t in enumerate(vocab)}, unk_token="[UNK]",
-                              max_input_chars_per_word=100))
+    tok = Tokenizer(
+        WordPiece(vocab={t: i for i, t in enumerate(vocab)}, unk_token="[UNK]", max_input_chars_per_word=100)
+    )
     tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre, decoders.WordPiece(prefix="##")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab.index("[CLS]")), ("[SEP]", vocab.index("[SEP]"))])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab.index("[CLS]")), ("[SEP]", vocab.index("[SEP]"))],
+    )
     return tok
 
 
@@ -99,6 +103,12 @@ def load_tokenizer(path: str | Path):
             raise FileNotFoundError(f"{path}: no tokenizer.json or vocab.txt in this folder")
     if not path.exists():
         raise FileNotFoundError(f"{path}: tokenizer file not found")
-    return PreTrainedTokenizerFast(tokenizer_file=str(path), pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                   model_max_length=512)
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(path),
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    )

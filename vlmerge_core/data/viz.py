@@ -36,8 +36,10 @@ def fig_gallery(world, split: str = "train", n: int = 6) -> Figure:
         axes[0, i].set_title(f"#{i} class {int(world.labels(split)[i])}", fontsize=8)
         axes[1, i].imshow(world.masks(split)[i], cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
         q = vqa.get(i)
-        text = (f"COCO: {world.captions(split, 'coco')[i][0]}\n\nFlickr: {world.captions(split, 'flickr')[i][0]}"
-                + (f"\n\nQ: {q['question']}\nA: {q['answer']}" if q else ""))
+        text = (
+            f"COCO: {world.captions(split, 'coco')[i][0]}\n\nFlickr: {world.captions(split, 'flickr')[i][0]}"
+            + (f"\n\nQ: {q['question']}\nA: {q['answer']}" if q else "")
+        )
         axes[1, i].set_xlabel("\n".join(_wrap(t) for t in text.split("\n")), fontsize=7, loc="left")
         for ax in axes[:, i]:
             ax.set_xticks([])
@@ -66,10 +68,14 @@ def fig_nlvr2(world, split: str = "train", n: int = 4) -> Figure:
 def fig_distributions(stats: dict, split: str = "train") -> Figure:
     """Answer, question-type, image-class, objects-per-scene and pixel-class distributions."""
     d = stats["distributions"][split]
-    panels = [("VQA answers", d["vqa_answer"]), ("VQA question types", d["vqa_qtype"]),
-              ("image classes", d["image_class"]), ("objects per scene", d["objects_per_scene"]),
-              ("text-cls kinds", d["text_cls_kind"]),
-              ("test pixels per seg class", stats["distributions"]["test"]["seg_pixels"])]
+    panels = [
+        ("VQA answers", d["vqa_answer"]),
+        ("VQA question types", d["vqa_qtype"]),
+        ("image classes", d["image_class"]),
+        ("objects per scene", d["objects_per_scene"]),
+        ("text-cls kinds", d["text_cls_kind"]),
+        ("test pixels per seg class", stats["distributions"]["test"]["seg_pixels"]),
+    ]
     fig = _figure(14, 6.5)
     axes = fig.subplots(2, 3).ravel()
     for ax, (title, dist) in zip(axes, panels):
@@ -114,12 +120,14 @@ def counts_table(stats: dict) -> pd.DataFrame:
 def chance_table(stats: dict) -> pd.DataFrame:
     """Chance levels of every task on the test split (one row per metric)."""
     ch = stats["chance"]
-    rows = {"VQA accuracy (majority answer)": ch["vqa_majority_acc"],
-            "NLVR2 accuracy (majority)": ch["nlvr2_majority_acc"],
-            "ImageNet top-1 (majority class)": ch["imagenet_majority_acc"],
-            "ImageNet top-1 (uniform)": ch["imagenet_uniform_acc"],
-            "ADE20k mIoU (majority pixel class)": ch["ade20k_majority"]["miou"],
-            "text accuracy (majority)": ch["text_majority_acc"]}
+    rows = {
+        "VQA accuracy (majority answer)": ch["vqa_majority_acc"],
+        "NLVR2 accuracy (majority)": ch["nlvr2_majority_acc"],
+        "ImageNet top-1 (majority class)": ch["imagenet_majority_acc"],
+        "ImageNet top-1 (uniform)": ch["imagenet_uniform_acc"],
+        "ADE20k mIoU (majority pixel class)": ch["ade20k_majority"]["miou"],
+        "text accuracy (majority)": ch["text_majority_acc"],
+    }
     for k, v in ch["retrieval_random"].items():
         rows[f"retrieval {k.upper()} text->image (random)"] = v["t2i"]
         rows[f"retrieval {k.upper()} image->text (random)"] = v["i2t"]
@@ -128,11 +136,17 @@ def chance_table(stats: dict) -> pd.DataFrame:
 
 def examples_table(world, split: str = "train", n: int = 4) -> pd.DataFrame:
     """A few texts of every kind with their labels."""
-    rows = [{"task": "vqa", "image": q["image"], "text": q["question"], "label": q["answer"]}
-            for q in world.vqa(split)[:n]]
-    rows += [{"task": "nlvr2", "image": f"{x['left']},{x['right']}", "text": x["statement"], "label": x["label"]}
-             for x in world.nlvr2(split)[:n]]
-    rows += [{"task": f"text ({x['kind']})", "image": "", "text": x["text"], "label": x["label"]}
-             for x in world.text_cls(split)[:n]]
+    rows = [
+        {"task": "vqa", "image": q["image"], "text": q["question"], "label": q["answer"]}
+        for q in world.vqa(split)[:n]
+    ]
+    rows += [
+        {"task": "nlvr2", "image": f"{x['left']},{x['right']}", "text": x["statement"], "label": x["label"]}
+        for x in world.nlvr2(split)[:n]
+    ]
+    rows += [
+        {"task": f"text ({x['kind']})", "image": "", "text": x["text"], "label": x["label"]}
+        for x in world.text_cls(split)[:n]
+    ]
     rows += [{"task": "corpus", "image": "", "text": t, "label": ""} for t in world.text_corpus()[:n]]
     return pd.DataFrame(rows)

@@ -46,8 +46,16 @@ SPLITS = ("train", "val", "test")
 STYLES = ("coco", "flickr")
 FORMAT = "vlmerge-world-v1"
 _STREAM = {"train": 0, "val": 1, "test": 2, "image_only": 3, "corpus": 4}
-_PURPOSE = {"scenes": 0, "render": 1, "coco": 2, "flickr": 3, "vqa": 4, "nlvr2": 5, "text_cls": 6, "corpus": 7}
-
+_PURPOSE = {
+    "scenes": 0,
+    "render": 1,
+    "coco": 2,
+    "flickr": 3,
+    "vqa": 4,
+    "nlvr2": 5,
+    "text_cls": 6,
+    "corpus": 7,
+}
 
 
 def run_info_path(root: str | Path) -> Path:
@@ -55,6 +63,7 @@ def run_info_path(root: str | Path) -> Path:
     folder's bytes, and hence its DVC hash, depend on the parameters alone."""
     root = Path(root)
     return root.with_name(root.name + ".run_info.json")
+
 
 def world_files() -> list[str]:
     """Names of the deterministic files of a world folder (all but ``stats.json``)."""
@@ -105,7 +114,9 @@ def _nlvr2(rng: np.random.Generator, scenes: list[dict], n: int) -> list[dict]:
                 text, truth = grammar.nlvr2_statement(rng, scenes[left], scenes[right], kind)
                 if truth == target:  # redo from the same state to get the plain wording too
                     rng.bit_generator.state = state
-                    (text, truth), (plain, _) = _alt(rng, grammar.nlvr2_statement, scenes[left], scenes[right], kind)
+                    (text, truth), (plain, _) = _alt(
+                        rng, grammar.nlvr2_statement, scenes[left], scenes[right], kind
+                    )
                     break
             if truth == target:
                 break
@@ -158,19 +169,29 @@ def _draw(cfg: DataConfig) -> dict[str, Any]:
         d["captions"][style] = {}
         for split in SPLITS:
             rng = _rng(cfg.seed, split, style)
-            d["captions"][style][split] = [[_caption(rng, sc, style) for _ in range(cfg.captions_per_image)]
-                                           for sc in scenes[split]]
+            d["captions"][style][split] = [
+                [_caption(rng, sc, style) for _ in range(cfg.captions_per_image)] for sc in scenes[split]
+            ]
     taken: set[str] = set()
     for split in ("test", "val", "train"):
         rng = _rng(cfg.seed, split, "vqa")
-        d["vqa"][split] = [_vqa(rng, i, sc) for i, sc in enumerate(scenes[split]) for _ in range(cfg.vqa_per_image)]
-        d["nlvr2"][split] = _nlvr2(_rng(cfg.seed, split, "nlvr2"), scenes[split], cfg.nlvr2_per_image * sizes[split])
-        d["text_cls"][split] = _text_cls(_rng(cfg.seed, split, "text_cls"), cfg.text_cls_per_image * sizes[split],
-                                         M, S, taken)
+        d["vqa"][split] = [
+            _vqa(rng, i, sc) for i, sc in enumerate(scenes[split]) for _ in range(cfg.vqa_per_image)
+        ]
+        d["nlvr2"][split] = _nlvr2(
+            _rng(cfg.seed, split, "nlvr2"), scenes[split], cfg.nlvr2_per_image * sizes[split]
+        )
+        d["text_cls"][split] = _text_cls(
+            _rng(cfg.seed, split, "text_cls"), cfg.text_cls_per_image * sizes[split], M, S, taken
+        )
         taken |= {t for x in d["text_cls"][split] for t in x["text"]}
     rng = _rng(cfg.seed, "corpus", "corpus")
-    d["corpus"] = [_alt(rng, grammar.fact_sentence) if rng.random() < 0.1
-                   else _caption(rng, sc, STYLES[int(rng.integers(2))]) for sc in corpus_scenes]
+    d["corpus"] = [
+        _alt(rng, grammar.fact_sentence)
+        if rng.random() < 0.1
+        else _caption(rng, sc, STYLES[int(rng.integers(2))])
+        for sc in corpus_scenes
+    ]
     return d
 
 
@@ -198,8 +219,10 @@ def _fit(obj: Any, tok, max_len: int, where: str = "") -> Any:
         for text in obj:
             if len(tok.encode(text).ids) <= max_len:
                 return text
-        raise ValueError(f"{where}: {obj[-1]!r} has more than max_text_len={max_len} tokens even in its "
-                         "shortest form; raise data.vocab_size or data.max_text_len")
+        raise ValueError(
+            f"{where}: {obj[-1]!r} has more than max_text_len={max_len} tokens even in its "
+            "shortest form; raise data.vocab_size or data.max_text_len"
+        )
     if isinstance(obj, dict):
         return {k: _fit(v, tok, max_len, f"{where}/{k}") for k, v in obj.items()}
     if isinstance(obj, list):
@@ -236,7 +259,9 @@ def generate_world(cfg: DataConfig, out_dir: str | Path | None = None) -> Path:
     out = Path(out_dir) if out_dir is not None else resolve(cfg.root)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.image_size % cfg.mim_patch:
-        raise ValueError(f"data.image_size={cfg.image_size} must be divisible by data.mim_patch={cfg.mim_patch}")
+        raise ValueError(
+            f"data.image_size={cfg.image_size} must be divisible by data.mim_patch={cfg.mim_patch}"
+        )
     d = _draw(cfg)
     tok = train_tokenizer(_all_texts(d), cfg.vocab_size)
     d = _fit(d, tok, cfg.max_text_len)
@@ -244,11 +269,14 @@ def generate_world(cfg: DataConfig, out_dir: str | Path | None = None) -> Path:
 
     labels = {}
     for split in (*SPLITS, "image_only"):
-        images, masks = render_scenes(d["scenes"][split], cfg.image_size, _rng(cfg.seed, split, "render"),
-                                      cfg.noise_std)
+        images, masks = render_scenes(
+            d["scenes"][split], cfg.image_size, _rng(cfg.seed, split, "render"), cfg.noise_std
+        )
         if split == "image_only":
             _write_npy(out / "image_only.npy", images)
-            _write_npy(out / "codebook.npy", fit_codebook(images, cfg.mim_patch, cfg.mim_codebook_size, cfg.seed))
+            _write_npy(
+                out / "codebook.npy", fit_codebook(images, cfg.mim_patch, cfg.mim_codebook_size, cfg.seed)
+            )
             continue
         labels[split] = np.array([s["label"] for s in d["scenes"][split]], dtype=np.int64)
         _write_npy(out / f"images_{split}.npy", images)
@@ -260,10 +288,16 @@ def generate_world(cfg: DataConfig, out_dir: str | Path | None = None) -> Path:
     _write_compact_json(out / "nlvr2.json", d["nlvr2"])
     _write_compact_json(out / "text_cls.json", d["text_cls"])
     _write_compact_json(out / "corpus.json", d["corpus"])
-    meta = {"format": FORMAT, "config": dataclasses.asdict(cfg), "shapes": list(SHAPES), "colours": list(COLOURS),
-            "num_image_classes": NUM_IMAGE_CLASSES, "num_seg_classes": NUM_SEG_CLASSES,
-            "image_class": "shape_index * len(colours) + colour_index of the large object",
-            "seg_class": "0 background, 1 + shape_index of the covering object"}
+    meta = {
+        "format": FORMAT,
+        "config": dataclasses.asdict(cfg),
+        "shapes": list(SHAPES),
+        "colours": list(COLOURS),
+        "num_image_classes": NUM_IMAGE_CLASSES,
+        "num_seg_classes": NUM_SEG_CLASSES,
+        "image_class": "shape_index * len(colours) + colour_index of the large object",
+        "seg_class": "0 background, 1 + shape_index of the covering object",
+    }
     _write_compact_json(out / "meta.json", meta)
     stats = compute_stats(load_world(out))
     from vlmerge_core.io import write_json
@@ -283,7 +317,9 @@ class World:
         self.root = Path(root)
         self.meta = read_json(self.root / "meta.json")
         if self.meta.get("format") != FORMAT:
-            raise ValueError(f"{self.root / 'meta.json'}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
+            raise ValueError(
+                f"{self.root / 'meta.json'}: format {self.meta.get('format')!r}, expected {FORMAT!r}"
+            )
         self.config = DataConfig(**self.meta["config"])
         self.num_seg_classes: int = self.meta["num_seg_classes"]  # mask values 0..C (background included)
         self.num_image_classes: int = self.meta["num_image_classes"]

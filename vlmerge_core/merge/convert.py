@@ -41,29 +41,43 @@ from vlmerge_core.io import save_safetensors
 log = logging.getLogger(__name__)
 FORMAT = "vlmerge-v1"
 MAX_TEXT_LEN_OF_INITCKPT = 196  # official config: text rows of the relative position table = 2 * 196 + 2
-BUFFERS = re.compile(r"(^|\.)(position_ids|token_type_ids|\w*relative_position_index|mask_for_combining_temporal)$")
-_BLOCK = re.compile(r"^transformer\.blocks\.(\d+)\.((?:attn|mlp|norm1|norm2)(?:\.(?:v|l|vl))?\.(?:qkv\.weight|q_bias|"
-                    r"v_bias|proj\.weight|proj\.bias|fc1\.weight|fc1\.bias|fc2\.weight|fc2\.bias|weight|bias)|"
-                    r"gamma_1|gamma_2)$")
+BUFFERS = re.compile(
+    r"(^|\.)(position_ids|token_type_ids|\w*relative_position_index|mask_for_combining_temporal)$"
+)
+_BLOCK = re.compile(
+    r"^transformer\.blocks\.(\d+)\.((?:attn|mlp|norm1|norm2)(?:\.(?:v|l|vl))?\.(?:qkv\.weight|q_bias|"
+    r"v_bias|proj\.weight|proj\.bias|fc1\.weight|fc1\.bias|fc2\.weight|fc2\.bias|weight|bias)|"
+    r"gamma_1|gamma_2)$"
+)
 _DIRECT = {
     "transformer.patch_embed.proj.weight": "patch_embed.proj.weight",
     "transformer.patch_embed.proj.bias": "patch_embed.proj.bias",
-    "transformer.cls_token": "cls_token", "transformer.mask_token": "mask_token",
-    "transformer.pos_embed": "pos_embed", "transformer.norm.weight": "norm.weight", "transformer.norm.bias": "norm.bias",
+    "transformer.cls_token": "cls_token",
+    "transformer.mask_token": "mask_token",
+    "transformer.pos_embed": "pos_embed",
+    "transformer.norm.weight": "norm.weight",
+    "transformer.norm.bias": "norm.bias",
     "text_embeddings.word_embeddings.weight": "text_embed.word_embeddings.weight",
-    "text_embeddings.LayerNorm.weight": "text_embed.norm.weight", "text_embeddings.LayerNorm.bias": "text_embed.norm.bias",
-    "pooler.dense.weight": "heads.pooler.dense.weight", "pooler.dense.bias": "heads.pooler.dense.bias",
-    "itm_score.fc.weight": "heads.itm.weight", "itm_score.fc.bias": "heads.itm.bias",
+    "text_embeddings.LayerNorm.weight": "text_embed.norm.weight",
+    "text_embeddings.LayerNorm.bias": "text_embed.norm.bias",
+    "pooler.dense.weight": "heads.pooler.dense.weight",
+    "pooler.dense.bias": "heads.pooler.dense.bias",
+    "itm_score.fc.weight": "heads.itm.weight",
+    "itm_score.fc.bias": "heads.itm.bias",
     "mlm_score.transform.dense.weight": "heads.mlm.transform.dense.weight",
     "mlm_score.transform.dense.bias": "heads.mlm.transform.dense.bias",
     "mlm_score.transform.LayerNorm.weight": "heads.mlm.transform.norm.weight",
     "mlm_score.transform.LayerNorm.bias": "heads.mlm.transform.norm.bias",
-    "mlm_score.decoder.weight": "heads.mlm.decoder.weight", "mlm_score.bias": "heads.mlm.bias",
-    "mim_score.weight": "heads.mim.weight", "mim_score.bias": "heads.mim.bias",
-    "ifm_image_proj.fc.weight": "heads.itc_image.weight", "ifm_text_proj.fc.weight": "heads.itc_text.weight",
+    "mlm_score.decoder.weight": "heads.mlm.decoder.weight",
+    "mlm_score.bias": "heads.mlm.bias",
+    "mim_score.weight": "heads.mim.weight",
+    "mim_score.bias": "heads.mim.bias",
+    "ifm_image_proj.fc.weight": "heads.itc_image.weight",
+    "ifm_text_proj.fc.weight": "heads.itc_text.weight",
     "ifm_vl_image_proj.fc.weight": "heads.itc_vl_image.weight",
     "ifm_vl_text_proj.fc.weight": "heads.itc_vl_text.weight",
-    "logit_scale": "logit_scale", "logit_vl_scale": "logit_scale_vl",
+    "logit_scale": "logit_scale",
+    "logit_vl_scale": "logit_scale_vl",
 }
 _GRAM = re.compile(r"^transformer\.blocks\.(\d+)\.(attn|mlp)((?:\.(?:v|l|vl))?)((?:\.(?:proj|fc1|fc2))?)$")
 
@@ -77,14 +91,27 @@ class _RestrictedUnpickler(pickle.Unpickler):
     included (the official ``cache_gram_matrices.py`` saves a ``defaultdict(float)``, which
     ``torch.load(weights_only=True)`` refuses). Any other global is an error."""
 
-    _ALLOWED = {("collections", "defaultdict"), ("collections", "OrderedDict"), ("builtins", "float"),
-                ("builtins", "int"), ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"),
-                ("builtins", "set"), ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-                ("torch", "Size"), ("torch", "device"), ("torch.storage", "UntypedStorage")}
+    _ALLOWED = {
+        ("collections", "defaultdict"),
+        ("collections", "OrderedDict"),
+        ("builtins", "float"),
+        ("builtins", "int"),
+        ("builtins", "dict"),
+        ("builtins", "list"),
+        ("builtins", "tuple"),
+        ("builtins", "set"),
+        ("torch._utils", "_rebuild_tensor_v2"),
+        ("torch._utils", "_rebuild_parameter"),
+        ("torch", "Size"),
+        ("torch", "device"),
+        ("torch.storage", "UntypedStorage"),
+    }
 
     def find_class(self, module: str, name: str) -> Any:
         module = "builtins" if module == "__builtin__" else module  # protocol-2 name
-        storage = module == "torch" and (name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype))
+        storage = module == "torch" and (
+            name.endswith("Storage") or isinstance(getattr(torch, name, None), torch.dtype)
+        )
         if (module, name) in self._ALLOWED or storage:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
@@ -117,9 +144,11 @@ def load_torch(path: str | Path, trust_pickle: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickle)
     except pickle.UnpicklingError as exc:
-        raise ConvertError(f"{path}: cannot be read with torch.load(weights_only=True) ({exc}); it pickles "
-                           "other objects (Lightning hyper-parameters...): pass --trust-pickle only if you "
-                           "trust its source") from None
+        raise ConvertError(
+            f"{path}: cannot be read with torch.load(weights_only=True) ({exc}); it pickles "
+            "other objects (Lightning hyper-parameters...): pass --trust-pickle only if you "
+            "trust its source"
+        ) from None
 
 
 def detect(obj: Any) -> str:
@@ -128,13 +157,16 @@ def detect(obj: Any) -> str:
         return "checkpoint"
     if not isinstance(obj, dict) or not obj:
         raise ConvertError("not a state dict, a Lightning checkpoint or a Gram file")
-    if all(_GRAM.match(str(k)) or re.match(r"^transformer\.blocks\.\d+\.norm[12]", str(k)) for k in obj) and \
-            all(isinstance(v, Tensor) and v.dim() == 2 and v.shape[0] == v.shape[1] for v in obj.values()):
+    if all(
+        _GRAM.match(str(k)) or re.match(r"^transformer\.blocks\.\d+\.norm[12]", str(k)) for k in obj
+    ) and all(isinstance(v, Tensor) and v.dim() == 2 and v.shape[0] == v.shape[1] for v in obj.values()):
         return "gram"
     return "checkpoint"
 
 
-def convert_grams(obj: dict[str, Tensor], allow_lossy: bool = False) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def convert_grams(
+    obj: dict[str, Tensor], allow_lossy: bool = False
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Official Gram keys -> ours (``transformer.blocks.3.attn.v`` -> ``blocks.3.attn.v.qkv``)."""
     out, dropped, bad = {}, [], []
     for k, v in obj.items():
@@ -149,8 +181,10 @@ def convert_grams(obj: dict[str, Tensor], allow_lossy: bool = False) -> tuple[di
             continue
         out[f"blocks.{block}.{comp}{expert}.{lin}"] = v.detach().to(torch.float64)
     if bad:
-        raise ConvertError(f"cannot place Gram entries {sorted(bad)} (only linear inputs are used by RegMean); "
-                           "pass --allow-lossy to drop them")
+        raise ConvertError(
+            f"cannot place Gram entries {sorted(bad)} (only linear inputs are used by RegMean); "
+            "pass --allow-lossy to drop them"
+        )
     return dict(sorted(out.items())), {"kind": "gram", "dropped": sorted(dropped)}
 
 
@@ -159,21 +193,38 @@ def _grid_from_rows(rows: int) -> int | None:
     return g if g > 0 and (2 * g - 1) ** 2 + 3 == rows else None
 
 
-def infer_config(sd: dict[str, Tensor], *, heads: int | None = None, vl_start: int | None = None,
-                 image_size: int | None = None) -> dict[str, Any]:
+def infer_config(
+    sd: dict[str, Tensor],
+    *,
+    heads: int | None = None,
+    vl_start: int | None = None,
+    image_size: int | None = None,
+) -> dict[str, Any]:
     """A ``model_config`` mapping inferred from the shapes of an official state dict."""
     blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"^transformer\.blocks\.(\d+)\.", k))})
     if not blocks:
         raise ConvertError("no transformer.blocks.* tensors: not a vl-merging/VLMo checkpoint")
     depth = blocks[-1] + 1
-    qkv = next(v for k, v in sd.items() if re.match(r"^transformer\.blocks\.0\.attn\.(?:v\.|l\.)?qkv\.weight$", k))
+    qkv = next(
+        v for k, v in sd.items() if re.match(r"^transformer\.blocks\.0\.attn\.(?:v\.|l\.)?qkv\.weight$", k)
+    )
     width = qkv.shape[1]
-    fc1 = next(v for k, v in sd.items() if re.match(r"^transformer\.blocks\.0\.mlp\.(?:v\.|l\.)?fc1\.weight$", k))
-    comps = sorted({m.group(1) for k in sd if (m := re.match(r"^transformer\.blocks\.\d+\.(attn|mlp|norm1|norm2)\.(?:v|l|vl)\.", k))})
+    fc1 = next(
+        v for k, v in sd.items() if re.match(r"^transformer\.blocks\.0\.mlp\.(?:v\.|l\.)?fc1\.weight$", k)
+    )
+    comps = sorted(
+        {
+            m.group(1)
+            for k in sd
+            if (m := re.match(r"^transformer\.blocks\.\d+\.(attn|mlp|norm1|norm2)\.(?:v|l|vl)\.", k))
+        }
+    )
     vl_blocks = [int(m.group(1)) for k in sd if (m := re.match(r"^transformer\.blocks\.(\d+)\.\w+\.vl\.", k))]
     if vl_start is None:
         if not comps:
-            raise ConvertError("a modality-agnostic (ufo) checkpoint does not tell the first fusion block: give --vl-start")
+            raise ConvertError(
+                "a modality-agnostic (ufo) checkpoint does not tell the first fusion block: give --vl-start"
+            )
         vl_start = min(vl_blocks) if vl_blocks else depth
     table = sd.get("relative_position_bias_table")
     beit = sd.get("transformer.rel_pos_bias.relative_position_bias_table")
@@ -184,7 +235,11 @@ def infer_config(sd: dict[str, Tensor], *, heads: int | None = None, vl_start: i
             heads = table.shape[1] // depth
         else:
             raise ConvertError("cannot infer the number of attention heads from the shapes: give --heads")
-    patch = sd["transformer.patch_embed.proj.weight"].shape[-1] if "transformer.patch_embed.proj.weight" in sd else 16
+    patch = (
+        sd["transformer.patch_embed.proj.weight"].shape[-1]
+        if "transformer.patch_embed.proj.weight" in sd
+        else 16
+    )
     if image_size is None:
         grid = None
         if "transformer.pos_embed" in sd:
@@ -196,10 +251,18 @@ def infer_config(sd: dict[str, Tensor], *, heads: int | None = None, vl_start: i
         if grid is None:
             raise ConvertError("cannot infer the image size from the shapes: give --image-size")
         image_size = grid * patch
-    cfg: dict[str, Any] = {"width": width, "depth": depth, "heads": heads, "mlp_ratio": fc1.shape[0] / width,
-                           "vl_start": vl_start, "image_size": image_size, "patch_size": patch,
-                           "ms_components": comps, "rel_pos_bias": table is not None or beit is not None,
-                           "layer_scale_init": 0.1 if "transformer.blocks.0.gamma_1" in sd else 0.0}
+    cfg: dict[str, Any] = {
+        "width": width,
+        "depth": depth,
+        "heads": heads,
+        "mlp_ratio": fc1.shape[0] / width,
+        "vl_start": vl_start,
+        "image_size": image_size,
+        "patch_size": patch,
+        "ms_components": comps,
+        "rel_pos_bias": table is not None or beit is not None,
+        "layer_scale_init": 0.1 if "transformer.blocks.0.gamma_1" in sd else 0.0,
+    }
     if "text_embeddings.word_embeddings.weight" in sd:
         cfg["vocab_size"] = sd["text_embeddings.word_embeddings.weight"].shape[0]
     if "text_embeddings.position_embeddings.weight" in sd:
@@ -209,9 +272,14 @@ def infer_config(sd: dict[str, Tensor], *, heads: int | None = None, vl_start: i
     return cfg
 
 
-def convert_state_dict(sd: dict[str, Tensor], *, heads: int | None = None, vl_start: int | None = None,
-                       image_size: int | None = None, allow_lossy: bool = False,
-                       ) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
+def convert_state_dict(
+    sd: dict[str, Tensor],
+    *,
+    heads: int | None = None,
+    vl_start: int | None = None,
+    image_size: int | None = None,
+    allow_lossy: bool = False,
+) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
     """Official state dict -> ``(our tensors, model_config, record of rewrites)``.
 
     Tensors of our model that the checkpoint lacks (a backbone-only file) are taken from a fresh
@@ -246,7 +314,9 @@ def convert_state_dict(sd: dict[str, Tensor], *, heads: int | None = None, vl_st
         elif k == "relative_position_bias_table" and allow_lossy:
             rows = (2 * (cfg.image_size // cfg.patch_size) - 1) ** 2 + 3
             out["rel_pos_bias.relative_position_bias_table"] = v[:rows].clone()
-            rec["lossy"].append(f"{k}: kept the {rows} image rows of {v.shape[0]} (no text relative bias here)")
+            rec["lossy"].append(
+                f"{k}: kept the {rows} image rows of {v.shape[0]} (no text relative bias here)"
+            )
         elif k == "token_type_embeddings.weight" and v.shape[0] > 2 and allow_lossy:
             out["token_type_embed.weight"] = v[:2].clone()
             rec["lossy"].append(f"{k}: kept rows 0-1 of {v.shape[0]} (NLVR2's third type dropped)")
@@ -257,13 +327,17 @@ def convert_state_dict(sd: dict[str, Tensor], *, heads: int | None = None, vl_st
         else:
             bad.append(k)
     if bad:
-        raise ConvertError(f"cannot place {len(bad)} tensor(s): {sorted(bad)[:20]}"
-                           f"{' ...' if len(bad) > 20 else ''}; pass --allow-lossy to drop them")
+        raise ConvertError(
+            f"cannot place {len(bad)} tensor(s): {sorted(bad)[:20]}"
+            f"{' ...' if len(bad) > 20 else ''}; pass --allow-lossy to drop them"
+        )
     tt = sd.get("text_embeddings.token_type_embeddings.weight")
     if "text_embed.word_embeddings.weight" in out:
         row = tt[0].float() if tt is not None else torch.zeros(cfg.width)
         out["text_embed.position_embeddings.weight"] = row.expand(cfg.max_text_len, -1).clone()
-        rec["exact"].append("text_embed.position_embeddings: every row = BERT token-type row 0 (no absolute position)")
+        rec["exact"].append(
+            "text_embed.position_embeddings: every row = BERT token-type row 0 (no absolute position)"
+        )
     if "pos_embed" not in out and "cls_token" in out:
         out["pos_embed"] = torch.zeros(1, 1 + (cfg.image_size // cfg.patch_size) ** 2, cfg.width)
         rec["exact"].append("pos_embed: zeros (the official model has no absolute image position embedding)")
@@ -278,34 +352,56 @@ def convert_state_dict(sd: dict[str, Tensor], *, heads: int | None = None, vl_st
         raise ConvertError(f"converted tensors do not fit the inferred architecture: {extra[:10]}")
     for k in out:
         if tuple(out[k].shape) != tuple(fresh[k].shape):
-            raise ConvertError(f"{k}: converted shape {tuple(out[k].shape)} but the inferred architecture expects "
-                               f"{tuple(fresh[k].shape)} (give --heads / --image-size / --vl-start?)")
+            raise ConvertError(
+                f"{k}: converted shape {tuple(out[k].shape)} but the inferred architecture expects "
+                f"{tuple(fresh[k].shape)} (give --heads / --image-size / --vl-start?)"
+            )
     return dict(sorted(out.items())), cfg_d, rec
 
 
-def convert_file(in_path: str | Path, out_path: str | Path, *, heads: int | None = None,
-                 vl_start: int | None = None, image_size: int | None = None, allow_lossy: bool = False,
-                 trust_pickle: bool = False) -> dict[str, Any]:
+def convert_file(
+    in_path: str | Path,
+    out_path: str | Path,
+    *,
+    heads: int | None = None,
+    vl_start: int | None = None,
+    image_size: int | None = None,
+    allow_lossy: bool = False,
+    trust_pickle: bool = False,
+) -> dict[str, Any]:
     """Convert an official checkpoint or Gram file to our safetensors; returns what was done."""
     obj = load_torch(in_path, trust_pickle)
     kind = detect(obj)
     if kind == "gram":
         tensors, rec = convert_grams(dict(obj), allow_lossy)
-        save_safetensors(out_path, tensors, {"kind": "gram", "format": FORMAT, "convert": rec,
-                                             "source": Path(in_path).name})
+        save_safetensors(
+            out_path,
+            tensors,
+            {"kind": "gram", "format": FORMAT, "convert": rec, "source": Path(in_path).name},
+        )
         return {"kind": "gram", "tensors": len(tensors), **rec}
     sd = obj["state_dict"] if "state_dict" in obj else obj
     bad = [k for k, v in sd.items() if not isinstance(v, Tensor)]
     if bad:
         raise ConvertError(f"{in_path}: non-tensor entries {bad[:10]} in the state dict")
-    tensors, cfg, rec = convert_state_dict(dict(sd), heads=heads, vl_start=vl_start, image_size=image_size,
-                                           allow_lossy=allow_lossy)
+    tensors, cfg, rec = convert_state_dict(
+        dict(sd), heads=heads, vl_start=vl_start, image_size=image_size, allow_lossy=allow_lossy
+    )
     kind = "ms" if cfg["ms_components"] else "ma"
     from vlmerge_core.config import ModelConfig, section_from_dict, to_dict
 
     full_cfg = to_dict(section_from_dict(ModelConfig, cfg, prefix="model"))
-    save_safetensors(out_path, tensors, {"model_config": json.dumps(full_cfg, sort_keys=True), "kind": kind,
-                                         "format": FORMAT, "convert": rec, "source": Path(in_path).name})
+    save_safetensors(
+        out_path,
+        tensors,
+        {
+            "model_config": json.dumps(full_cfg, sort_keys=True),
+            "kind": kind,
+            "format": FORMAT,
+            "convert": rec,
+            "source": Path(in_path).name,
+        },
+    )
     for what in ("lossy", "dropped", "unused", "initialised"):
         if rec[what]:
             log.warning("convert %s: %s: %s", in_path, what, rec[what][:5])

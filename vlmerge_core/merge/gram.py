@@ -77,22 +77,31 @@ def gram_hooks(model: nn.Module, grams: dict[str, Tensor], state: _State) -> Ite
             h.remove()
 
 
-def world_batches(world: Any, model_cfg: Any, batch_size: int = 32, split: str = "train",
-                  style: str = "coco") -> Iterator[dict[str, Tensor]]:
+def world_batches(
+    world: Any, model_cfg: Any, batch_size: int = 32, split: str = "train", style: str = "coco"
+) -> Iterator[dict[str, Tensor]]:
     """Image-caption batches ``{"images", "ids", "mask"}`` of a micro-world split, in order."""
     from vlmerge_core.data.loaders import PairDataset
 
     ds = PairDataset(world, split, world.tokenizer(), model_cfg.max_text_len, style)
     for start in range(0, len(ds), batch_size):
         items = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
-        yield {"images": torch.stack([it["image"] for it in items]),
-               "ids": torch.stack([it["ids"] for it in items]),
-               "mask": torch.stack([it["mask"] for it in items])}
+        yield {
+            "images": torch.stack([it["image"] for it in items]),
+            "ids": torch.stack([it["ids"] for it in items]),
+            "mask": torch.stack([it["mask"] for it in items]),
+        }
 
 
 @torch.no_grad()
-def collect_grams(model: nn.Module, world_or_batches: Any, n_batches: int = 8, *, batch_size: int = 32,
-                  passes: Iterable[str] = ("image", "text", "fused")) -> dict[str, Tensor]:
+def collect_grams(
+    model: nn.Module,
+    world_or_batches: Any,
+    n_batches: int = 8,
+    *,
+    batch_size: int = 32,
+    passes: Iterable[str] = ("image", "text", "fused"),
+) -> dict[str, Tensor]:
     """Gram matrices of every expert linear input of an MS ``model`` over ``n_batches`` batches.
 
     Args:
@@ -141,8 +150,11 @@ def collect_grams(model: nn.Module, world_or_batches: Any, n_batches: int = 8, *
 
 def save_grams(path: str | Path, grams: Mapping[str, Tensor], meta: Mapping[str, Any] | None = None) -> Path:
     """Save Gram matrices as safetensors keyed by module name (float64)."""
-    return save_safetensors(path, {k: v.to(torch.float64) for k, v in grams.items()},
-                            {"kind": "gram", "format": "vlmerge-v1", **(meta or {})})
+    return save_safetensors(
+        path,
+        {k: v.to(torch.float64) for k, v in grams.items()},
+        {"kind": "gram", "format": "vlmerge-v1", **(meta or {})},
+    )
 
 
 def load_grams(path: str | Path) -> dict[str, Tensor]:

@@ -46,8 +46,9 @@ class MergeMethod:
 METHODS: dict[str, MergeMethod] = {}
 
 
-def merge_method(name: str, reference: str, *, needs_central: bool = False,
-                 needs_grams: bool = False) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+def merge_method(
+    name: str, reference: str, *, needs_central: bool = False, needs_grams: bool = False
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Register a merge function under ``name`` (mergekit's ``@merge_method`` idea)."""
 
     def deco(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -68,7 +69,9 @@ def get_method(name: str) -> MergeMethod:
 
 
 # ------------------------------------------------------------------------------------- validation
-def check_experts(experts: Sequence[Tensor], name: str, central: Tensor | None = None, nan: bool = True) -> None:
+def check_experts(
+    experts: Sequence[Tensor], name: str, central: Tensor | None = None, nan: bool = True
+) -> None:
     """Raise :class:`MergeError` naming ``name`` on an empty list, shape/dtype mismatch or (``nan``) NaN."""
     if len(experts) == 0:
         raise MergeError(f"{name}: no expert tensors to merge")
@@ -77,16 +80,20 @@ def check_experts(experts: Sequence[Tensor], name: str, central: Tensor | None =
         if not isinstance(t, Tensor):
             raise MergeError(f"{name}: expert {i} is a {type(t).__name__}, not a tensor")
         if t.shape != ref.shape:
-            raise MergeError(f"{name}: tensor size mismatch between experts: "
-                             f"{tuple(ref.shape)} vs {tuple(t.shape)} (expert {i})")
+            raise MergeError(
+                f"{name}: tensor size mismatch between experts: "
+                f"{tuple(ref.shape)} vs {tuple(t.shape)} (expert {i})"
+            )
         if t.dtype != ref.dtype:
             raise MergeError(f"{name}: dtype mismatch between experts: {ref.dtype} vs {t.dtype} (expert {i})")
         if nan and t.is_floating_point() and torch.isnan(t).any():
             raise MergeError(f"{name}: expert {i} contains NaN")
     if central is not None:
         if central.shape != ref.shape:
-            raise MergeError(f"{name}: central tensor has shape {tuple(central.shape)}, experts have "
-                             f"{tuple(ref.shape)} (central checkpoint of another architecture?)")
+            raise MergeError(
+                f"{name}: central tensor has shape {tuple(central.shape)}, experts have "
+                f"{tuple(ref.shape)} (central checkpoint of another architecture?)"
+            )
         if nan and central.is_floating_point() and torch.isnan(central).any():
             raise MergeError(f"{name}: central tensor contains NaN")
 
@@ -167,10 +174,14 @@ def topk_mask(x: Tensor, density: float) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------- methods
-@merge_method("interpolation", "Sung et al. 2023, An Empirical Study of Multimodal Model Merging (arXiv 2304.14933); "
-              "weight averaging as in Wortsman et al. 2022, Model soups")
-def interpolation(experts: Sequence[Tensor], *, weights: Sequence[float] | None = None,
-                  name: str = "tensor") -> Tensor:
+@merge_method(
+    "interpolation",
+    "Sung et al. 2023, An Empirical Study of Multimodal Model Merging (arXiv 2304.14933); "
+    "weight averaging as in Wortsman et al. 2022, Model soups",
+)
+def interpolation(
+    experts: Sequence[Tensor], *, weights: Sequence[float] | None = None, name: str = "tensor"
+) -> Tensor:
     """Weighted average ``sum_m w_m W^m`` with non-negative weights summing to 1.
 
     The paper's ratio ``r`` is expressed through :func:`interpolation_weights`.
@@ -183,10 +194,15 @@ def interpolation(experts: Sequence[Tensor], *, weights: Sequence[float] | None 
     return _finish(out, experts, name)
 
 
-@merge_method("arithmetic", "Ilharco et al. 2023, Editing Models with Task Arithmetic (ICLR); modality "
-              "arithmetic of Sung et al. 2023", needs_central=True)
-def arithmetic(experts: Sequence[Tensor], *, central: Tensor, lam: float | Sequence[float] = 1.0,
-               name: str = "tensor") -> Tensor:
+@merge_method(
+    "arithmetic",
+    "Ilharco et al. 2023, Editing Models with Task Arithmetic (ICLR); modality "
+    "arithmetic of Sung et al. 2023",
+    needs_central=True,
+)
+def arithmetic(
+    experts: Sequence[Tensor], *, central: Tensor, lam: float | Sequence[float] = 1.0, name: str = "tensor"
+) -> Tensor:
     """Modality arithmetic ``W0 + sum_m lam_m (W^m - W0)`` around the seed weights ``W0``."""
     check_experts(experts, name, central, nan=False)
     lams = _lambdas(lam, len(experts), name)
@@ -206,10 +222,18 @@ def regmean_gram(gram: Tensor, alpha: float) -> Tensor:
     return out
 
 
-@merge_method("regmean", "Jin et al. 2023, Dataless Knowledge Fusion by Merging Weights of Language Models "
-              "(ICLR), RegMean", needs_grams=True)
-def regmean(experts: Sequence[Tensor], *, grams: Sequence[Tensor] | None = None, alpha: float = 1.0,
-            name: str = "tensor") -> Tensor:
+@merge_method(
+    "regmean",
+    "Jin et al. 2023, Dataless Knowledge Fusion by Merging Weights of Language Models (ICLR), RegMean",
+    needs_grams=True,
+)
+def regmean(
+    experts: Sequence[Tensor],
+    *,
+    grams: Sequence[Tensor] | None = None,
+    alpha: float = 1.0,
+    name: str = "tensor",
+) -> Tensor:
     """RegMean: ``W = (sum_m W^m G~^m)(sum_m G~^m)^-1`` for a linear weight ``[out, in]``.
 
     ``G~ = alpha G + (1 - alpha) diag(G)``; solved in float64 with ``torch.linalg.solve`` (no
@@ -223,7 +247,9 @@ def regmean(experts: Sequence[Tensor], *, grams: Sequence[Tensor] | None = None,
     if len(grams) != len(experts):
         raise MergeError(f"{name}: {len(grams)} Gram matrices for {len(experts)} experts")
     if experts[0].dim() != 2:
-        raise MergeError(f"{name}: RegMean needs 2-D linear weights [out, in], got shape {tuple(experts[0].shape)}")
+        raise MergeError(
+            f"{name}: RegMean needs 2-D linear weights [out, in], got shape {tuple(experts[0].shape)}"
+        )
     d_in = experts[0].shape[1]
     num = torch.zeros(experts[0].shape, dtype=torch.float64)
     den = torch.zeros(d_in, d_in, dtype=torch.float64)
@@ -242,10 +268,19 @@ def regmean(experts: Sequence[Tensor], *, grams: Sequence[Tensor] | None = None,
     return out.to(experts[0].dtype)
 
 
-@merge_method("ties", "Yadav et al. 2023, TIES-Merging: Resolving Interference When Merging Models (NeurIPS)",
-              needs_central=True)
-def ties(experts: Sequence[Tensor], *, central: Tensor, density: float = 0.5, lam: float = 1.0,
-         name: str = "tensor") -> Tensor:
+@merge_method(
+    "ties",
+    "Yadav et al. 2023, TIES-Merging: Resolving Interference When Merging Models (NeurIPS)",
+    needs_central=True,
+)
+def ties(
+    experts: Sequence[Tensor],
+    *,
+    central: Tensor,
+    density: float = 0.5,
+    lam: float = 1.0,
+    name: str = "tensor",
+) -> Tensor:
     """TIES: trim each ``tau^m = W^m - W0`` to its top-``density`` magnitudes, elect the sign of
     ``sum_m tau^m``, average the entries that agree with it (disjoint mean), ``W0 + lam * tau``."""
     check_experts(experts, name, central)
@@ -268,10 +303,21 @@ def _generator(seed: int, name: str, index: int) -> torch.Generator:
     return g
 
 
-@merge_method("dare", "Yu et al. 2024, Language Models are Super Mario: Absorbing Abilities from Homologous "
-              "Models as a Free Lunch (ICML), DARE", needs_central=True)
-def dare(experts: Sequence[Tensor], *, central: Tensor, drop_rate: float = 0.5,
-         lam: float | Sequence[float] = 1.0, seed: int = 0, name: str = "tensor") -> Tensor:
+@merge_method(
+    "dare",
+    "Yu et al. 2024, Language Models are Super Mario: Absorbing Abilities from Homologous "
+    "Models as a Free Lunch (ICML), DARE",
+    needs_central=True,
+)
+def dare(
+    experts: Sequence[Tensor],
+    *,
+    central: Tensor,
+    drop_rate: float = 0.5,
+    lam: float | Sequence[float] = 1.0,
+    seed: int = 0,
+    name: str = "tensor",
+) -> Tensor:
     """DARE: drop each entry of ``tau^m`` with probability ``p``, rescale by ``1/(1-p)``, then
     ``W0 + sum_m lam_m tau~^m``. The masks come from a generator seeded by (seed, name, expert)."""
     check_experts(experts, name, central, nan=False)
@@ -283,7 +329,9 @@ def dare(experts: Sequence[Tensor], *, central: Tensor, drop_rate: float = 0.5,
     for i, (lm, t) in enumerate(zip(lams, experts)):
         tau = _f64(t) - c
         if drop_rate > 0:
-            keep = torch.rand(tau.shape, generator=_generator(seed, name, i), dtype=torch.float64) >= drop_rate
+            keep = (
+                torch.rand(tau.shape, generator=_generator(seed, name, i), dtype=torch.float64) >= drop_rate
+            )
             tau.mul_(keep)
             lm = lm / (1.0 - drop_rate)
         out.add_(tau, alpha=lm)

@@ -41,13 +41,25 @@ def method_grid(cfg: Any, methods: Sequence[str] | None = None) -> list[tuple[st
 
 def run_name(method: str, params: dict[str, Any]) -> str:
     """File stem of one merge, e.g. ``interpolation_ratio0.5``."""
-    knob = {k: v for k, v in params.items() if k not in ("seed",) and not (method in ("ties", "dare") and k == "lam")}
+    knob = {
+        k: v
+        for k, v in params.items()
+        if k not in ("seed",) and not (method in ("ties", "dare") and k == "lam")
+    }
     return method + "".join(f"_{k}{v:g}" if isinstance(v, float) else f"_{k}{v}" for k, v in knob.items())
 
 
-def merge_all(ms_path: str | Path, out_dir: str | Path, grid: Iterable[tuple[str, dict[str, Any]]], *,
-              central_path: str | Path | None = None, gram_path: str | Path | None = None,
-              task: str | None = None, only_used_experts: bool = True, unimodal_paths: bool = False) -> list[dict]:
+def merge_all(
+    ms_path: str | Path,
+    out_dir: str | Path,
+    grid: Iterable[tuple[str, dict[str, Any]]],
+    *,
+    central_path: str | Path | None = None,
+    gram_path: str | Path | None = None,
+    task: str | None = None,
+    only_used_experts: bool = True,
+    unimodal_paths: bool = False,
+) -> list[dict]:
     """Merge ``ms_path`` by every ``(method, params)``; returns one record per output checkpoint."""
     out_dir = Path(out_dir)
     records = []
@@ -55,9 +67,17 @@ def merge_all(ms_path: str | Path, out_dir: str | Path, grid: Iterable[tuple[str
         if method in CENTRAL_METHODS and central_path is None:
             raise ValueError(f"merge method {method!r} needs a central (seed) checkpoint")
         path = out_dir / f"{run_name(method, params)}.safetensors"
-        merge_checkpoint(ms_path, path, method, central_path=central_path if method in CENTRAL_METHODS else None,
-                         gram_path=gram_path if method == "regmean" else None, task=task,
-                         only_used_experts=only_used_experts, unimodal_paths=unimodal_paths, **params)
+        merge_checkpoint(
+            ms_path,
+            path,
+            method,
+            central_path=central_path if method in CENTRAL_METHODS else None,
+            gram_path=gram_path if method == "regmean" else None,
+            task=task,
+            only_used_experts=only_used_experts,
+            unimodal_paths=unimodal_paths,
+            **params,
+        )
         records.append({"method": method, **params, "task": task, "path": str(path)})
         log.info("merged %s -> %s", method, path)
     return records
@@ -71,8 +91,13 @@ def random_batches(cfg: Any, n: int, batch_size: int = 8, seed: int = 0) -> list
     for _ in range(n):
         mask = torch.arange(T)[None] < torch.randint(2, T + 1, (batch_size, 1), generator=g)
         ids = torch.randint(5, cfg.vocab_size, (batch_size, T), generator=g) * mask
-        out.append({"images": torch.randn(batch_size, 3, cfg.image_size, cfg.image_size, generator=g),
-                    "ids": ids, "mask": mask})
+        out.append(
+            {
+                "images": torch.randn(batch_size, 3, cfg.image_size, cfg.image_size, generator=g),
+                "ids": ids,
+                "mask": mask,
+            }
+        )
     return out
 
 
@@ -86,17 +111,21 @@ def make_demo_checkpoints(out_dir: str | Path, noise: float = 0.02, seed: int = 
     torch.manual_seed(seed)
     cfg = dataclasses.replace(profile_params("smoke").model, layer_scale_init=0.1)
     central = MultiwayTransformer(cfg)
-    ms = init_ms_from_ma(MultiwayTransformer(dataclasses.replace(cfg, ms_components=["attn", "mlp", "norm1", "norm2"])),
-                         central.state_dict())
+    ms = init_ms_from_ma(
+        MultiwayTransformer(dataclasses.replace(cfg, ms_components=["attn", "mlp", "norm1", "norm2"])),
+        central.state_dict(),
+    )
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in ms.named_parameters():
             if any(f".{e}." in name for e in ("v", "l", "vl")):
                 p.add_(noise * torch.randn(p.shape, generator=g))
-    paths = {"central": out_dir / "demo_central.safetensors", "ms": out_dir / "demo_ms.safetensors",
-             "grams": out_dir / "demo_grams.safetensors"}
+    paths = {
+        "central": out_dir / "demo_central.safetensors",
+        "ms": out_dir / "demo_ms.safetensors",
+        "grams": out_dir / "demo_grams.safetensors",
+    }
     save_model(paths["central"], central)
     save_model(paths["ms"], ms)
     save_grams(paths["grams"], collect_grams(ms, random_batches(cfg, 2, seed=seed), 2))
     return paths
-

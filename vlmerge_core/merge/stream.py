@@ -29,13 +29,24 @@ log = logging.getLogger(__name__)
 FORMAT = "vlmerge-v1"
 
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 @contextlib.contextmanager
-def open_tensors(path: str | Path | None, what: str) -> Iterator[tuple[Callable[[str], Tensor] | None, list[str]]]:
+def open_tensors(
+    path: str | Path | None, what: str
+) -> Iterator[tuple[Callable[[str], Tensor] | None, list[str]]]:
     """Open a safetensors file lazily: yields ``(get(key) -> Tensor, keys)``; ``(None, [])`` for None.
 
     Tensors are read with plain positioned reads into their own memory, not through ``safe_open``:
@@ -65,7 +76,9 @@ def open_tensors(path: str | Path | None, what: str) -> Iterator[tuple[Callable[
             start, end = entry["data_offsets"]
             dtype = _DTYPES.get(entry["dtype"])
             if dtype is None or base + end > size:
-                raise ValueError(f"{path}: tensor {key}: unsupported dtype {entry['dtype']} or truncated file")
+                raise ValueError(
+                    f"{path}: tensor {key}: unsupported dtype {entry['dtype']} or truncated file"
+                )
             buf = torch.empty(end - start, dtype=torch.uint8)  # no zero fill
             got = os.preadv(fh.fileno(), [buf.numpy()], base + start) if end > start else 0
             if got != end - start:
@@ -92,8 +105,10 @@ def return_freed_memory(threshold: int = 1 << 20) -> bool:
 def model_config_meta(meta: dict[str, str], path: str | Path) -> dict[str, Any]:
     """The ``model_config`` mapping stored in a checkpoint's metadata."""
     if "model_config" not in meta:
-        raise ValueError(f"{path}: no model_config in the safetensors metadata (not a vlmerge checkpoint?); "
-                         "convert official checkpoints with `vlmerge convert` first")
+        raise ValueError(
+            f"{path}: no model_config in the safetensors metadata (not a vlmerge checkpoint?); "
+            "convert official checkpoints with `vlmerge convert` first"
+        )
     cfg = meta["model_config"]
     return json.loads(cfg) if isinstance(cfg, str) else dict(cfg)
 
@@ -102,15 +117,29 @@ def ma_metadata(ms_meta: dict[str, str], path: str | Path, merge_info: dict[str,
     """Metadata of the merged MA checkpoint: the MS model_config with ``ms_components: []``."""
     cfg = model_config_meta(ms_meta, path)
     cfg["ms_components"] = []
-    return {"model_config": json.dumps(cfg, sort_keys=True), "kind": "ma", "format": FORMAT,
-            "merge": json.dumps(merge_info, sort_keys=True)}
+    return {
+        "model_config": json.dumps(cfg, sort_keys=True),
+        "kind": "ma",
+        "format": FORMAT,
+        "merge": json.dumps(merge_info, sort_keys=True),
+    }
 
 
-def merge_checkpoint(ms_path: str | Path, out_path: str | Path, method: str, *,
-                     central_path: str | Path | None = None, gram_path: str | Path | None = None,
-                     vl_start: int | None = None, task: str | None = None, only_used_experts: bool = True,
-                     experts: Sequence[str] | None = None, unimodal_paths: bool = False,
-                     low_memory: bool = True, **method_params: Any) -> Path:
+def merge_checkpoint(
+    ms_path: str | Path,
+    out_path: str | Path,
+    method: str,
+    *,
+    central_path: str | Path | None = None,
+    gram_path: str | Path | None = None,
+    vl_start: int | None = None,
+    task: str | None = None,
+    only_used_experts: bool = True,
+    experts: Sequence[str] | None = None,
+    unimodal_paths: bool = False,
+    low_memory: bool = True,
+    **method_params: Any,
+) -> Path:
     """Merge the MS checkpoint ``ms_path`` into an MA checkpoint at ``out_path`` (atomic write).
 
     ``vl_start`` defaults to the one in the checkpoint's ``model_config``. The output carries the
@@ -126,20 +155,42 @@ def merge_checkpoint(ms_path: str | Path, out_path: str | Path, method: str, *,
         vl_start = int(cfg["vl_start"])
     if central_path is not None:
         c_meta = read_safetensors_metadata(central_path)
-        if c_meta.get("kind") == "ms" or (c_meta.get("model_config") and
-                                          json.loads(c_meta["model_config"]).get("ms_components")):
-            raise MergeError(f"{central_path}: the central checkpoint must be modality-agnostic (MA), "
-                             "it is modality-specific")
-    info = {"method": method, "params": {k: v for k, v in method_params.items() if v is not None},
-            "task": task, "only_used_experts": only_used_experts, "experts": list(experts) if experts else None,
-            "unimodal_paths": unimodal_paths, "source": Path(ms_path).name,
-            "central": Path(central_path).name if central_path else None}
+        if c_meta.get("kind") == "ms" or (
+            c_meta.get("model_config") and json.loads(c_meta["model_config"]).get("ms_components")
+        ):
+            raise MergeError(
+                f"{central_path}: the central checkpoint must be modality-agnostic (MA), "
+                "it is modality-specific"
+            )
+    info = {
+        "method": method,
+        "params": {k: v for k, v in method_params.items() if v is not None},
+        "task": task,
+        "only_used_experts": only_used_experts,
+        "experts": list(experts) if experts else None,
+        "unimodal_paths": unimodal_paths,
+        "source": Path(ms_path).name,
+        "central": Path(central_path).name if central_path else None,
+    }
     out: dict[str, Tensor] = {}
-    with open_tensors(ms_path, "MS") as (get, keys), open_tensors(central_path, "central") as (get_c, _), \
-            open_tensors(gram_path, "Gram") as (get_g, _):
-        for name, tensor in iter_unified(keys, get, method, vl_start=vl_start, get_central=get_c,
-                                         get_gram=get_g, task=task, only_used_experts=only_used_experts,
-                                         experts=experts, unimodal_paths=unimodal_paths, **method_params):
+    with (
+        open_tensors(ms_path, "MS") as (get, keys),
+        open_tensors(central_path, "central") as (get_c, _),
+        open_tensors(gram_path, "Gram") as (get_g, _),
+    ):
+        for name, tensor in iter_unified(
+            keys,
+            get,
+            method,
+            vl_start=vl_start,
+            get_central=get_c,
+            get_gram=get_g,
+            task=task,
+            only_used_experts=only_used_experts,
+            experts=experts,
+            unimodal_paths=unimodal_paths,
+            **method_params,
+        ):
             out[name] = tensor
     log.info("merged %s by %s: %d tensors", ms_path, method, len(out))
     save_safetensors(out_path, out, ma_metadata(ms_meta, ms_path, info))

@@ -80,23 +80,37 @@ def plan_groups(keys: Sequence[str], vl_start: int) -> tuple[dict[str, dict[str,
         if missing:
             some = next(iter(members.values()))
             names = [some.replace(f".{next(iter(members))}.", f".{e}.", 1) for e in missing]
-            raise MergeError(f"{target}: expert tensor(s) {names} missing (present: {sorted(members)}; "
-                             f"vl_start={vl_start})")
+            raise MergeError(
+                f"{target}: expert tensor(s) {names} missing (present: {sorted(members)}; "
+                f"vl_start={vl_start})"
+            )
         extra = [e for e in members if e not in expected]
         if extra:
-            raise MergeError(f"{target}: unexpected expert(s) {extra} in block {block} below vl_start={vl_start}")
+            raise MergeError(
+                f"{target}: unexpected expert(s) {extra} in block {block} below vl_start={vl_start}"
+            )
     return groups, passthrough
 
 
-def used_experts(block: int, available: Sequence[str], *, vl_start: int, task: str | None = None,
-                 only_used_experts: bool = True, method: str = "interpolation",
-                 experts: Sequence[str] | None = None, unimodal_paths: bool = False) -> list[str]:
+def used_experts(
+    block: int,
+    available: Sequence[str],
+    *,
+    vl_start: int,
+    task: str | None = None,
+    only_used_experts: bool = True,
+    method: str = "interpolation",
+    experts: Sequence[str] | None = None,
+    unimodal_paths: bool = False,
+) -> list[str]:
     """The experts merged in ``block`` (see the module docstring), in ``v, l, vl`` order."""
     avail = [e for e in EXPERTS if e in available]
     if experts is not None:
         chosen = [e for e in avail if e in experts]
         if not chosen:
-            raise MergeError(f"block {block}: none of the requested experts {list(experts)} is present ({avail})")
+            raise MergeError(
+                f"block {block}: none of the requested experts {list(experts)} is present ({avail})"
+            )
         return chosen
     if unimodal_paths and task in IMAGE_TASKS:
         return [e for e in avail if e == "v"]
@@ -116,7 +130,12 @@ def method_params(method: MergeMethod | str, params: Mapping[str, Any]) -> dict[
     """Check ``params`` against the keyword parameters ``method`` accepts; return them without Nones."""
     method = get_method(method) if isinstance(method, str) else method
     sig = inspect.signature(method.fn).parameters
-    allowed = {n for n, p in sig.items() if p.kind is p.KEYWORD_ONLY} - {"name", "central", "grams", "weights"}
+    allowed = {n for n, p in sig.items() if p.kind is p.KEYWORD_ONLY} - {
+        "name",
+        "central",
+        "grams",
+        "weights",
+    }
     if method.name == "interpolation":
         allowed |= {"ratio", "weights"}
     given = {k: v for k, v in params.items() if v is not None}
@@ -126,9 +145,16 @@ def method_params(method: MergeMethod | str, params: Mapping[str, Any]) -> dict[
     return given
 
 
-def merge_group(method: MergeMethod, target: str, tensors: Sequence[Tensor], experts: Sequence[str], *,
-                central: Tensor | None = None, grams: Sequence[Tensor] | None = None,
-                params: Mapping[str, Any] | None = None) -> Tensor:
+def merge_group(
+    method: MergeMethod,
+    target: str,
+    tensors: Sequence[Tensor],
+    experts: Sequence[str],
+    *,
+    central: Tensor | None = None,
+    grams: Sequence[Tensor] | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> Tensor:
     """Merge the expert tensors of one MA parameter ``target`` with ``method``."""
     params = dict(params or {})
     kwargs: dict[str, Any] = {"name": target}
@@ -154,11 +180,20 @@ def merge_group(method: MergeMethod, target: str, tensors: Sequence[Tensor], exp
     return method.fn(list(tensors), **kwargs, **params)
 
 
-def iter_unified(keys: Sequence[str], get: Callable[[str], Tensor], method: str | MergeMethod, *,
-                 vl_start: int, get_central: Callable[[str], Tensor] | None = None,
-                 get_gram: Callable[[str], Tensor] | None = None, task: str | None = None,
-                 only_used_experts: bool = True, experts: Sequence[str] | None = None,
-                 unimodal_paths: bool = False, **params: Any) -> Iterator[tuple[str, Tensor]]:
+def iter_unified(
+    keys: Sequence[str],
+    get: Callable[[str], Tensor],
+    method: str | MergeMethod,
+    *,
+    vl_start: int,
+    get_central: Callable[[str], Tensor] | None = None,
+    get_gram: Callable[[str], Tensor] | None = None,
+    task: str | None = None,
+    only_used_experts: bool = True,
+    experts: Sequence[str] | None = None,
+    unimodal_paths: bool = False,
+    **params: Any,
+) -> Iterator[tuple[str, Tensor]]:
     """Yield ``(ma_name, tensor)`` one group at a time, reading tensors lazily through ``get``.
 
     The driver of :func:`unify_state_dict` and of the streaming :func:`merge_checkpoint`.
@@ -175,17 +210,25 @@ def iter_unified(keys: Sequence[str], get: Callable[[str], Tensor], method: str 
     for target in sorted(groups):
         members = groups[target]
         block = int(target.split(".")[1])
-        use = used_experts(block, list(members), vl_start=vl_start, task=task,
-                           only_used_experts=only_used_experts, method=method.name, experts=experts,
-                           unimodal_paths=unimodal_paths)
+        use = used_experts(
+            block,
+            list(members),
+            vl_start=vl_start,
+            task=task,
+            only_used_experts=only_used_experts,
+            method=method.name,
+            experts=experts,
+            unimodal_paths=unimodal_paths,
+        )
         tensors = [get(members[e]) for e in use]
         central = None
         if method.needs_central:
             try:
                 central = get_central(target)
             except KeyError:
-                raise MergeError(f"central checkpoint has no tensor {target} "
-                                 "(a checkpoint of another architecture?)") from None
+                raise MergeError(
+                    f"central checkpoint has no tensor {target} (a checkpoint of another architecture?)"
+                ) from None
         grams = None
         if method.needs_grams and gram_key(target, use[0]) is not None:
             grams = []
@@ -207,11 +250,19 @@ def _getter(sd: Mapping[str, Tensor], what: str) -> Callable[[str], Tensor]:
     return get
 
 
-def unify_state_dict(ms_sd: Mapping[str, Tensor], method: str | MergeMethod, *, vl_start: int,
-                     central: Mapping[str, Tensor] | None = None, grams: Mapping[str, Tensor] | None = None,
-                     task: str | None = None, only_used_experts: bool = True,
-                     experts: Sequence[str] | None = None, unimodal_paths: bool = False,
-                     **method_params: Any) -> dict[str, Tensor]:
+def unify_state_dict(
+    ms_sd: Mapping[str, Tensor],
+    method: str | MergeMethod,
+    *,
+    vl_start: int,
+    central: Mapping[str, Tensor] | None = None,
+    grams: Mapping[str, Tensor] | None = None,
+    task: str | None = None,
+    only_used_experts: bool = True,
+    experts: Sequence[str] | None = None,
+    unimodal_paths: bool = False,
+    **method_params: Any,
+) -> dict[str, Tensor]:
     """Merge an MS state dict into an MA state dict (names without the expert level).
 
     Args:
@@ -231,7 +282,18 @@ def unify_state_dict(ms_sd: Mapping[str, Tensor], method: str | MergeMethod, *, 
     if central is not None:
         get_central = _getter(central, "central")
     get_gram = _getter(grams, "grams") if grams is not None else None
-    return dict(iter_unified(list(ms_sd), _getter(ms_sd, "ms"), method, vl_start=vl_start,
-                             get_central=get_central, get_gram=get_gram, task=task,
-                             only_used_experts=only_used_experts, experts=experts,
-                             unimodal_paths=unimodal_paths, **method_params))
+    return dict(
+        iter_unified(
+            list(ms_sd),
+            _getter(ms_sd, "ms"),
+            method,
+            vl_start=vl_start,
+            get_central=get_central,
+            get_gram=get_gram,
+            task=task,
+            only_used_experts=only_used_experts,
+            experts=experts,
+            unimodal_paths=unimodal_paths,
+            **method_params,
+        )
+    )

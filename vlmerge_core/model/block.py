@@ -56,9 +56,16 @@ class MultiwayBlock(nn.Module):
         drop_path: stochastic depth rate of this block.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, experts: list[str],
-                 ms_components: list[str] | tuple[str, ...] = (), layer_scale_init: float = 0.0,
-                 drop_path: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        experts: list[str],
+        ms_components: list[str] | tuple[str, ...] = (),
+        layer_scale_init: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         self.experts = list(experts)
         self.ms_components = tuple(c for c in COMPONENTS if c in ms_components)

@@ -19,8 +19,15 @@ from torch import nn
 from vlmerge_core.config import ModelConfig, section_from_dict
 from vlmerge_core.io import load_safetensors, read_safetensors_metadata, save_safetensors
 
-__all__ = ["FORMAT", "CheckpointMismatchError", "load_model", "load_state", "load_state_strict",
-           "model_config_of", "save_model"]
+__all__ = [
+    "FORMAT",
+    "CheckpointMismatchError",
+    "load_model",
+    "load_state",
+    "load_state_strict",
+    "model_config_of",
+    "save_model",
+]
 
 FORMAT = "vlmerge-v1"
 
@@ -37,8 +44,12 @@ def save_model(path: str | Path, model: nn.Module, extra_meta: Mapping[str, Any]
         model: a :class:`MultiwayTransformer`.
         extra_meta: more metadata (values that are not strings are JSON-encoded).
     """
-    meta = {"model_config": json.dumps(dataclasses.asdict(model.cfg), sort_keys=True),
-            "kind": model.kind, "format": FORMAT, **(extra_meta or {})}
+    meta = {
+        "model_config": json.dumps(dataclasses.asdict(model.cfg), sort_keys=True),
+        "kind": model.kind,
+        "format": FORMAT,
+        **(extra_meta or {}),
+    }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return save_safetensors(path, state, meta)
 
@@ -61,15 +72,20 @@ def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], src: 
     own = model.state_dict()
     for name, t in own.items():
         if name not in state:
-            raise CheckpointMismatchError(f"{src}: missing tensor {name!r} {tuple(t.shape)} "
-                                          "(checkpoint of another architecture?)")
+            raise CheckpointMismatchError(
+                f"{src}: missing tensor {name!r} {tuple(t.shape)} (checkpoint of another architecture?)"
+            )
         if tuple(state[name].shape) != tuple(t.shape):
-            raise CheckpointMismatchError(f"{src}: tensor {name!r} has shape {tuple(state[name].shape)}, "
-                                          f"the model expects {tuple(t.shape)}")
+            raise CheckpointMismatchError(
+                f"{src}: tensor {name!r} has shape {tuple(state[name].shape)}, "
+                f"the model expects {tuple(t.shape)}"
+            )
     extra = [n for n in state if n not in own]
     if extra:
-        raise CheckpointMismatchError(f"{src}: unexpected tensor {extra[0]!r} ({len(extra)} unexpected; "
-                                      "checkpoint of another architecture?)")
+        raise CheckpointMismatchError(
+            f"{src}: unexpected tensor {extra[0]!r} ({len(extra)} unexpected; "
+            "checkpoint of another architecture?)"
+        )
     model.load_state_dict(dict(state), strict=True)
 
 

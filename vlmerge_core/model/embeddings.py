@@ -34,8 +34,9 @@ class TextEmbeddings(nn.Module):
         """Token ids [B, T] -> embeddings [B, T, D]."""
         B, T = ids.shape
         if T > self.position_embeddings.num_embeddings:
-            raise ValueError(f"text of {T} tokens exceeds max_text_len "
-                             f"{self.position_embeddings.num_embeddings}")
+            raise ValueError(
+                f"text of {T} tokens exceeds max_text_len {self.position_embeddings.num_embeddings}"
+            )
         pos = torch.arange(T, device=ids.device)
         return self.norm(self.word_embeddings(ids) + self.position_embeddings(pos)[None])  # (B, T, D)
 
@@ -54,14 +55,16 @@ class RelativePositionBias(nn.Module):
         self.num_heads, self.depth = num_heads, depth
         self.num_relative_distance = (2 * grid - 1) ** 2 + 3
         self.relative_position_bias_table = nn.Parameter(
-            torch.zeros(self.num_relative_distance, num_heads * depth))  # (R, H*L)
-        self.register_buffer("relative_position_index", gen_relative_position_index((grid, grid)),
-                             persistent=False)  # (1+N, 1+N)
+            torch.zeros(self.num_relative_distance, num_heads * depth)
+        )  # (R, H*L)
+        self.register_buffer(
+            "relative_position_index", gen_relative_position_index((grid, grid)), persistent=False
+        )  # (1+N, 1+N)
 
     def forward(self, layer: int) -> torch.Tensor:
         """The bias of block ``layer``: [H, 1+N, 1+N]."""
         H = self.num_heads
-        table = self.relative_position_bias_table[:, layer * H:(layer + 1) * H]  # (R, H)
+        table = self.relative_position_bias_table[:, layer * H : (layer + 1) * H]  # (R, H)
         bias = table[self.relative_position_index.view(-1)]  # (M*M, H) with M = 1+N
         M = self.relative_position_index.shape[0]
         return bias.view(M, M, H).permute(2, 0, 1).contiguous()  # (H, M, M)

@@ -85,8 +85,9 @@ def init_ms_from_ma(ms_model: nn.Module, ma_state_dict: Mapping[str, torch.Tenso
         _copy_(dst, ma_state_dict[src_name], name, src_name)
     extra = sorted(set(ma_state_dict) - {strip_expert(n) for n in own})
     if extra:
-        raise KeyError(f"init_ms_from_ma: MA tensor {extra[0]!r} has no place in the model "
-                       f"({len(extra)} unused)")
+        raise KeyError(
+            f"init_ms_from_ma: MA tensor {extra[0]!r} has no place in the model ({len(extra)} unused)"
+        )
     return ms_model
 
 
@@ -103,7 +104,9 @@ def _timm_block_map(rest: str) -> str | None:
     return None
 
 
-def load_timm_into_v(model: nn.Module, timm_state_dict_or_path: Mapping[str, torch.Tensor] | str | Path) -> list[str]:
+def load_timm_into_v(
+    model: nn.Module, timm_state_dict_or_path: Mapping[str, torch.Tensor] | str | Path
+) -> list[str]:
     """Load BEiT/ViT weights (timm naming) into the blocks of every expert and the image embeddings.
 
     The weights go to ``v`` and are copied into ``l`` and ``vl`` (official
@@ -137,8 +140,10 @@ def load_timm_into_v(model: nn.Module, timm_state_dict_or_path: Mapping[str, tor
     for key, value in sd.items():
         if key in ("cls_token", "pos_embed") or key.startswith("patch_embed.proj."):
             if key == "pos_embed" and value.shape != model.pos_embed.shape:
-                raise ValueError(f"load_timm_into_v: pos_embed {tuple(value.shape)} does not fit "
-                                 f"{tuple(model.pos_embed.shape)} (image/patch size differ)")
+                raise ValueError(
+                    f"load_timm_into_v: pos_embed {tuple(value.shape)} does not fit "
+                    f"{tuple(model.pos_embed.shape)} (image/patch size differ)"
+                )
             put(key, value, key)
         elif key.startswith(("norm.", "fc_norm.")) and value.ndim == 1:
             if key.startswith("fc_norm.") and "norm.weight" in sd:
@@ -149,15 +154,18 @@ def load_timm_into_v(model: nn.Module, timm_state_dict_or_path: Mapping[str, tor
             if rest == "attn.qkv.bias":
                 q, k, v = value.chunk(3)
                 if k.abs().max() > 0:
-                    log.warning("load_timm_into_v: %s has a non-zero key bias; dropped (BEiT blocks "
-                                "have none; the softmax is invariant to it)", key)
+                    log.warning(
+                        "load_timm_into_v: %s has a non-zero key bias; dropped (BEiT blocks "
+                        "have none; the softmax is invariant to it)",
+                        key,
+                    )
                 put(f"blocks.{i}.attn.q_bias", q, key)
                 put(f"blocks.{i}.attn.v_bias", v, key)
             elif rest == "attn.relative_position_bias_table":
                 if model.rel_pos_bias is None:
                     raise ValueError(f"load_timm_into_v: {key} needs a model with rel_pos_bias=True")
                 table = model.rel_pos_bias.relative_position_bias_table
-                _copy_(table[:, i * H:(i + 1) * H], value, f"rel_pos_bias[{i}]", key)
+                _copy_(table[:, i * H : (i + 1) * H], value, f"rel_pos_bias[{i}]", key)
                 done.append("rel_pos_bias.relative_position_bias_table")
             elif (ours := _timm_block_map(rest)) is not None:
                 put(f"blocks.{i}.{ours}", value, key)

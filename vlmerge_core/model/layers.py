@@ -16,8 +16,9 @@ from torch import nn
 __all__ = ["Attention", "Mlp", "attention_bias"]
 
 
-def attention_bias(key_mask: torch.Tensor | None, rel_bias: torch.Tensor | None,
-                   dtype: torch.dtype) -> torch.Tensor | None:
+def attention_bias(
+    key_mask: torch.Tensor | None, rel_bias: torch.Tensor | None, dtype: torch.dtype
+) -> torch.Tensor | None:
     """The additive ``attn_mask`` of SDPA from a key-padding mask and a relative position bias.
 
     Args:

@@ -55,9 +55,17 @@ class MultiwayTransformer(nn.Module):
         self.rel_pos_bias = RelativePositionBias(grid, cfg.heads, L) if cfg.rel_pos_bias else None
         rates = [cfg.drop_path * i / max(L - 1, 1) for i in range(L)]
         self.blocks = nn.ModuleList(
-            MultiwayBlock(D, cfg.heads, cfg.mlp_ratio, experts_for_block(i, cfg.vl_start),
-                          cfg.ms_components, cfg.layer_scale_init, rates[i])
-            for i in range(L))
+            MultiwayBlock(
+                D,
+                cfg.heads,
+                cfg.mlp_ratio,
+                experts_for_block(i, cfg.vl_start),
+                cfg.ms_components,
+                cfg.layer_scale_init,
+                rates[i],
+            )
+            for i in range(L)
+        )
         self.norm = nn.LayerNorm(D, eps=1e-6)
         self.heads = PretrainHeads(D, cfg.vocab_size, cfg.mim_vocab)
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
@@ -102,8 +110,9 @@ class MultiwayTransformer(nn.Module):
             x = self.blocks[i](x, expert, attention_bias(None, self._image_bias(i), x.dtype))
         return x
 
-    def run_text(self, x: torch.Tensor, mask: torch.Tensor, start: int, end: int,
-                 top: str = "l") -> torch.Tensor:
+    def run_text(
+        self, x: torch.Tensor, mask: torch.Tensor, start: int, end: int, top: str = "l"
+    ) -> torch.Tensor:
         """Text tokens [B, T, D] through blocks ``start..end-1``; padded keys (mask False) are masked."""
         bias = attention_bias(mask.bool(), None, x.dtype)  # (B, 1, 1, T) or None
         for i in range(start, end):
@@ -114,8 +123,9 @@ class MultiwayTransformer(nn.Module):
         """Concatenate image [B, 1+N, D] and text [B, T, D] tokens; blocks ``vl_start..L-1`` with ``vl``."""
         x = torch.cat([img, txt], dim=1)  # (B, M+T, D), M = 1+N
         M = img.shape[1]
-        key_mask = torch.cat([torch.ones(img.shape[:2], dtype=torch.bool, device=img.device),
-                              mask.bool()], dim=1)  # (B, M+T)
+        key_mask = torch.cat(
+            [torch.ones(img.shape[:2], dtype=torch.bool, device=img.device), mask.bool()], dim=1
+        )  # (B, M+T)
         for i in range(self.vl_start, len(self.blocks)):
             rel = self._image_bias(i)
             if rel is not None:  # the bias applies to image-image pairs only
@@ -144,16 +154,23 @@ class MultiwayTransformer(nn.Module):
         tokens = self.norm(self.run_text(h, mask, self.vl_start, len(self.blocks), top))
         return {"tokens": tokens, "cls": tokens[:, 0]}
 
-    def fused_top(self, img_h: torch.Tensor, txt_h: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def fused_top(
+        self, img_h: torch.Tensor, txt_h: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Image and text bottom features fused by the ``vl`` blocks (see :meth:`forward_fused`)."""
         tokens = self.norm(self.run_fused(img_h, txt_h, mask))  # (B, M+T, D)
         M = img_h.shape[1]
-        return {"tokens": tokens, "image_tokens": tokens[:, :M], "text_tokens": tokens[:, M:],
-                "cls": self.heads.pooler(tokens[:, M])}
+        return {
+            "tokens": tokens,
+            "image_tokens": tokens[:, :M],
+            "text_tokens": tokens[:, M:],
+            "cls": self.heads.pooler(tokens[:, M]),
+        }
 
     # --------------------------------------------------------------------------- public API
-    def forward_image(self, images: torch.Tensor, patch_mask: torch.Tensor | None = None,
-                      top: str = "v") -> dict[str, torch.Tensor]:
+    def forward_image(
+        self, images: torch.Tensor, patch_mask: torch.Tensor | None = None, top: str = "v"
+    ) -> dict[str, torch.Tensor]:
         """Image-only path: ``v`` below ``vl_start``, ``top`` (``"v"`` or ``"vl"``) above.
 
         Returns:
@@ -173,7 +190,9 @@ class MultiwayTransformer(nn.Module):
             raise ValueError(f"forward_text: top must be 'l' or 'vl', got {top!r}")
         return self.text_top(self.text_bottom(ids, mask), mask, top)
 
-    def forward_fused(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_fused(
+        self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Image-text path: separate ``v``/``l`` below ``vl_start``, the concatenation through ``vl`` above.
 
         Returns:

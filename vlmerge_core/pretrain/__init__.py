@@ -13,6 +13,15 @@ from vlmerge_core.pretrain.loop import (
 from vlmerge_core.pretrain.objectives import LOSS_NAMES, compute_losses
 from vlmerge_core.pretrain.plots import fig_pretrain_losses
 
-__all__ = ["LOSS_NAMES", "STAGES", "NonFiniteLossError", "build_stage_model", "compute_losses",
-           "evaluate_retrieval", "fig_pretrain_losses", "retrieval_recalls", "run_pretrain",
-           "stage_configs"]
+__all__ = [
+    "LOSS_NAMES",
+    "STAGES",
+    "NonFiniteLossError",
+    "build_stage_model",
+    "compute_losses",
+    "evaluate_retrieval",
+    "fig_pretrain_losses",
+    "retrieval_recalls",
+    "run_pretrain",
+    "stage_configs",
+]

@@ -59,8 +59,9 @@ class PretrainData:
     txt_mask: torch.Tensor | None = None  # Bool [C, T]
 
 
-def build_pretrain_data(world, model_cfg: ModelConfig, losses: dict[str, float],
-                        style: str = "coco") -> PretrainData:
+def build_pretrain_data(
+    world, model_cfg: ModelConfig, losses: dict[str, float], style: str = "coco"
+) -> PretrainData:
     """Encode the sources the active losses need (pairs of the train split, image-only, text-only)."""
     from vlmerge_core.data.loaders import encode_text, image_to_tensor, patch_codes
 
@@ -78,18 +79,30 @@ def build_pretrain_data(world, model_cfg: ModelConfig, losses: dict[str, float],
     if "mim" in active:
         codebook = world.codebook
         if codebook.shape[0] != model_cfg.mim_vocab:
-            raise ValueError(f"world codebook has {codebook.shape[0]} entries but model.mim_vocab is "
-                             f"{model_cfg.mim_vocab}")
+            raise ValueError(
+                f"world codebook has {codebook.shape[0]} entries but model.mim_vocab is {model_cfg.mim_vocab}"
+            )
         data.io_images = image_to_tensor(world.image_only())
-        data.io_codes = torch.cat([patch_codes(data.io_images[i:i + 1024], codebook, model_cfg.patch_size)
-                                   for i in range(0, len(data.io_images), 1024)])
+        data.io_codes = torch.cat(
+            [
+                patch_codes(data.io_images[i : i + 1024], codebook, model_cfg.patch_size)
+                for i in range(0, len(data.io_images), 1024)
+            ]
+        )
     if "text_mlm" in active:
         data.txt_ids, data.txt_mask = encode_text(tok, world.text_corpus(), T)
     return data
 
 
-def make_global_batch(data: PretrainData, cfg: PretrainConfig, step: int, micro: int, size: int,
-                      n_patches: int, losses: set[str]) -> dict[str, torch.Tensor]:
+def make_global_batch(
+    data: PretrainData,
+    cfg: PretrainConfig,
+    step: int,
+    micro: int,
+    size: int,
+    n_patches: int,
+    losses: set[str],
+) -> dict[str, torch.Tensor]:
     """The global micro-batch ``micro`` of optimisation step ``step`` (``size`` rows per source).
 
     All randomness (order, MLM masking, MIM patch masks) derives from ``(cfg.seed, step, micro)``,
@@ -102,16 +115,21 @@ def make_global_batch(data: PretrainData, cfg: PretrainConfig, step: int, micro:
     out: dict[str, torch.Tensor] = {}
     if losses & set(PAIR_LOSSES):
         idx = stream_indices(len(data.pair_ids), size * A, step, cfg.seed, STREAMS["pairs"])
-        idx = idx[micro * size:(micro + 1) * size]
+        idx = idx[micro * size : (micro + 1) * size]
         img_index = data.pair_image_index[idx]
-        out.update(images=data.pair_images[img_index], image_index=img_index,
-                   ids=data.pair_ids[idx], mask=data.pair_mask[idx])
+        out.update(
+            images=data.pair_images[img_index],
+            image_index=img_index,
+            ids=data.pair_ids[idx],
+            mask=data.pair_mask[idx],
+        )
         if "mlm" in losses:
-            out["mlm_ids"], out["mlm_labels"] = mask_tokens(out["ids"], out["mask"], data.tokenizer,
-                                                            cfg.mlm_prob, g)
+            out["mlm_ids"], out["mlm_labels"] = mask_tokens(
+                out["ids"], out["mask"], data.tokenizer, cfg.mlm_prob, g
+            )
     if "mim" in losses:
         idx = stream_indices(len(data.io_images), size * A, step, cfg.seed, STREAMS["image_only"])
-        idx = idx[micro * size:(micro + 1) * size]
+        idx = idx[micro * size : (micro + 1) * size]
         n_mask = max(1, round(cfg.mim_mask_ratio * n_patches))
         order = torch.rand(size, n_patches, generator=g).argsort(dim=1)
         patch_mask = torch.zeros(size, n_patches, dtype=torch.bool)
@@ -119,7 +137,7 @@ def make_global_batch(data: PretrainData, cfg: PretrainConfig, step: int, micro:
         out.update(io_images=data.io_images[idx], io_codes=data.io_codes[idx], patch_mask=patch_mask)
     if "text_mlm" in losses:
         idx = stream_indices(len(data.txt_ids), size * A, step, cfg.seed, STREAMS["text_only"])
-        idx = idx[micro * size:(micro + 1) * size]
+        idx = idx[micro * size : (micro + 1) * size]
         ids, mask = data.txt_ids[idx], data.txt_mask[idx]
         out["txt_ids"], out["txt_mask"] = ids, mask
         out["txt_mlm_ids"], out["txt_mlm_labels"] = mask_tokens(ids, mask, data.tokenizer, cfg.mlm_prob, g)

@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--file", default="", help="params file, relative to the repo root")
     p.add_argument("--variant", default="", help="ms stage: MS variant (all, attn, ffn, ln)")
     p.add_argument("--init", default="", help="checkpoint to start from (relative to the repo root)")
-    p.add_argument("--world", default="", help="micro-world folder (default: data.root; generated if missing)")
+    p.add_argument(
+        "--world", default="", help="micro-world folder (default: data.root; generated if missing)"
+    )
     p.add_argument("-o", "--out", required=True, help="run folder (checkpoints, metrics.json)")
     p.add_argument("--metrics", default="", help="also write the metrics JSON there")
     p.add_argument("--steps", type=int, default=0, help="override the stage's steps (> 0)")
@@ -31,8 +33,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from vlmerge_core.pretrain.stage import run_pretrain_stage
 
-    m = run_pretrain_stage(args.stage, profile=args.profile, params_file=args.file, variant=args.variant,
-                           init=args.init, world_dir=args.world, out_dir=args.out, metrics_out=args.metrics,
-                           steps=args.steps, resume=not args.restart)
+    m = run_pretrain_stage(
+        args.stage,
+        profile=args.profile,
+        params_file=args.file,
+        variant=args.variant,
+        init=args.init,
+        world_dir=args.world,
+        out_dir=args.out,
+        metrics_out=args.metrics,
+        steps=args.steps,
+        resume=not args.restart,
+    )
     log.info("pretrain %s done: %s", args.stage, {k: m.get(k) for k in ("steps", "loss_end", "wall_time_s")})
     return 0

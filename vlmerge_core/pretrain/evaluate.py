@@ -14,7 +14,9 @@ import torch.nn.functional as F
 __all__ = ["evaluate_retrieval", "retrieval_recalls"]
 
 
-def retrieval_recalls(sim: torch.Tensor, text_image: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+def retrieval_recalls(
+    sim: torch.Tensor, text_image: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
     """Recall@K of both directions from image-text similarities.
 
     Args:
@@ -42,8 +44,15 @@ def retrieval_recalls(sim: torch.Tensor, text_image: torch.Tensor, ks: tuple[int
 
 
 @torch.no_grad()
-def evaluate_retrieval(model, world, split: str = "val", style: str = "coco", head: str = "itc",
-                       batch_size: int = 256, device: str | torch.device | None = None) -> dict[str, float]:
+def evaluate_retrieval(
+    model,
+    world,
+    split: str = "val",
+    style: str = "coco",
+    head: str = "itc",
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
     """Zero-shot retrieval of ``split`` with the ITC head ``"itc"`` (v/l path) or ``"itc_vl"``.
 
     Returns:
@@ -65,13 +74,32 @@ def evaluate_retrieval(model, world, split: str = "val", style: str = "coco", he
     text_image = torch.tensor([i % n_img for i, per in enumerate(caps) for _ in per])
     ids, mask = encode_text(world.tokenizer(), [t for per in caps for t in per], model.cfg.max_text_len)
     images = image_to_tensor(world.images(split)).to(model.pos_embed.dtype)
-    fi = torch.cat([F.normalize(p_img(model.forward_image(images[i:i + batch_size].to(device),
-                                                          top="vl" if vl else "v")["cls"]), dim=-1).float()
-                    for i in range(0, len(images), batch_size)])
-    ft = torch.cat([F.normalize(p_txt(model.forward_text(ids[i:i + batch_size].to(device),
-                                                         mask[i:i + batch_size].to(device),
-                                                         top="vl" if vl else "l")["cls"]), dim=-1).float()
-                    for i in range(0, len(ids), batch_size)])
+    fi = torch.cat(
+        [
+            F.normalize(
+                p_img(
+                    model.forward_image(images[i : i + batch_size].to(device), top="vl" if vl else "v")["cls"]
+                ),
+                dim=-1,
+            ).float()
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+    ft = torch.cat(
+        [
+            F.normalize(
+                p_txt(
+                    model.forward_text(
+                        ids[i : i + batch_size].to(device),
+                        mask[i : i + batch_size].to(device),
+                        top="vl" if vl else "l",
+                    )["cls"]
+                ),
+                dim=-1,
+            ).float()
+            for i in range(0, len(ids), batch_size)
+        ]
+    )
     model.train(was_training)
     out = retrieval_recalls((fi @ ft.T).cpu(), text_image)
     out.update(n_images=n_img, n_texts=len(ids))

@@ -55,8 +55,10 @@ def build_stage_model(model_cfg: ModelConfig, stage: str, init: str | Path | Non
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     if stage in ("init", "seed") and model_cfg.ms_components:
-        raise ValueError(f"stage {stage!r} trains the MA model; model.ms_components must be empty, "
-                         f"got {model_cfg.ms_components}")
+        raise ValueError(
+            f"stage {stage!r} trains the MA model; model.ms_components must be empty, "
+            f"got {model_cfg.ms_components}"
+        )
     if stage == "ms" and not model_cfg.ms_components:
         raise ValueError("stage 'ms' needs model.ms_components (e.g. MS_VARIANTS['all'])")
     if stage == "ms" and not init:
@@ -65,7 +67,9 @@ def build_stage_model(model_cfg: ModelConfig, stage: str, init: str | Path | Non
     if init:
         state, meta = load_state(init)
         if meta.get("kind", "ma") != "ma":
-            raise ValueError(f"{init}: stage {stage!r} starts from an MA checkpoint, this one is {meta['kind']!r}")
+            raise ValueError(
+                f"{init}: stage {stage!r} starts from an MA checkpoint, this one is {meta['kind']!r}"
+            )
         try:
             init_ms_from_ma(model, state)
         except (KeyError, ValueError) as exc:
@@ -74,8 +78,11 @@ def build_stage_model(model_cfg: ModelConfig, stage: str, init: str | Path | Non
 
 
 def _state_meta(cfg: PretrainConfig, model_cfg: ModelConfig, stage: str) -> dict:
-    return {"pretrain_config": dataclasses.asdict(cfg), "model_config": dataclasses.asdict(model_cfg),
-            "stage": stage}
+    return {
+        "pretrain_config": dataclasses.asdict(cfg),
+        "model_config": dataclasses.asdict(model_cfg),
+        "stage": stage,
+    }
 
 
 def _save_state(path: Path, model: nn.Module, opt, step: int, history: dict, meta: dict) -> None:
@@ -93,10 +100,14 @@ def _load_state(path: Path, model: nn.Module, opt, meta_expected: dict) -> tuple
     for key in ("pretrain_config", "model_config", "stage"):
         saved = json.loads(meta[key]) if key != "stage" else meta[key]
         if saved != meta_expected[key]:
-            diff = ([k for k in saved if saved[k] != meta_expected[key].get(k)] if isinstance(saved, dict)
-                    else [key])
-            raise ValueError(f"{path}: cannot resume, {key} differs from this run ({diff}); "
-                             "use a fresh out_dir")
+            diff = (
+                [k for k in saved if saved[k] != meta_expected[key].get(k)]
+                if isinstance(saved, dict)
+                else [key]
+            )
+            raise ValueError(
+                f"{path}: cannot resume, {key} differs from this run ({diff}); use a fresh out_dir"
+            )
     load_state_strict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, src=str(path))
     load_optimizer_state(opt, tensors, json.loads(meta["optimizer"]))
     torch.set_rng_state(tensors["rng.torch"])
@@ -114,7 +125,7 @@ def _curve(history: dict[str, list[float]], every: int) -> dict[str, list[float]
     ends = list(range(every, n + 1, every)) + ([n] if n % every else [])
     out = {"step": ends}
     for name, vals in history.items():
-        out[name] = [sum(vals[max(e - every, 0):e]) / len(vals[max(e - every, 0):e]) for e in ends]
+        out[name] = [sum(vals[max(e - every, 0) : e]) / len(vals[max(e - every, 0) : e]) for e in ends]
     return out
 
 
@@ -130,18 +141,33 @@ def _init_from_beit(cfg: InitPretrainConfig, model_cfg: ModelConfig, out_dir: Pa
 
     model = build_stage_model(model_cfg, "init", None)
     done = load_timm_into_v(model, resolve(cfg.beit_checkpoint))
-    metrics = {"stage": "init", "kind": "ma", "source": str(cfg.beit_checkpoint), "tensors_loaded": len(done),
-               "steps": 0}
+    metrics = {
+        "stage": "init",
+        "kind": "ma",
+        "source": str(cfg.beit_checkpoint),
+        "tensors_loaded": len(done),
+        "steps": 0,
+    }
     if info.is_main:
         save_model(out_dir / "last.safetensors", model, {"stage": "init", "step": 0})
         write_json(out_dir / "metrics.json", metrics)
-        write_run_info(out_dir / "run_info.json", cfg, model_config=dataclasses.asdict(model_cfg), stage="init")
+        write_run_info(
+            out_dir / "run_info.json", cfg, model_config=dataclasses.asdict(model_cfg), stage="init"
+        )
     return metrics
 
 
-def run_pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, world, out_dir: str | Path,
-                 init: str | Path | None = None, stage: str = "seed", *, device: str | None = None,
-                 stop_at: int | None = None) -> dict:
+def run_pretrain(
+    cfg: PretrainConfig,
+    model_cfg: ModelConfig,
+    world,
+    out_dir: str | Path,
+    init: str | Path | None = None,
+    stage: str = "seed",
+    *,
+    device: str | None = None,
+    stop_at: int | None = None,
+) -> dict:
     """Pre-train one model; resume from ``out_dir`` if it holds a train state.
 
     Args:
@@ -167,7 +193,9 @@ def run_pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, world, out_dir: st
         raise ValueError(f"{stage}: no loss has a weight > 0 in losses={cfg.losses}")
     A, W = cfg.grad_accum, info.world_size
     if cfg.batch_size % (A * W):
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by grad_accum ({A}) x world size ({W})")
+        raise ValueError(
+            f"batch_size {cfg.batch_size} must be divisible by grad_accum ({A}) x world size ({W})"
+        )
     G = cfg.batch_size // A  # global micro-batch
     shard = objectives.Shard(lo=info.rank * G // W, hi=(info.rank + 1) * G // W, size=G)
 
@@ -189,8 +217,9 @@ def run_pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, world, out_dir: st
     if info.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        module = DistributedDataParallel(module, device_ids=[info.local_rank] if cuda else None,
-                                         find_unused_parameters=True)
+        module = DistributedDataParallel(
+            module, device_ids=[info.local_rank] if cuda else None, find_unused_parameters=True
+        )
     model.train()
     names = list(losses)
     save_steps = set(getattr(cfg, "save_steps", []))
@@ -208,16 +237,19 @@ def run_pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, world, out_dir: st
                 values = all_reduce_sum(torch.stack([parts[n].detach().double() for n in names])).cpu()
                 bad = [(n, v) for n, v in zip(names, values.tolist()) if not torch.isfinite(torch.tensor(v))]
                 if bad:
-                    raise NonFiniteLossError(f"step {step}: loss component {bad[0][0]!r} is {bad[0][1]} "
-                                             f"(last good checkpoint kept in {out_dir})")
+                    raise NonFiniteLossError(
+                        f"step {step}: loss component {bad[0][0]!r} is {bad[0][1]} "
+                        f"(last good checkpoint kept in {out_dir})"
+                    )
                 total = sum(losses[n] * parts[n] for n in names) * (W / A)
                 total.backward()
             step_losses += values / A
         if cfg.grad_clip > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             if not torch.isfinite(gnorm):
-                raise NonFiniteLossError(f"step {step}: gradient norm is {gnorm.item()} "
-                                         f"(last good checkpoint kept in {out_dir})")
+                raise NonFiniteLossError(
+                    f"step {step}: gradient norm is {gnorm.item()} (last good checkpoint kept in {out_dir})"
+                )
         opt.step()
         opt.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -240,25 +272,47 @@ def run_pretrain(cfg: PretrainConfig, model_cfg: ModelConfig, world, out_dir: st
             return {"stage": stage, "stopped_at": step}
     bar.close()
     loop_s = time.perf_counter() - t_loop
-    metrics = {"stage": stage, "kind": model.kind, "steps": cfg.steps, "batch_size": cfg.batch_size,
-               "world_size": W, "losses": losses, "resumed_from_step": resumed_from,
-               "loss_curve": _curve(history, cfg.log_every),
-               "loss_start": {n: _mean(v[:cfg.log_every]) for n, v in history.items()},
-               "loss_end": {n: _mean(v[-cfg.log_every:]) for n, v in history.items()},
-               "wall_time_s": time.perf_counter() - t_start,
-               "samples_per_s": n_samples / loop_s if loop_s > 0 else None}
+    metrics = {
+        "stage": stage,
+        "kind": model.kind,
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "world_size": W,
+        "losses": losses,
+        "resumed_from_step": resumed_from,
+        "loss_curve": _curve(history, cfg.log_every),
+        "loss_start": {n: _mean(v[: cfg.log_every]) for n, v in history.items()},
+        "loss_end": {n: _mean(v[-cfg.log_every :]) for n, v in history.items()},
+        "wall_time_s": time.perf_counter() - t_start,
+        "samples_per_s": n_samples / loop_s if loop_s > 0 else None,
+    }
     if info.is_main:
         save_model(out_dir / "last.safetensors", model, {"stage": stage, "step": step})
-        metrics["retrieval"] = evaluate_retrieval(model, world, "val", cfg.caption_style,
-                                                  batch_size=cfg.eval_batch_size, device=info.device)
+        metrics["retrieval"] = evaluate_retrieval(
+            model, world, "val", cfg.caption_style, batch_size=cfg.eval_batch_size, device=info.device
+        )
         if "itc_vl" in losses:
-            metrics["retrieval_vl"] = evaluate_retrieval(model, world, "val", cfg.caption_style, head="itc_vl",
-                                                         batch_size=cfg.eval_batch_size, device=info.device)
+            metrics["retrieval_vl"] = evaluate_retrieval(
+                model,
+                world,
+                "val",
+                cfg.caption_style,
+                head="itc_vl",
+                batch_size=cfg.eval_batch_size,
+                device=info.device,
+            )
         metrics["wall_time_s"] = time.perf_counter() - t_start
         write_json(out_dir / "metrics.json", metrics)
-        write_run_info(out_dir / "run_info.json", cfg, model_config=dataclasses.asdict(model_cfg), stage=stage,
-                       init=str(init) if init else None, world=str(getattr(world, "root", "")),
-                       world_size=W, device=str(info.device))
+        write_run_info(
+            out_dir / "run_info.json",
+            cfg,
+            model_config=dataclasses.asdict(model_cfg),
+            stage=stage,
+            init=str(init) if init else None,
+            world=str(getattr(world, "root", "")),
+            world_size=W,
+            device=str(info.device),
+        )
     return metrics
 
 
@@ -284,4 +338,3 @@ def stage_configs(params, stage: str, variant: str = "") -> tuple[PretrainConfig
     else:
         model_cfg = dataclasses.replace(model_cfg, ms_components=[])
     return cfg, model_cfg
-

@@ -20,8 +20,16 @@ import torch.nn.functional as F
 
 from vlmerge_core.pretrain.distributed import gather_with_grad
 
-__all__ = ["LOSS_NAMES", "LossModule", "Shard", "compute_losses", "contrastive_loss", "itm_loss", "masked_lm_loss",
-           "mim_loss"]
+__all__ = [
+    "LOSS_NAMES",
+    "LossModule",
+    "Shard",
+    "compute_losses",
+    "contrastive_loss",
+    "itm_loss",
+    "masked_lm_loss",
+    "mim_loss",
+]
 
 LOSS_NAMES = ("mlm", "itc", "itc_vl", "itm", "mim", "text_mlm")
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp of the learnable temperature
@@ -42,11 +50,12 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
 
 
 def _local(batch: dict[str, torch.Tensor], key: str, shard: Shard) -> torch.Tensor:
-    return batch[key][shard.lo:shard.hi]
+    return batch[key][shard.lo : shard.hi]
 
 
-def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
-                     shard: Shard) -> tuple[torch.Tensor, torch.Tensor]:
+def contrastive_loss(
+    img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, shard: Shard
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE (CLIP, Radford et al. 2021; VLMo's ITC) over the global batch.
 
     Args:
@@ -67,8 +76,9 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Te
     return loss / shard.size, (_f32(all_img) @ _f32(all_txt).T).detach()
 
 
-def _hard_negatives(sim: torch.Tensor, image_index: torch.Tensor, ids: torch.Tensor,
-                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _hard_negatives(
+    sim: torch.Tensor, image_index: torch.Tensor, ids: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample a hard negative text per image and image per text, softmax-weighted by similarity.
 
     VLMo (Bao et al. 2022, §2.2) / ALBEF: weights ``softmax(sim)`` with the positives zeroed; here
@@ -100,23 +110,42 @@ def _pick(idx: torch.Tensor, local: torch.Tensor, shard: Shard, compute) -> torc
     return out
 
 
-def itm_loss(model, batch: dict[str, torch.Tensor], img_h: torch.Tensor, txt_h: torch.Tensor,
-             sim: torch.Tensor, shard: Shard) -> torch.Tensor:
+def itm_loss(
+    model,
+    batch: dict[str, torch.Tensor],
+    img_h: torch.Tensor,
+    txt_h: torch.Tensor,
+    sim: torch.Tensor,
+    shard: Shard,
+) -> torch.Tensor:
     """Image-text matching with hard negatives (VLMo §2.2; ALBEF, Li et al. 2021).
 
     For each local pair: the positive, the caption with a hard-negative image, and the image with a
     hard-negative caption, each fused and classified by ``heads.itm`` over the pooled feature.
     """
     neg_txt, neg_img = _hard_negatives(sim, batch["image_index"], batch["ids"], int(batch["itm_seed"]))
-    neg_txt, neg_img = neg_txt[shard.lo:shard.hi], neg_img[shard.lo:shard.hi]
+    neg_txt, neg_img = neg_txt[shard.lo : shard.hi], neg_img[shard.lo : shard.hi]
     mask = _local(batch, "mask", shard)
-    img_neg = _pick(neg_img, img_h, shard,
-                    lambda i: model.image_bottom(batch["images"][i.cpu()].to(img_h.device, img_h.dtype)))
-    txt_neg = _pick(neg_txt, txt_h, shard, lambda i: model.text_bottom(batch["ids"][i.cpu()].to(txt_h.device),
-                                                                       batch["mask"][i.cpu()].to(txt_h.device)))
+    img_neg = _pick(
+        neg_img,
+        img_h,
+        shard,
+        lambda i: model.image_bottom(batch["images"][i.cpu()].to(img_h.device, img_h.dtype)),
+    )
+    txt_neg = _pick(
+        neg_txt,
+        txt_h,
+        shard,
+        lambda i: model.text_bottom(
+            batch["ids"][i.cpu()].to(txt_h.device), batch["mask"][i.cpu()].to(txt_h.device)
+        ),
+    )
     mask_neg = batch["mask"][neg_txt.cpu()].to(mask.device)
-    fused = model.fused_top(torch.cat([img_h, img_neg, img_h]), torch.cat([txt_h, txt_h, txt_neg]),
-                            torch.cat([mask, mask, mask_neg]))  # 3b pairs
+    fused = model.fused_top(
+        torch.cat([img_h, img_neg, img_h]),
+        torch.cat([txt_h, txt_h, txt_neg]),
+        torch.cat([mask, mask, mask_neg]),
+    )  # 3b pairs
     logits = model.heads.itm(fused["cls"])  # (3b, 2)
     b = img_h.shape[0]
     labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
@@ -130,8 +159,9 @@ def masked_lm_loss(model, tokens: torch.Tensor, labels: torch.Tensor, global_cou
     return F.cross_entropy(_f32(logits), labels[sel], reduction="sum") / max(global_count, 1)
 
 
-def mim_loss(model, images: torch.Tensor, patch_mask: torch.Tensor, codes: torch.Tensor,
-             global_count: int) -> torch.Tensor:
+def mim_loss(
+    model, images: torch.Tensor, patch_mask: torch.Tensor, codes: torch.Tensor, global_count: int
+) -> torch.Tensor:
     """Masked image modelling (BEiT, Bao et al. 2022): predict the codebook index of masked patches.
 
     The image-only input runs the ``v`` path; the micro-world's k-means patch codebook stands in for
@@ -142,8 +172,13 @@ def mim_loss(model, images: torch.Tensor, patch_mask: torch.Tensor, codes: torch
     return F.cross_entropy(_f32(logits), codes[patch_mask], reduction="sum") / max(global_count, 1)
 
 
-def compute_losses(model, batch: dict[str, torch.Tensor], losses: dict[str, float], shard: Shard,
-                   device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def compute_losses(
+    model,
+    batch: dict[str, torch.Tensor],
+    losses: dict[str, float],
+    shard: Shard,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
     """Every active loss (weight > 0) on the local rows of a global micro-batch.
 
     Returns:
@@ -154,16 +189,20 @@ def compute_losses(model, batch: dict[str, torch.Tensor], losses: dict[str, floa
     if unknown:
         raise KeyError(f"unknown loss name(s) {sorted(unknown)}; expected some of {list(LOSS_NAMES)}")
     dtype = model.pos_embed.dtype  # float inputs follow the model's dtype (float64 in exactness tests)
-    loc = {k: _local(batch, k, shard).to(device, dtype=dtype if batch[k].is_floating_point() else None)
-           for k in batch if batch[k].ndim > 0}
+    loc = {
+        k: _local(batch, k, shard).to(device, dtype=dtype if batch[k].is_floating_point() else None)
+        for k in batch
+        if batch[k].ndim > 0
+    }
     out: dict[str, torch.Tensor] = {}
     if {"mlm", "itc", "itc_vl", "itm"} & set(active):
         img_h = model.image_bottom(loc["images"])  # (b, 1+N, D)
         txt_h = model.text_bottom(loc["ids"], loc["mask"])  # (b, T, D)
         sim = None
         for name, top_i, top_t, p_i, p_t, scale in (
-                ("itc", "v", "l", model.heads.itc_image, model.heads.itc_text, model.logit_scale),
-                ("itc_vl", "vl", "vl", model.heads.itc_vl_image, model.heads.itc_vl_text, model.logit_scale_vl)):
+            ("itc", "v", "l", model.heads.itc_image, model.heads.itc_text, model.logit_scale),
+            ("itc_vl", "vl", "vl", model.heads.itc_vl_image, model.heads.itc_vl_text, model.logit_scale_vl),
+        ):
             if name not in active and not (name == "itc" and "itm" in active and sim is None):
                 continue
             fi = F.normalize(p_i(model.image_top(img_h, top_i)["cls"]), dim=-1)  # (b, D)
@@ -192,8 +231,13 @@ def compute_losses(model, batch: dict[str, torch.Tensor], losses: dict[str, floa
 class LossModule(torch.nn.Module):
     """The model plus its objectives as one module (what DDP wraps): ``forward(batch) -> losses``."""
 
-    def __init__(self, model: torch.nn.Module, losses: dict[str, float], shard: Shard,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        losses: dict[str, float],
+        shard: Shard,
+        device: str | torch.device = "cpu",
+    ) -> None:
         super().__init__()
         self.model, self.losses, self.shard, self.device = model, dict(losses), shard, device
 

@@ -15,11 +15,26 @@ from torch import nn
 
 from vlmerge_core.config import PretrainConfig
 
-__all__ = ["lr_factor", "make_optimizer", "set_lr", "no_decay", "optimizer_state_tensors",
-           "load_optimizer_state"]
+__all__ = [
+    "lr_factor",
+    "make_optimizer",
+    "set_lr",
+    "no_decay",
+    "optimizer_state_tensors",
+    "load_optimizer_state",
+]
 
-_NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token", "token_type_embed", "text_embed.",
-                   "relative_position_bias_table", "logit_scale", "gamma_1", "gamma_2")
+_NO_DECAY_NAMES = (
+    "cls_token",
+    "pos_embed",
+    "mask_token",
+    "token_type_embed",
+    "text_embed.",
+    "relative_position_bias_table",
+    "logit_scale",
+    "gamma_1",
+    "gamma_2",
+)
 
 
 def no_decay(name: str, p: torch.Tensor) -> bool:
@@ -33,8 +48,7 @@ def make_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
     for name, p in model.named_parameters():
         if p.requires_grad:
             (rest if no_decay(name, p) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": rest, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8)
 
 
@@ -71,7 +85,9 @@ def optimizer_state_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch
     return tensors, {"param_groups": groups}
 
 
-def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def load_optimizer_state(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
     """Inverse of :func:`optimizer_state_tensors`."""
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, t in tensors.items():

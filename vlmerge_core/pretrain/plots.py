@@ -10,8 +10,9 @@ from vlmerge_core.plotting import subplots
 __all__ = ["fig_pretrain_losses"]
 
 
-def fig_pretrain_losses(metrics: Mapping[str, Any] | list[Mapping[str, Any]],
-                        labels: list[str] | None = None):
+def fig_pretrain_losses(
+    metrics: Mapping[str, Any] | list[Mapping[str, Any]], labels: list[str] | None = None
+):
     """One panel per loss component, one line per run; x = step, y = windowed mean loss.
 
     Args:

@@ -17,9 +17,19 @@ __all__ = ["clear_run", "run_pretrain_stage", "summary_table"]
 log = logging.getLogger(__name__)
 
 
-def run_pretrain_stage(stage: str = "seed", *, profile: str = "smoke", params_file: str = "",
-                       variant: str = "", init: str = "", world_dir: str = "", out_dir: str = "scratch/nb02",
-                       metrics_out: str = "", steps: int = 0, resume: bool = True) -> dict:
+def run_pretrain_stage(
+    stage: str = "seed",
+    *,
+    profile: str = "smoke",
+    params_file: str = "",
+    variant: str = "",
+    init: str = "",
+    world_dir: str = "",
+    out_dir: str = "scratch/nb02",
+    metrics_out: str = "",
+    steps: int = 0,
+    resume: bool = True,
+) -> dict:
     """Resolve the parameters, open (or generate) the world, and run one pre-training stage.
 
     Args:
@@ -47,8 +57,9 @@ def run_pretrain_stage(stage: str = "seed", *, profile: str = "smoke", params_fi
     world = ensure_world(params.data, world_dir or None)
     if not resume:
         clear_run(resolve(out_dir))
-    metrics = run_pretrain(cfg, model_cfg, world, resolve(out_dir), init=resolve(init) if init else None,
-                           stage=stage)
+    metrics = run_pretrain(
+        cfg, model_cfg, world, resolve(out_dir), init=resolve(init) if init else None, stage=stage
+    )
     if metrics_out:
         write_json(resolve(metrics_out), metrics)
         log.info("metrics written to %s", Path(resolve(metrics_out)))
@@ -57,7 +68,9 @@ def run_pretrain_stage(stage: str = "seed", *, profile: str = "smoke", params_fi
 
 def clear_run(out_dir: Path) -> list[Path]:
     """Delete the run files of ``out_dir`` (train state, model checkpoints, metrics, run info)."""
-    files = [out_dir / n for n in ("train_state.safetensors", "last.safetensors", "metrics.json", "run_info.json")]
+    files = [
+        out_dir / n for n in ("train_state.safetensors", "last.safetensors", "metrics.json", "run_info.json")
+    ]
     files += sorted(out_dir.glob("ckpt_step*.safetensors"))
     gone = [f for f in files if f.exists()]
     for f in gone:
@@ -71,13 +84,20 @@ def summary_table(metrics: dict):
     """A small DataFrame: start/end loss per objective and the zero-shot retrieval recalls vs chance."""
     import pandas as pd
 
-    rows = [{"quantity": f"loss {n}", "start": metrics["loss_start"][n], "end": metrics["loss_end"][n]}
-            for n in metrics.get("loss_start") or {}]
+    rows = [
+        {"quantity": f"loss {n}", "start": metrics["loss_start"][n], "end": metrics["loss_end"][n]}
+        for n in metrics.get("loss_start") or {}
+    ]
     for key in ("retrieval", "retrieval_vl"):
         r = metrics.get(key)
         if r:
             for d in ("ir", "tr"):
                 for k in (1, 5, 10):
-                    rows.append({"quantity": f"{key} {d.upper()}@{k}", "end": r[f"{d}_r{k}"],
-                                 "chance": r[f"chance_{d}_r{k}"]})
+                    rows.append(
+                        {
+                            "quantity": f"{key} {d.upper()}@{k}",
+                            "end": r[f"{d}_r{k}"],
+                            "chance": r[f"chance_{d}_r{k}"],
+                        }
+                    )
     return pd.DataFrame(rows).set_index("quantity")

@@ -138,7 +138,9 @@ class ClassifierTask(BaseTask):
         return {self.accuracy_name: accuracy(logits, s["labels"])}
 
     @torch.no_grad()
-    def _first_predictions(self, model: nn.Module, split: str, n: int) -> tuple[dict[str, Any], list[int], list[int]]:
+    def _first_predictions(
+        self, model: nn.Module, split: str, n: int
+    ) -> tuple[dict[str, Any], list[int], list[int]]:
         """The split data, the first ``n`` indices and their predicted classes (for ``examples``)."""
         s = self.splits[split]
         idx = torch.arange(min(n, len(s["labels"])))

@@ -24,8 +24,11 @@ def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> 
     root = cfg.real_paths.get("imagenet")
     if root:
         return read_image_folders(root, split, image_size)
-    return {"images": world.images(split), "labels": np.asarray(world.labels(split), np.int64),
-            "classes": [str(c) for c in range(world.num_image_classes)]}
+    return {
+        "images": world.images(split),
+        "labels": np.asarray(world.labels(split), np.int64),
+        "classes": [str(c) for c in range(world.num_image_classes)],
+    }
 
 
 class ClassificationTask(ClassifierTask):
@@ -40,8 +43,11 @@ class ClassificationTask(ClassifierTask):
         self.splits = {}
         for split, raw in data.items():
             keep = subsample(len(raw["labels"]), subsample_size(cfg, split), split, cfg.seed)
-            self.splits[split] = {"images": raw["images"], "image": keep.astype(np.int64),
-                                  "labels": torch.as_tensor(np.asarray(raw["labels"])[keep], dtype=torch.long)}
+            self.splits[split] = {
+                "images": raw["images"],
+                "image": keep.astype(np.int64),
+                "labels": torch.as_tensor(np.asarray(raw["labels"])[keep], dtype=torch.long),
+            }
         self.head = LinearClassifier(self.dim, len(self.classes))
 
     def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
@@ -50,6 +56,12 @@ class ClassificationTask(ClassifierTask):
 
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
         s, idx, pred = self._first_predictions(model, split, n)
-        return [{"images": [s["images"][int(s["image"][i])]], "text": "class",
-                 "pred": self.classes[p], "truth": self.classes[int(s["labels"][i])]}
-                for i, p in zip(idx, pred)]
+        return [
+            {
+                "images": [s["images"][int(s["image"][i])]],
+                "text": "class",
+                "pred": self.classes[p],
+                "truth": self.classes[int(s["labels"][i])],
+            }
+            for i, p in zip(idx, pred)
+        ]

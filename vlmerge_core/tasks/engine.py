@@ -30,8 +30,15 @@ log = logging.getLogger(__name__)
 # FinetuneConfig fields a task may not override (they are the study's plumbing, not the recipe)
 _NOT_OVERRIDABLE = {"tasks", "overrides", "real_paths"}
 # parameters outside the blocks that count as layer 0 (embeddings) in layer-wise LR decay
-_EMBED_PREFIXES = ("patch_embed", "cls_token", "pos_embed", "mask_token", "text_embed",
-                   "token_type_embed", "rel_pos_bias")
+_EMBED_PREFIXES = (
+    "patch_embed",
+    "cls_token",
+    "pos_embed",
+    "mask_token",
+    "text_embed",
+    "token_type_embed",
+    "rel_pos_bias",
+)
 
 
 class FinetuneTask(Protocol):
@@ -58,8 +65,9 @@ def task_config(cfg: FinetuneConfig, task: str) -> FinetuneConfig:
     if not over:
         return cfg
     base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    merged = section_from_dict(FinetuneConfig, {**base, **over}, src="finetune.overrides",
-                               prefix=f"finetune.overrides.{task}")
+    merged = section_from_dict(
+        FinetuneConfig, {**base, **over}, src="finetune.overrides", prefix=f"finetune.overrides.{task}"
+    )
     return merged
 
 
@@ -89,8 +97,9 @@ def param_groups(model: nn.Module, head: nn.Module, cfg: FinetuneConfig) -> list
         else:
             lid = _layer_id(name, depth)
             key, scale = ("layer", lid, nd), cfg.layer_decay ** (depth + 1 - lid)
-        g = groups.setdefault(key, {"params": [], "lr_scale": scale,
-                                    "weight_decay": 0.0 if nd else cfg.weight_decay})
+        g = groups.setdefault(
+            key, {"params": [], "lr_scale": scale, "weight_decay": 0.0 if nd else cfg.weight_decay}
+        )
         g["params"].append(p)
     return [groups[k] for k in sorted(groups, key=str)]
 
@@ -107,8 +116,10 @@ def warmup_linear(total: int, warmup: int):
 
 
 def _snapshot(model: nn.Module, head: nn.Module) -> tuple[dict, dict]:
-    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
-            {k: v.detach().clone() for k, v in head.state_dict().items()})
+    return (
+        {k: v.detach().clone() for k, v in model.state_dict().items()},
+        {k: v.detach().clone() for k, v in head.state_dict().items()},
+    )
 
 
 @torch.no_grad()
@@ -152,7 +163,7 @@ def run_finetune(model: nn.Module, task: FinetuneTask, cfg: FinetuneConfig) -> d
         task.head.train()
         perm = torch.randperm(n, generator=gen)
         for b in range(steps_per_epoch):
-            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             loss = task.train_loss(model, idx, gen)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{task.name}: non-finite loss {loss.item()} at step {step}")
@@ -173,5 +184,11 @@ def run_finetune(model: nn.Module, task: FinetuneTask, cfg: FinetuneConfig) -> d
     model.load_state_dict(best_state[0])
     task.head.load_state_dict(best_state[1])
     test = evaluate(task, model, "test")
-    return {"val": best_val, "test": test, "best_epoch": best_epoch, "curve": curve, "steps": step,
-            "train_seconds": time.perf_counter() - t0}
+    return {
+        "val": best_val,
+        "test": test,
+        "best_epoch": best_epoch,
+        "curve": curve,
+        "steps": step,
+        "train_seconds": time.perf_counter() - t0,
+    }

@@ -21,8 +21,9 @@ class MLPClassifier(nn.Module):
 
     def __init__(self, d_in: int, d_hidden: int, n_out: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in, d_hidden), nn.LayerNorm(d_hidden), nn.GELU(),
-                                 nn.Linear(d_hidden, n_out))
+        self.net = nn.Sequential(
+            nn.Linear(d_in, d_hidden), nn.LayerNorm(d_hidden), nn.GELU(), nn.Linear(d_hidden, n_out)
+        )
         self.apply(init_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,8 +56,13 @@ class SegDecoder(nn.Module):
         self.grid, self.image_size = grid, image_size
         h1, h2 = max(dim // 2, 8), max(dim // 4, 8)
         self.up = nn.Sequential(
-            nn.ConvTranspose2d(dim, h1, kernel_size=2, stride=2), nn.GroupNorm(1, h1), nn.GELU(),
-            nn.ConvTranspose2d(h1, h2, kernel_size=2, stride=2), nn.GroupNorm(1, h2), nn.GELU())
+            nn.ConvTranspose2d(dim, h1, kernel_size=2, stride=2),
+            nn.GroupNorm(1, h1),
+            nn.GELU(),
+            nn.ConvTranspose2d(h1, h2, kernel_size=2, stride=2),
+            nn.GroupNorm(1, h2),
+            nn.GELU(),
+        )
         self.cls = nn.Conv2d(h2, num_classes, kernel_size=1)
         self.apply(init_weights)
 

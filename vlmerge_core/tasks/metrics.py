@@ -29,8 +29,9 @@ def vqa_accuracy_from_count(count: int) -> float:
     return min(count / 3.0, 1.0)
 
 
-def vqa_targets(answers: Sequence[str], ans2label: dict[str, int],
-                scheme: str = "accuracy") -> tuple[list[int], list[float]]:
+def vqa_targets(
+    answers: Sequence[str], ans2label: dict[str, int], scheme: str = "accuracy"
+) -> tuple[list[int], list[float]]:
     """Labels and scores of one question from its human answers (answers outside the vocabulary dropped).
 
     Args:
@@ -40,8 +41,11 @@ def vqa_targets(answers: Sequence[str], ans2label: dict[str, int],
             the official code, used as the BCE training target) or ``"exact"`` (1 for every answer
             given: a single ground-truth answer, as in the micro-world, scores by exact match).
     """
-    score_fn = {"accuracy": vqa_accuracy_from_count, "official": vqa_official_soft_score,
-                "exact": lambda n: 1.0}[scheme]
+    score_fn = {
+        "accuracy": vqa_accuracy_from_count,
+        "official": vqa_official_soft_score,
+        "exact": lambda n: 1.0,
+    }[scheme]
     counts: dict[str, int] = {}
     for a in answers:
         counts[a] = counts.get(a, 0) + 1
@@ -53,8 +57,9 @@ def vqa_targets(answers: Sequence[str], ans2label: dict[str, int],
     return labels, scores
 
 
-def dense_targets(labels: Sequence[Sequence[int]], scores: Sequence[Sequence[float]],
-                  num_answers: int) -> torch.Tensor:
+def dense_targets(
+    labels: Sequence[Sequence[int]], scores: Sequence[Sequence[float]], num_answers: int
+) -> torch.Tensor:
     """Dense ``[B, A]`` soft-target matrix from per-question label and score lists."""
     out = torch.zeros(len(labels), num_answers)
     for i, (ls, ss) in enumerate(zip(labels, scores)):
@@ -93,8 +98,9 @@ def _hits(scores: torch.Tensor, positive: torch.Tensor, ks: Iterable[int]) -> di
     return {k: (rank < k) & has_pos for k in ks}
 
 
-def retrieval_recalls(sim: torch.Tensor, text_to_image: torch.Tensor,
-                      ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+def retrieval_recalls(
+    sim: torch.Tensor, text_to_image: torch.Tensor, ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, float]:
     """Recall@K of text retrieval (image query, ``tr_r{K}``) and image retrieval (text query, ``ir_r{K}``).
 
     An image query is correct when any of its captions is in the top K texts; a text query is
@@ -138,8 +144,9 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 # -------------------------------------------------------------------------------------- segmentation
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """``[C, C]`` int64 confusion matrix (rows: ground truth, columns: prediction), ignored pixels dropped."""
     valid = target != ignore_index
     t, p = target[valid].long(), pred[valid].long()

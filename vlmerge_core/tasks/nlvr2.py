@@ -51,7 +51,9 @@ class NLVR2Task(ClassifierTask):
             pairs = [pairs[i] for i in subsample(len(pairs), subsample_size(cfg, split), split, cfg.seed)]
             ids, mask = tokenize(tokenizer, [p["statement"] for p in pairs], self.max_len)
             self.splits[split] = {
-                "images": raw["images"], "ids": ids, "mask": mask,
+                "images": raw["images"],
+                "ids": ids,
+                "mask": mask,
                 "left": np.asarray([p["left"] for p in pairs], np.int64),
                 "right": np.asarray([p["right"] for p in pairs], np.int64),
                 "labels": torch.tensor([int(bool(p["label"])) for p in pairs], dtype=torch.long),
@@ -69,6 +71,12 @@ class NLVR2Task(ClassifierTask):
 
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
         s, idx, pred = self._first_predictions(model, split, n)
-        return [{"images": [s["images"][int(s["left"][i])], s["images"][int(s["right"][i])]],
-                 "text": s["statements"][i], "pred": str(bool(p)), "truth": str(bool(s["labels"][i]))}
-                for i, p in zip(idx, pred)]
+        return [
+            {
+                "images": [s["images"][int(s["left"][i])], s["images"][int(s["right"][i])]],
+                "text": s["statements"][i],
+                "pred": str(bool(p)),
+                "truth": str(bool(s["labels"][i])),
+            }
+            for i, p in zip(idx, pred)
+        ]

@@ -69,8 +69,11 @@ class ImageFiles:
         idx = np.asarray(idx)
         if idx.ndim == 0:
             return self._load(int(idx))
-        return np.stack([self._load(int(i)) for i in idx]) if len(idx) else np.zeros(
-            (0, self.size, self.size) + (() if self.mask else (3,)), np.uint8)
+        return (
+            np.stack([self._load(int(i)) for i in idx])
+            if len(idx)
+            else np.zeros((0, self.size, self.size) + (() if self.mask else (3,)), np.uint8)
+        )
 
 
 def _need(path: Path) -> Path:
@@ -108,8 +111,9 @@ def normalize_answer(ans: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- VQA
-def read_vqav2(root: str | Path, split: str, size: int, min_answer_count: int = 9,
-               val_images: int = 1000) -> dict[str, Any]:
+def read_vqav2(
+    root: str | Path, split: str, size: int, min_answer_count: int = 9, val_images: int = 1000
+) -> dict[str, Any]:
     """VQAv2 -> ``{"images", "questions": [{image, question, answers, question_id}], "answers": vocab}``."""
     root = Path(root)
     subs = {"train": "train2014", "val": "val2014", "test": "val2014"}
@@ -132,8 +136,12 @@ def read_vqav2(root: str | Path, split: str, size: int, min_answer_count: int = 
             answers = _field(a, "answers", path, where)
             if not isinstance(answers, list):
                 raise RealFormatError(f"{path}: {where}: 'answers' must be a list")
-            by_q[qid] = {"answers": [normalize_answer(str(_field(x, "answer", path, f"{where} answer {j}")))
-                                     for j, x in enumerate(answers)]}
+            by_q[qid] = {
+                "answers": [
+                    normalize_answer(str(_field(x, "answer", path, f"{where} answer {j}")))
+                    for j, x in enumerate(answers)
+                ]
+            }
         ann_by_sub[sub] = by_q
     vocab = sorted(a for a, c in counter.items() if c >= min_answer_count)
     sub = subs[split]
@@ -159,9 +167,13 @@ def read_vqav2(root: str | Path, split: str, size: int, min_answer_count: int = 
     pos = {iid: k for k, iid in enumerate(ids)}
     paths = [root / sub / f"COCO_{sub}_{iid:012d}.jpg" for iid in ids]
     _check_images(paths, qpath, [f"image_id {i}" for i in ids])
-    return {"images": ImageFiles(paths, size), "answers": vocab,
-            "questions": [{"image": pos[iid], "question": t, "answers": a, "question_id": qid}
-                          for iid, t, a, qid in records]}
+    return {
+        "images": ImageFiles(paths, size),
+        "answers": vocab,
+        "questions": [
+            {"image": pos[iid], "question": t, "answers": a, "question_id": qid} for iid, t, a, qid in records
+        ],
+    }
 
 
 # ----------------------------------------------------------------------------------------- retrieval
@@ -211,8 +223,11 @@ def read_nlvr2(root: str | Path, split: str, size: int) -> dict[str, Any]:
         if label not in ("True", "False"):
             raise RealFormatError(f"{path}: {where}: label must be 'True' or 'False', got {label!r}")
         pair = "-".join(str(ident).split("-")[:-1])
-        folder = root / "images" / "train" / str(_field(rec, "directory", path, where)) \
-            if split == "train" else root / name
+        folder = (
+            root / "images" / "train" / str(_field(rec, "directory", path, where))
+            if split == "train"
+            else root / name
+        )
         sides = []
         for side in (0, 1):
             p = folder / f"{pair}-img{side}.png"
@@ -222,8 +237,14 @@ def read_nlvr2(root: str | Path, split: str, size: int) -> dict[str, Any]:
                 index[p] = len(paths)
                 paths.append(p)
             sides.append(index[p])
-        pairs.append({"left": sides[0], "right": sides[1], "label": label == "True",
-                      "statement": str(_field(rec, "sentence", path, where))})
+        pairs.append(
+            {
+                "left": sides[0],
+                "right": sides[1],
+                "label": label == "True",
+                "statement": str(_field(rec, "sentence", path, where)),
+            }
+        )
     return {"images": ImageFiles(paths, size), "pairs": pairs}
 
 

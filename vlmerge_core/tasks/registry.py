@@ -42,10 +42,14 @@ TASKS = ("vqa", "coco", "flickr", "nlvr2", "imagenet", "ade20k", "text")
 # task -> (raw split loader(world, cfg, image_size, split), task class builder)
 _REGISTRY: dict[str, tuple[Callable[..., dict], Callable[..., BaseTask]]] = {
     "vqa": (vqa.load_split, vqa.VQATask),
-    "coco": (lambda w, c, s, sp: retrieval.load_split(w, c, s, sp, "coco"),
-             lambda *a: retrieval.RetrievalTask(*a, name="coco")),
-    "flickr": (lambda w, c, s, sp: retrieval.load_split(w, c, s, sp, "flickr"),
-               lambda *a: retrieval.RetrievalTask(*a, name="flickr")),
+    "coco": (
+        lambda w, c, s, sp: retrieval.load_split(w, c, s, sp, "coco"),
+        lambda *a: retrieval.RetrievalTask(*a, name="coco"),
+    ),
+    "flickr": (
+        lambda w, c, s, sp: retrieval.load_split(w, c, s, sp, "flickr"),
+        lambda *a: retrieval.RetrievalTask(*a, name="flickr"),
+    ),
     "nlvr2": (nlvr2.load_split, nlvr2.NLVR2Task),
     "imagenet": (classification.load_split, classification.ClassificationTask),
     "ade20k": (segmentation.load_split, segmentation.SegmentationTask),
@@ -113,14 +117,17 @@ def build_task(task: str, model: nn.Module, cfg: FinetuneConfig, world: Any) -> 
         raise ValueError(f"finetune {task}: no world given and no finetune.real_paths.{task}")
     tok = _tokenizer(world, cfg)
     if len(tok) > model.cfg.vocab_size:
-        raise ValueError(f"finetune {task}: the tokenizer has {len(tok)} tokens, more than the model's "
-                         f"vocab_size {model.cfg.vocab_size} (model and data configs disagree)")
+        raise ValueError(
+            f"finetune {task}: the tokenizer has {len(tok)} tokens, more than the model's "
+            f"vocab_size {model.cfg.vocab_size} (model and data configs disagree)"
+        )
     data = {split: load_split(world, cfg, model.cfg.image_size, split) for split in SPLITS}
     return cls(model, data, cfg, tok)
 
 
-def run_task(task: str, checkpoint_or_model: str | Path | nn.Module, cfg: FinetuneConfig,
-             world: Any) -> TaskRun:
+def run_task(
+    task: str, checkpoint_or_model: str | Path | nn.Module, cfg: FinetuneConfig, world: Any
+) -> TaskRun:
     """Fine-tune and evaluate one task; see the module docstring for the metrics."""
     t0 = time.perf_counter()
     tcfg = task_config(cfg, task)
@@ -128,18 +135,34 @@ def run_task(task: str, checkpoint_or_model: str | Path | nn.Module, cfg: Finetu
     torch.manual_seed(tcfg.seed)  # head init and drop-path draws
     obj = build_task(task, model, tcfg, world)
     res = run_finetune(model, obj, tcfg)
-    metrics: dict[str, Any] = {"task": task, "main_metric": obj.main_metric, "select_metric": obj.select_metric,
-                               "main": res["test"][obj.main_metric]}
+    metrics: dict[str, Any] = {
+        "task": task,
+        "main_metric": obj.main_metric,
+        "select_metric": obj.select_metric,
+        "main": res["test"][obj.main_metric],
+    }
     metrics.update(res["test"])
     metrics.update({f"val_{k}": v for k, v in res["val"].items()})
-    metrics.update({"best_epoch": res["best_epoch"], "steps": res["steps"], "n_train": obj.n_train,
-                    "curve": res["curve"], "seconds": time.perf_counter() - t0})
+    metrics.update(
+        {
+            "best_epoch": res["best_epoch"],
+            "steps": res["steps"],
+            "n_train": obj.n_train,
+            "curve": res["curve"],
+            "seconds": time.perf_counter() - t0,
+        }
+    )
     log.info("%s: %s = %.2f (%.1f s)", task, obj.main_metric, metrics["main"], metrics["seconds"])
     return TaskRun(metrics, model, obj)
 
 
-def finetune_task(task: str, checkpoint_or_model: str | Path | nn.Module, cfg: FinetuneConfig,
-                  world: Any, out_dir: str | Path | None = None) -> dict[str, Any]:
+def finetune_task(
+    task: str,
+    checkpoint_or_model: str | Path | nn.Module,
+    cfg: FinetuneConfig,
+    world: Any,
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
     """Fine-tune ``checkpoint_or_model`` on ``task`` and return its metrics (deterministic for a seed,
     but for ``seconds``); with ``out_dir``, also write them to ``<out_dir>/<task>.json``.
 
@@ -182,9 +205,13 @@ def _cli(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune and evaluate a checkpoint on downstream tasks")
     p.add_argument("checkpoint", help="MS / MA / merged checkpoint (.safetensors)")
-    p.add_argument("--tasks", default="", help=f"comma-separated subset of {','.join(TASKS)} (default: params)")
+    p.add_argument(
+        "--tasks", default="", help=f"comma-separated subset of {','.join(TASKS)} (default: params)"
+    )
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--profile", default=None, choices=PROFILES, help="use this profile's params instead of params.yaml")
+    which.add_argument(
+        "--profile", default=None, choices=PROFILES, help="use this profile's params instead of params.yaml"
+    )
     which.add_argument("--file", default=None, help="params file (default: <repo root>/params.yaml)")
     p.add_argument("--world", default=None, help="micro-world folder (default: params data.root)")
     p.add_argument("--out", default=None, help="write <out>/<task>.json")

@@ -47,8 +47,9 @@ class RetrievalTask(BaseTask):
     select_metric = "r1_sum"
     main_metric = "r_mean"
 
-    def __init__(self, model: nn.Module, data: dict[str, Any], cfg: FinetuneConfig, tokenizer: Any,
-                 name: str = "coco") -> None:
+    def __init__(
+        self, model: nn.Module, data: dict[str, Any], cfg: FinetuneConfig, tokenizer: Any, name: str = "coco"
+    ) -> None:
         super().__init__(model, data, cfg, tokenizer)
         self.name = name
         heads = getattr(model, "heads", None)
@@ -63,9 +64,14 @@ class RetrievalTask(BaseTask):
             ids, mask = tokenize(tokenizer, flat, self.max_len)
             counts = torch.tensor([len(cs) for cs in caps])
             self.splits[split] = {
-                "images": raw["images"], "image": np.asarray(keep, np.int64), "ids": ids, "mask": mask,
+                "images": raw["images"],
+                "image": np.asarray(keep, np.int64),
+                "ids": ids,
+                "mask": mask,
                 "text_image": torch.repeat_interleave(torch.arange(len(caps)), counts),
-                "offset": torch.cumsum(counts, 0) - counts, "count": counts, "captions": flat,
+                "offset": torch.cumsum(counts, 0) - counts,
+                "count": counts,
+                "captions": flat,
             }
 
     @property
@@ -105,6 +111,12 @@ class RetrievalTask(BaseTask):
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
         s = self.splits[split]
         top = self._sim(model, split).argmax(1).tolist()
-        return [{"images": [s["images"][int(s["image"][i])]], "text": "image -> text (top 1)",
-                 "pred": s["captions"][top[i]], "truth": s["captions"][int(s["offset"][i])]}
-                for i in range(min(n, len(s["image"])))]
+        return [
+            {
+                "images": [s["images"][int(s["image"][i])]],
+                "text": "image -> text (top 1)",
+                "pred": s["captions"][top[i]],
+                "truth": s["captions"][int(s["offset"][i])],
+            }
+            for i in range(min(n, len(s["image"])))
+        ]

@@ -45,7 +45,11 @@ class SegmentationTask(BaseTask):
         self.splits = {}
         for split, raw in data.items():
             keep = subsample(len(raw["images"]), subsample_size(cfg, split), split, cfg.seed)
-            self.splits[split] = {"images": raw["images"], "masks": raw["masks"], "image": keep.astype(np.int64)}
+            self.splits[split] = {
+                "images": raw["images"],
+                "masks": raw["masks"],
+                "image": keep.astype(np.int64),
+            }
         grid = model.cfg.image_size // model.cfg.patch_size
         self.head = SegDecoder(self.dim, self.num_classes, grid, model.cfg.image_size)
 
@@ -80,7 +84,14 @@ class SegmentationTask(BaseTask):
         out = []
         for k, i in enumerate(idx.tolist()):
             acc = 100.0 * (pred[k] == true[k]).float().mean().item()
-            out.append({"images": [s["images"][int(s["image"][i])]], "text": "segmentation",
-                        "pred": f"pixel acc {acc:.0f}%", "truth": "", "mask_pred": pred[k].numpy(),
-                        "mask_true": true[k].numpy()})
+            out.append(
+                {
+                    "images": [s["images"][int(s["image"][i])]],
+                    "text": "segmentation",
+                    "pred": f"pixel acc {acc:.0f}%",
+                    "truth": "",
+                    "mask_pred": pred[k].numpy(),
+                    "mask_true": true[k].numpy(),
+                }
+            )
         return out

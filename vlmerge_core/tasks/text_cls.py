@@ -37,8 +37,12 @@ class TextClsTask(ClassifierTask):
             items = raw["items"]
             items = [items[i] for i in subsample(len(items), subsample_size(cfg, split), split, cfg.seed)]
             ids, mask = tokenize(tokenizer, [x["text"] for x in items], self.max_len)
-            self.splits[split] = {"ids": ids, "mask": mask, "texts": [x["text"] for x in items],
-                                  "labels": torch.tensor([int(x["label"]) for x in items], dtype=torch.long)}
+            self.splits[split] = {
+                "ids": ids,
+                "mask": mask,
+                "texts": [x["text"] for x in items],
+                "labels": torch.tensor([int(x["label"]) for x in items], dtype=torch.long),
+            }
         self.head = LinearClassifier(self.dim, self.num_classes)
 
     def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
@@ -46,5 +50,7 @@ class TextClsTask(ClassifierTask):
 
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
         s, idx, pred = self._first_predictions(model, split, n)
-        return [{"images": [], "text": s["texts"][i], "pred": str(p), "truth": str(int(s["labels"][i]))}
-                for i, p in zip(idx, pred)]
+        return [
+            {"images": [], "text": s["texts"][i], "pred": str(p), "truth": str(int(s["labels"][i]))}
+            for i, p in zip(idx, pred)
+        ]

@@ -56,14 +56,16 @@ def fig_predictions(examples: Sequence[Mapping[str, Any]], title: str = "") -> F
     fig, axes = subplots(1, n * per, 1.9 * n * per, 2.4)
     for ax in axes[0]:
         ax.axis("off")
-    vmax = max([int(max(e["mask_pred"].max(), e["mask_true"].max())) for e in examples if "mask_pred" in e] + [1])
+    vmax = max(
+        [int(max(e["mask_pred"].max(), e["mask_true"].max())) for e in examples if "mask_pred" in e] + [1]
+    )
     for k, e in enumerate(examples):
-        cells = list(axes[0][k * per:(k + 1) * per])
+        cells = list(axes[0][k * per : (k + 1) * per])
         for ax, img in zip(cells, e["images"]):
             ax.axis("on")
             _show(ax, np.asarray(img))
         if "mask_pred" in e:
-            for ax, key in zip(cells[len(e["images"]):], ("mask_true", "mask_pred")):
+            for ax, key in zip(cells[len(e["images"]) :], ("mask_true", "mask_pred")):
                 ax.axis("on")
                 _show(ax, np.asarray(e[key]), cmap="tab10", vmax=vmax)
                 ax.set_title(key.replace("mask_", ""), fontsize=7)

@@ -38,7 +38,9 @@ def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> 
     root = cfg.real_paths.get("vqa")
     if root:
         return read_vqav2(root, split, image_size, min_answer_count=cfg.vqa_min_answer_count)
-    qs = [{"image": q["image"], "question": q["question"], "answers": [q["answer"]]} for q in world.vqa(split)]
+    qs = [
+        {"image": q["image"], "question": q["question"], "answers": [q["answer"]]} for q in world.vqa(split)
+    ]
     return {"images": world.images(split), "questions": qs, "answers": list(world.answers), "exact": True}
 
 
@@ -62,9 +64,14 @@ class VQATask(BaseTask):
             scheme = "exact" if raw.get("exact") else "official" if split == "train" else "accuracy"
             targets = [vqa_targets(q["answers"], a2l, scheme) for q in qs]
             self.splits[split] = {
-                "images": raw["images"], "image": np.asarray([q["image"] for q in qs], np.int64),
-                "ids": ids, "mask": mask, "labels": [t[0] for t in targets], "scores": [t[1] for t in targets],
-                "questions": [q["question"] for q in qs], "answers": [q["answers"] for q in qs],
+                "images": raw["images"],
+                "image": np.asarray([q["image"] for q in qs], np.int64),
+                "ids": ids,
+                "mask": mask,
+                "labels": [t[0] for t in targets],
+                "scores": [t[1] for t in targets],
+                "questions": [q["question"] for q in qs],
+                "answers": [q["answers"] for q in qs],
             }
         self.head = MLPClassifier(self.dim, 2 * self.dim, len(self.vocab))
 
@@ -99,6 +106,12 @@ class VQATask(BaseTask):
         s = self.splits[split]
         idx = torch.arange(min(n, len(s["image"])))
         pred = self._logits(model, s, idx).argmax(1).tolist()
-        return [{"images": [s["images"][int(s["image"][i])]], "text": s["questions"][i],
-                 "pred": self.vocab[p], "truth": Counter(s["answers"][i]).most_common(1)[0][0]}
-                for i, p in zip(idx.tolist(), pred)]
+        return [
+            {
+                "images": [s["images"][int(s["image"][i])]],
+                "text": s["questions"][i],
+                "pred": self.vocab[p],
+                "truth": Counter(s["answers"][i]).most_common(1)[0][0],
+            }
+            for i, p in zip(idx.tolist(), pred)
+        ]
