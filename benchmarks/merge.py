@@ -1,13 +1,20 @@
-"""Merge time and peak memory on a ViT-B-size MS checkpoint, against the I/O floor; RegMean solve vs inverse.
+"""Merge time and peak memory on a ViT-B-size MS checkpoint, against each method's floor; RegMean solvers.
 
 Writes a random MS checkpoint (all four components per expert), its central MA checkpoint and a
-Gram file under ``--dir``, then runs in a fresh subprocess each: the I/O floor (read every tensor of
-the MS file with ``safe_open`` and write an MA-size file of plain copies), and ``merge_checkpoint``
-by every method. Peak RSS is the child's own ``ru_maxrss``; "net" subtracts the RSS of a child that
-only imports the library. Targets: merge time <= 2x the floor, net peak RSS <= 1.3x the output size.
+Gram file under ``--dir``, then runs in a fresh subprocess each (torch with ``--threads`` threads):
+the I/O floor (read every tensor of the MS file with positioned reads and write an MA-size file of
+plain copies; ``floor_central`` reads the central file too), and ``merge_checkpoint`` by every
+registered method with its knob defaults (plus ``ties:trim=tensor``). Peak RSS is the child's own
+``ru_maxrss``; "net" subtracts the RSS of a child that only imports the library.
+
+Floors: RegMean against its floating-point floor, i.e. its float64 FLOPs (``M`` products
+``W^m G~^m`` of ``2 out in^2``, a Cholesky factor ``in^3 / 3`` and two triangular solves
+``2 out in^2`` per linear weight) at this machine's measured float64 matmul rate; every other method
+against the I/O floor of the files it reads. Targets (issue 10.5): RegMean <= 2x its FLOP floor,
+the others <= 2x their I/O floor, net peak RSS <= 1.3x the output size.
 
     python benchmarks/merge.py                       # ViT-B: width 768, 12 blocks, vl from block 10
-    python benchmarks/merge.py --width 128 --depth 4 --vl-start 3   # quick
+    python benchmarks/merge.py --width 128 --heads 4 --depth 4 --vl-start 3   # quick
 """
 
 from __future__ import annotations
@@ -16,23 +23,16 @@ import argparse
 import json
 import os
 import resource
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-CENTRAL = ("arithmetic", "ties", "dare")
-PARAMS = {
-    "interpolation": {"ratio": 0.5},
-    "arithmetic": {"lam": 0.5},
-    "regmean": {"alpha": 0.9},
-    "ties": {"density": 0.5},
-    "dare": {"drop_rate": 0.5, "lam": 0.5, "seed": 0},
-}
-
 
 def _cfg(args, ms: bool):
     from vlmerge_core.config import ModelConfig
+    from vlmerge_core.model.experts import COMPONENTS
 
     return ModelConfig(
         width=args.width,
@@ -46,7 +46,7 @@ def _cfg(args, ms: bool):
         layer_scale_init=0.1,
         rel_pos_bias=True,
         mim_vocab=8192,
-        ms_components=["attn", "mlp", "norm1", "norm2"] if ms else [],
+        ms_components=list(COMPONENTS) if ms else [],
     )
 
 
@@ -67,44 +67,62 @@ def write_inputs(args, d: Path) -> None:
     import torch
 
     from vlmerge_core.io import save_safetensors
+    from vlmerge_core.merge.gram import save_grams
+    from vlmerge_core.merge.unify import gram_key, split_expert_key
+    from vlmerge_core.model.checkpoint import FORMAT
 
     g = torch.Generator().manual_seed(0)
     for ms, name in ((True, "ms"), (False, "central")):
         cfg = _cfg(args, ms)
         sd = {k: torch.randn(s, generator=g) * 0.02 for k, s in _shapes(cfg).items()}
-        save_safetensors(
-            d / f"{name}.safetensors",
-            sd,
-            {
-                "model_config": json.dumps(dataclasses.asdict(cfg)),
-                "kind": "ms" if ms else "ma",
-                "format": "vlmerge-v1",
-            },
-        )
+        meta = {
+            "model_config": json.dumps(dataclasses.asdict(cfg)),
+            "kind": "ms" if ms else "ma",
+            "format": FORMAT,
+        }
+        save_safetensors(d / f"{name}.safetensors", sd, meta)
         del sd
     grams = {}
     for k, s in _shapes(_cfg(args, True)).items():
-        for lin in ("qkv", "proj", "fc1", "fc2"):
-            if k.endswith(f".{lin}.weight"):
-                n = s[1]
-                a = torch.randn(n, 32, generator=g, dtype=torch.float64)
-                grams[k[: -len(".weight")]] = a @ a.T + n * torch.eye(n, dtype=torch.float64)
-    from vlmerge_core.merge.gram import save_grams
-
+        parsed = split_expert_key(k)
+        key = gram_key(parsed[0], parsed[2]) if parsed else None
+        if key is not None:
+            n = s[1]
+            a = torch.randn(n, 32, generator=g, dtype=torch.float64)
+            grams[key] = a @ a.T + n * torch.eye(n, dtype=torch.float64)
     save_grams(d / "grams.safetensors", grams)
 
 
-def child(what: str, d: Path) -> dict:
+def _job(what: str) -> tuple[str, dict]:
+    """``"ties:trim=tensor"`` -> (``"ties"``, ``{"trim": "tensor"}``), typed by the knob."""
+    from vlmerge_core.merge.methods import get_method
+
+    method, _, opts = what.partition(":")
+    m = get_method(method)
+    params = {}
+    for opt in filter(None, opts.split(",")):
+        key, _, value = opt.partition("=")
+        params[key] = m.knob(key).type(value)
+    return method, params
+
+
+def child(what: str, d: Path, threads: int) -> dict:
     """Run one job in this (fresh) process; report seconds and own peak RSS."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
+    from vlmerge_core.merge.methods import get_method
     from vlmerge_core.merge.stream import merge_checkpoint, open_tensors
 
     t0 = time.perf_counter()
-    out = d / f"out_{what}.safetensors"
+    out = d / f"out_{what.replace(':', '_').replace('=', '_')}.safetensors"
     if what == "import":
         pass
+    elif what == "matmul":  # float64 matmul rate (FLOP/s) at this thread count
+        n = 1536
+        a = torch.randn(n, n, dtype=torch.float64)
+        best = min(_timed(lambda: a @ a) for _ in range(3))
+        return {"job": what, "flops_per_s": 2 * n**3 / best}
     elif what in ("floor", "floor_central"):
         from vlmerge_core.io import save_safetensors
         from vlmerge_core.merge.unify import split_expert_key
@@ -124,13 +142,15 @@ def child(what: str, d: Path) -> dict:
                     tensors[parsed[0]] = t
         save_safetensors(out, tensors)
     else:
+        method, params = _job(what)
+        m = get_method(method)
         merge_checkpoint(
             d / "ms.safetensors",
             out,
-            what,
-            central_path=d / "central.safetensors" if what in CENTRAL else None,
-            gram_path=d / "grams.safetensors" if what == "regmean" else None,
-            **PARAMS[what],
+            method,
+            central_path=d / "central.safetensors" if m.needs_central else None,
+            gram_path=d / "grams.safetensors" if m.needs_grams else None,
+            **params,
         )
     secs = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -140,9 +160,38 @@ def child(what: str, d: Path) -> dict:
     return {"job": what, "seconds": secs, "peak_rss": rss, "out_bytes": size}
 
 
-def solve_vs_inverse(n: int, m: int = 3, cond: float = 1e6, out_dim: int = 768) -> dict:
-    """RegMean's normal equations with a known answer X: solve vs explicit inverse (time, rel. error)."""
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def regmean_flops(ms_path: Path, vl_start: int) -> float:
+    """Float64 FLOPs of RegMean over every expert (no task): products, Cholesky, triangular solves."""
+    with open(ms_path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+    from vlmerge_core.model.experts import EXPERT_KEY  # pure Python
+
+    flops = 0.0
+    for key, entry in header.items():
+        match = EXPERT_KEY.match(key)
+        if (
+            match
+            and match.group(3) == "v"
+            and match.group(4) in ("qkv.weight", "proj.weight", "fc1.weight", "fc2.weight")
+        ):
+            out_dim, in_dim = entry["shape"]
+            m = 3 if int(match.group(1)) >= vl_start else 2
+            flops += m * 2 * out_dim * in_dim**2 + in_dim**3 / 3 + 2 * out_dim * in_dim**2
+    return flops
+
+
+def solvers(n: int, cond: float, out_dim: int) -> dict:
+    """RegMean's normal equations with a known answer X: Cholesky, LU solve, explicit inverse."""
     import torch
+
+    from vlmerge_core.merge.methods import solve_normal
 
     g = torch.Generator().manual_seed(1)
     q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
@@ -151,21 +200,15 @@ def solve_vs_inverse(n: int, m: int = 3, cond: float = 1e6, out_dim: int = 768) 
     den = (den + den.T) / 2
     x_true = torch.randn(out_dim, n, generator=g, dtype=torch.float64)
     num = x_true @ den
-    t0 = time.perf_counter()
-    xs = torch.linalg.solve(den, num, left=False)
-    t_solve = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    xi = num @ torch.inverse(den)
-    t_inv = time.perf_counter() - t0
-    err = lambda x: float((x - x_true).norm() / x_true.norm())  # noqa: E731
-    return {
-        "n": n,
-        "cond": cond,
-        "solve_s": t_solve,
-        "inverse_s": t_inv,
-        "solve_rel_err": err(xs),
-        "inverse_rel_err": err(xi),
-    }
+    res = {}
+    for solver in ("cholesky", "lu", "inverse"):
+        best, x = float("inf"), None
+        for _ in range(3):
+            t0 = time.perf_counter()
+            x = solve_normal(num, den, "bench", solver)
+            best = min(best, time.perf_counter() - t0)
+        res[solver] = (best, float((x - x_true).norm() / x_true.norm()))
+    return res
 
 
 def main() -> None:
@@ -174,83 +217,78 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=12)
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--vl-start", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of every child")
     ap.add_argument("--dir", default="/tmp/vlmerge_bench")
-    ap.add_argument("--methods", default="interpolation,arithmetic,regmean,ties,dare")
+    ap.add_argument("--methods", default="", help="jobs, e.g. regmean,ties:trim=tensor; default every method")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     d = Path(args.dir)
     if args.child == "write":
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(args.threads)
         write_inputs(args, d)
         return
     if args.child:
-        print(json.dumps(child(args.child, d)))
+        print(json.dumps(child(args.child, d, args.threads)))
         return
     # the parent stays small (no torch import): a child's ru_maxrss starts from its parent's RSS at fork
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    geometry = [
-        "--width",
-        str(args.width),
-        "--depth",
-        str(args.depth),
-        "--heads",
-        str(args.heads),
-        "--vl-start",
-        str(args.vl_start),
-        "--dir",
-        str(d),
-    ]
+    geometry = ["--width", str(args.width), "--depth", str(args.depth), "--heads", str(args.heads)]
+    geometry += ["--vl-start", str(args.vl_start), "--dir", str(d), "--threads", str(args.threads)]
     subprocess.run([sys.executable, __file__, "--child", "write", *geometry], check=True)
-    print(
-        f"inputs written in {time.perf_counter() - t0:.1f}s: MS {os.path.getsize(d / 'ms.safetensors') / 2**20:.0f} MiB, "
-        f"grams {os.path.getsize(d / 'grams.safetensors') / 2**20:.0f} MiB"
-    )
-    rows = {}
-    for job in ["import", "floor", "floor_central", *args.methods.split(",")]:
-        res = subprocess.run(
-            [sys.executable, __file__, "--child", job, "--dir", str(d)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        rows[job] = json.loads(res.stdout.strip().splitlines()[-1])
-    base, floor, floor_c = rows["import"]["peak_rss"], rows["floor"], rows["floor_central"]
     mib = 2**20
     print(
+        f"inputs written in {time.perf_counter() - t0:.1f}s: MS {os.path.getsize(d / 'ms.safetensors') / mib:.0f} MiB, "
+        f"grams {os.path.getsize(d / 'grams.safetensors') / mib:.0f} MiB; torch threads {args.threads}"
+    )
+    jobs = args.methods.split(",") if args.methods else None
+    if jobs is None:
+        listing = "from vlmerge_core.merge.methods import METHODS; print(','.join(METHODS))"
+        names = subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True, check=True)
+        jobs = [*names.stdout.strip().split(","), "ties:trim=tensor"]
+    rows = {}
+    for job in ["import", "matmul", "floor", "floor_central", *jobs]:
+        cmd = [sys.executable, __file__, "--child", job, "--dir", str(d), "--threads", str(args.threads)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows[job] = json.loads(res.stdout.strip().splitlines()[-1])
+    base, floor, floor_c = rows["import"]["peak_rss"], rows["floor"], rows["floor_central"]
+    rate = rows["matmul"]["flops_per_s"]
+    flop_floor = regmean_flops(d / "ms.safetensors", args.vl_start) / rate
+    print(
         f"\nwidth {args.width}, depth {args.depth}, vl_start {args.vl_start}; output {floor['out_bytes'] / mib:.0f} MiB; "
-        f"import-only RSS {base / mib:.0f} MiB"
+        f"import-only RSS {base / mib:.0f} MiB; float64 matmul {rate / 1e9:.1f} GFLOP/s"
     )
     print(
-        "x floor: seconds over the floor of the same reads (MS file; MS + central file for arithmetic, "
-        "TIES, DARE)"
+        f"floor: RegMean = its FLOPs at that rate ({flop_floor:.2f}s); others = the I/O floor of the same "
+        "reads (MS file; MS + central file for methods that need it)"
     )
-    print(f"{'job':14s} {'seconds':>8s} {'x floor':>8s} {'peak RSS':>9s} {'net RSS':>8s} {'net/out':>8s}")
+    print(
+        f"{'job':18s} {'seconds':>8s} {'floor':>7s} {'x floor':>8s} {'peak RSS':>9s} {'net RSS':>8s} {'net/out':>8s}"
+    )
+    from vlmerge_core.merge.methods import METHODS as methods  # after the children (their RSS is measured)
+
     for job, r in rows.items():
-        if job == "import":
+        if job in ("import", "matmul"):
             continue
+        m = methods.get(job.partition(":")[0])
+        ref = flop_floor if m is not None and m.needs_grams else (floor_c if m and m.needs_central else floor)
+        ref_s = ref if isinstance(ref, float) else ref["seconds"]
         net = r["peak_rss"] - base
-        ref = floor_c if job in CENTRAL else floor
         print(
-            f"{job:14s} {r['seconds']:8.2f} {r['seconds'] / ref['seconds']:8.2f} {r['peak_rss'] / mib:8.0f}M "
+            f"{job:18s} {r['seconds']:8.2f} {ref_s:7.2f} {r['seconds'] / ref_s:8.2f} {r['peak_rss'] / mib:8.0f}M "
             f"{net / mib:7.0f}M {net / max(r['out_bytes'], 1):8.2f}"
         )
     import torch
 
-    torch.set_num_threads(1)
-    print(
-        "\nRegMean: torch.linalg.solve vs explicit float64 inverse (known answer X; relative Frobenius error)"
-    )
+    torch.set_num_threads(args.threads)
+    print("\nRegMean solve X @ G = B (float64, known X; best of 3; relative Frobenius error)")
     for n in (args.width, 4 * args.width):
         for cond in (1e4, 1e10):
-            r = solve_vs_inverse(n, cond=cond, out_dim=args.width)
-            print(
-                f"n={n:5d} cond={cond:.0e}: solve {r['solve_s']:.3f}s err {r['solve_rel_err']:.2e} | inverse "
-                f"{r['inverse_s']:.3f}s err {r['inverse_rel_err']:.2e} | time ratio inv/solve "
-                f"{r['inverse_s'] / r['solve_s']:.2f}"
-            )
+            r = solvers(n, cond, args.width)
+            text = " | ".join(f"{s} {t:.3f}s err {e:.1e}" for s, (t, e) in r.items())
+            print(f"n={n:5d} cond={cond:.0e}: {text}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from vlmerge_core.analysis.distance import weight_distances
 from vlmerge_core.config import profile_params
 from vlmerge_core.data import generate_world, load_world
 from vlmerge_core.io import load_safetensors, write_json
+from vlmerge_core.merge.methods import get_method
 from vlmerge_core.merge.stream import merge_checkpoint
 from vlmerge_core.model import load_model
 from vlmerge_core.paths import resolve
@@ -110,7 +111,7 @@ def main() -> None:
                 ms_path,
                 path,
                 method,
-                central_path=central if method == "arithmetic" else None,
+                central_path=central if get_method(method).needs_central else None,
                 task="coco",
                 **params,
             )

@@ -30,6 +30,7 @@ _LAZY: dict[str, str] = {
     "encode_text": "data",
     "image_to_tensor": "data",
     "mask_tokens": "data",
+    "whole_word_mask": "data",
     "patch_codes": "data",
     # model
     "MultiwayTransformer": "model",

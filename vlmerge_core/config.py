@@ -46,7 +46,7 @@ def _f(
 # --------------------------------------------------------------------------------------------- data
 @dataclass
 class DataConfig:
-    seed: int = _f(0, lo=0)  # generator seed of the micro-world
+    rng_seed: int = _f(0, lo=0)  # RNG seed of the micro-world generator
     root: str = "data/micro"  # output folder, relative to the repo root
     image_size: int = _f(32, lo=8)  # canvas side in pixels
     n_train: int = _f(6000, lo=1)  # training scenes
@@ -79,7 +79,7 @@ class ModelConfig:
     vocab_size: int = _f(512, lo=8)  # text vocabulary size (must match the tokenizer)
     max_text_len: int = _f(24, lo=2)  # text positions
     ms_components: list[str] = _f(factory=list)  # per-modality parts; empty list = modality-agnostic
-    layer_scale_init: float = _f(0.0, lo=0.0)  # gamma_1/gamma_2 init; 0 switches layer scale off
+    layer_scale_init: float = _f(0.1, lo=0.0)  # gamma_1/gamma_2 init (official: 0.1); 0 = layer scale off
     rel_pos_bias: bool = False  # BEiT shared relative position bias on image tokens
     drop_path: float = _f(0.0, lo=0.0, hi=1.0)  # stochastic depth rate of the last block
     mim_vocab: int = _f(64, lo=2)  # MIM head classes (must equal data.mim_codebook_size)
@@ -92,15 +92,19 @@ class ModelConfig:
             raise ParamsError(f"model.vl_start ({self.vl_start}) must be <= model.depth ({self.depth})")
         if self.image_size % self.patch_size:
             raise ParamsError(f"model.image_size ({self.image_size}) must be divisible by model.patch_size")
-        bad = set(self.ms_components) - {"attn", "mlp", "norm1", "norm2"}
+        from vlmerge_core.model.experts import COMPONENTS  # pure Python: no torch import
+
+        bad = set(self.ms_components) - set(COMPONENTS)
         if bad:
             raise ParamsError(
-                f"model.ms_components: unknown component(s) {sorted(bad)}; allowed: attn, mlp, norm1, norm2"
+                f"model.ms_components: unknown component(s) {sorted(bad)}; allowed: {', '.join(COMPONENTS)}"
             )
 
 
 # ------------------------------------------------------------------------------------ pre-training
-VL_LOSSES = {"mlm": 1.0, "itc": 1.0, "itc_vl": 1.0, "itm": 1.0}  # seed and MS stages (no uni-modal data)
+# Seed and MS stages (no uni-modal data). The official total is MLM + ITM + 0.5 (ITC + ITC_vl):
+# ``ifm_total_loss = (ifm_weight * ifm_loss + ifm_vlffn_loss) * 0.5`` with ``ifm_weight = 1``.
+VL_LOSSES = {"mlm": 1.0, "itc": 0.5, "itc_vl": 0.5, "itm": 1.0}
 
 
 @dataclass
@@ -116,8 +120,9 @@ class PretrainConfig:
     grad_clip: float = _f(1.0, lo=0.0)  # max gradient norm; 0 = off
     ckpt_every: int = _f(100, lo=1)  # atomic checkpoint interval in steps
     losses: dict[str, float] = _f(factory=dict)  # objective name -> weight
-    mlm_prob: float = _f(0.25, lo=0.0, hi=1.0)  # masking probability of (VL and text-only) MLM
-    seed: int = _f(0, lo=0)  # training seed
+    mlm_prob: float = _f(0.25, lo=0.0, hi=1.0)  # MLM masking budget per caption (official vl_mlm_prob 0.25)
+    whole_word_masking: bool = True  # mask WordPiece words whole (official README); false = per token
+    rng_seed: int = _f(0, lo=0)  # RNG seed of the run (init, data order, masking, negatives)
     amp: bool = True  # bf16 autocast when a GPU is present
     mim_mask_ratio: float = _f(0.4, lo=0.0, hi=1.0)  # fraction of patches masked for MIM (BEiT: 0.4)
     log_every: int = _f(5, lo=1)  # loss-curve resolution in steps (mean over each window)
@@ -142,8 +147,6 @@ class SeedPretrainConfig(PretrainConfig):
 
 @dataclass
 class MSPretrainConfig(PretrainConfig):
-    seed_steps: list[int] = _f(factory=lambda: [0, 100, 300, 600])  # K_seed to start from; 0 = from init
-    variants: list[str] = _f(factory=lambda: ["all"])  # MS architecture variants: all, attn, ffn, ln
     losses: dict[str, float] = _f(factory=lambda: dict(VL_LOSSES))  # the paper's VL objectives
 
 
@@ -156,11 +159,12 @@ class MergeConfig:
     regmean_alphas: list[float] = _f(factory=lambda: [1.0])  # RegMean off-diagonal scale alpha_R
     ties_densities: list[float] = _f(factory=lambda: [0.5])  # TIES kept fraction
     dare_drop_rates: list[float] = _f(factory=lambda: [0.5])  # DARE drop rate
-    only_used_experts: bool = True  # only_activate_used_experts of the official code
+    only_used_experts: bool = False  # only_activate_used_experts of the official code (default False)
     gram_batches: int = _f(8, lo=1)  # batches used to collect RegMean Gram matrices
     tssd_k: float = _f(0.5, lo=0.0, hi=1.0)  # TSSD keeps the top-k fraction per row
-    seed: int = _f(0, lo=0)  # seed of stochastic methods (DARE)
+    rng_seed: int = _f(0, lo=0)  # RNG seed of stochastic methods (DARE)
     ties_lambda: float = _f(1.0, lo=0.0)  # TIES scale of the merged modality vector
+    ties_trim: str = _f("vector", choices=("vector", "tensor"))  # TIES top-k per modality vector (Yadav et al.) or per tensor (mergekit)
     dare_lambda: float = _f(0.5, lo=0.0)  # DARE scale of the summed rescaled modality vectors
     unimodal_paths: bool = False  # ours: image-only tasks merged from v, text-only from l
     gram_batch_size: int = _f(32, lo=1)  # batch size of the Gram-matrix collection
@@ -177,7 +181,7 @@ class FinetuneConfig:
     layer_decay: float = _f(1.0, lo=0.0, hi=1.0)  # layer-wise LR decay; 1 = off
     warmup_frac: float = _f(0.1, lo=0.0, hi=1.0)  # warm-up fraction of the steps
     weight_decay: float = _f(0.01, lo=0.0)  # AdamW weight decay
-    seed: int = _f(0, lo=0)  # fine-tuning seed
+    rng_seed: int = _f(0, lo=0)  # RNG seed of fine-tuning (head init, data order, training subset)
     overrides: dict[str, dict[str, Any]] = _f(
         factory=lambda: {  # task -> {field: value}
             "vqa": {"lr": 3e-4, "head_lr_mult": 100.0},
@@ -199,8 +203,27 @@ class FinetuneConfig:
 class ReportConfig:
     formats: list[str] = _f(factory=lambda: ["pdf", "png"])  # figure formats
     n_bootstrap: int = _f(1000, lo=0)  # bootstrap resamples for confidence intervals
-    seed: int = _f(0, lo=0)  # bootstrap seed
+    rng_seed: int = _f(0, lo=0)  # RNG seed of the bootstrap
     c2_margin: float = _f(1.0, lo=0.0)  # C2: merged within this many points of the MA baseline
+
+
+# -------------------------------------------------------------------------------------------- study
+def _ms_grid() -> dict[str, dict[str, Any]]:
+    grid = {f"all_s{k}": {"variant": "all", "seed_steps": k} for k in (0, 100, 300, 600)}
+    grid.update({f"{v}_s600": {"variant": v, "seed_steps": 600} for v in ("attn", "ffn", "ln")})
+    return grid
+
+
+@dataclass
+class StudyConfig:
+    ms_models: dict[str, dict[str, Any]] = _f(factory=_ms_grid)  # id -> {variant, seed_steps}: the MS grid
+    recipe: str = "all_s600"  # the recipe MS model (E2 sweeps, E5, E6); a key of ms_models
+    naive: str = "all_s0"  # the naive (no seed) MS model of E1/E5; a key of ms_models
+    e1_methods: list[str] = _f(factory=lambda: ["interpolation", "arithmetic"])  # merges of every MS model
+    sweep_tasks: list[str] = _f(factory=lambda: ["vqa", "coco", "nlvr2"])  # tasks of the E2 knob sweeps
+    ft_seeds: list[int] = _f(factory=lambda: [0, 1, 2])  # fine-tuning seeds of E0, E5 and E1's end points
+    options: list[str] = _f(factory=lambda: ["used_experts", "gram_nopad"])  # E6 merge options (recipe)
+    workers: int = _f(2, lo=1)  # fine-tuning processes run side by side, one torch thread each
 
 
 @dataclass
@@ -214,6 +237,7 @@ class Params:
     merge: MergeConfig = field(default_factory=MergeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
     def __post_init__(self) -> None:
         """Checks across sections: the data the model reads and the checkpoints later stages need."""
@@ -238,13 +262,19 @@ class Params:
                     f"model.mim_vocab ({m.mim_vocab})"
                 )
         seed = self.seed_pretrain
-        kept = {0, seed.steps, *seed.save_steps}
-        missing = [k for k in self.ms_pretrain.seed_steps if k not in kept]
-        if missing:
-            raise ParamsError(
-                f"ms_pretrain.seed_steps {missing} are not kept by seed pre-training: add them to "
-                f"seed_pretrain.save_steps {seed.save_steps} (or use seed_pretrain.steps)"
-            )
+        kept = {0, *seed.save_steps}
+        for key, spec in self.study.ms_models.items():
+            k = spec.get("seed_steps") if isinstance(spec, dict) else None
+            if k not in kept:
+                raise ParamsError(
+                    f"study.ms_models.{key}.seed_steps: {k!r} is not kept by seed pre-training: use 0 "
+                    f"(the init) or one of seed_pretrain.save_steps {seed.save_steps}"
+                )
+        for role in ("recipe", "naive"):
+            if getattr(self.study, role) not in self.study.ms_models:
+                raise ParamsError(
+                    f"study.{role}: {getattr(self.study, role)!r} is not a key of study.ms_models"
+                )
         too_long = [k for k in seed.save_steps if k > seed.steps]
         if too_long:
             raise ParamsError(

@@ -22,47 +22,37 @@ JSON_DIGITS = 6
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary sibling path of ``path`` to write to; fsynced and renamed over ``path`` on success.
 
-    On an exception inside the block the temporary file is removed and ``path`` is untouched.
+    For writers that want a path (e.g. ``safetensors.save_file``). On an exception inside the block
+    the temporary file is removed and ``path`` is untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    binary = "b" in mode
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode, encoding=None if binary else encoding) as fh:
-            yield fh
-            fh.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
-def atomic_path(path: str | Path) -> contextlib.AbstractContextManager[Path]:
-    """Like :func:`atomic_write` for writers that want a path (e.g. ``safetensors.save_file``)."""
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing (:func:`atomic_path`); rename it over ``path``
+    on success.
 
-    @contextlib.contextmanager
-    def _cm() -> Iterator[Path]:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            yield Path(tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-
-    return _cm()
+    On an exception inside the block the temporary file is removed and ``path`` is untouched.
+    """
+    binary = "b" in mode
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if binary else encoding) as fh:
+        yield fh
 
 
 def _round(obj: Any, digits: int) -> Any:

@@ -43,8 +43,3 @@ def runs_dir(*parts: str) -> Path:
 def metrics_dir(*parts: str) -> Path:
     """``<root>/metrics/<parts>`` (small JSON metrics, tracked in git)."""
     return repo_root().joinpath("metrics", *parts)
-
-
-def data_dir(root: str = "data/micro") -> Path:
-    """The data folder of a params ``data.root``, resolved against the repo root."""
-    return resolve(root)

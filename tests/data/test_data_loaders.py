@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vlmerge_core.data import (
-    IGNORE_INDEX,
+    MLM_IGNORE_INDEX,
     PairDataset,
     encode_text,
     image_to_tensor,
@@ -79,7 +79,7 @@ def test_mask_tokens_statistics(tok, smoke_world, prob, seed):
     g = torch.Generator().manual_seed(seed)
     inputs, labels = mask_tokens(ids, mask, tok, prob, g)
     special = torch.isin(ids, torch.tensor(tok.all_special_ids))
-    chosen = labels != IGNORE_INDEX
+    chosen = labels != MLM_IGNORE_INDEX
     assert not (chosen & special).any() and not (chosen & ~mask).any()
     assert (labels[chosen] == ids[chosen]).all()
     assert (inputs[~chosen] == ids[~chosen]).all()

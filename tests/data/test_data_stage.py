@@ -6,7 +6,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from vlmerge_core.cli import main
-from vlmerge_core.data import viz
+from vlmerge_core.data import plots
 from vlmerge_core.data.stage import run_data_stage, world_summary
 from vlmerge_core.io import read_json
 
@@ -33,7 +33,7 @@ def test_stage_reuses_same_params_and_writes_metrics(tmp_path, monkeypatch, smok
 def test_world_figures(smoke_world, fn):
     import matplotlib.pyplot as plt
 
-    fig = getattr(viz, fn)(smoke_world)
+    fig = getattr(plots, fn)(smoke_world)
     assert isinstance(fig, Figure)
     plt.close(fig)
 
@@ -41,9 +41,9 @@ def test_world_figures(smoke_world, fn):
 def test_stats_figures_and_tables(smoke_world):
     import matplotlib.pyplot as plt
 
-    fig = viz.fig_distributions(smoke_world.stats)
+    fig = plots.fig_distributions(smoke_world.stats)
     assert isinstance(fig, Figure)
     plt.close(fig)
-    assert viz.counts_table(smoke_world.stats).loc["images", "train"] == 64
-    assert "VQA accuracy (majority answer)" in viz.chance_table(smoke_world.stats).index
-    assert set(viz.examples_table(smoke_world)["task"]) >= {"vqa", "nlvr2", "corpus"}
+    assert plots.counts_table(smoke_world.stats).loc["images", "train"] == 64
+    assert "VQA accuracy (majority answer)" in plots.chance_table(smoke_world.stats).index
+    assert set(plots.examples_table(smoke_world)["task"]) >= {"vqa", "nlvr2", "corpus"}

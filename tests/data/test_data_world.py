@@ -51,13 +51,13 @@ def test_other_seed_other_world(smoke_params, tmp_path):
     from vlmerge_core.data import generate_world
 
     cfg = dataclasses.replace(
-        smoke_params.data, seed=1, n_train=8, n_val=4, n_test=4, n_image_only=16, n_corpus=16
+        smoke_params.data, rng_seed=1, n_train=8, n_val=4, n_test=4, n_image_only=16, n_corpus=16
     )
     w = load_world(generate_world(cfg, tmp_path))
     assert w.images("train").shape == (8, 32, 32, 3)
     assert not np.array_equal(
         w.images("val"),
-        load_world(generate_world(dataclasses.replace(cfg, seed=2), tmp_path / "s2")).images("val"),
+        load_world(generate_world(dataclasses.replace(cfg, rng_seed=2), tmp_path / "s2")).images("val"),
     )
 
 

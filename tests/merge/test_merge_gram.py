@@ -34,6 +34,7 @@ def _xtx(x):
 
 
 def test_grams_match_manual(pico_cfg, tmp_path):
+    """Default: every token, padding included, as cache_gram_matrices.py (issue 9.4)."""
     model = _pico_ms(pico_cfg)
     assert model.vl_start == 1 and len(model.blocks) == 2
     b = _batch(model.cfg)
@@ -44,13 +45,12 @@ def test_grams_match_manual(pico_cfg, tmp_path):
         blk0 = model.blocks[0]
         xi = blk0.part("norm1", "v")(model.embed_image(b["images"]))  # (B, 1+N, D)
         torch.testing.assert_close(grams["blocks.0.attn.v.qkv"], _xtx(xi.reshape(-1, xi.shape[-1])))
-        xt = blk0.part("norm1", "l")(model.embed_text(b["ids"]))  # (B, T, D)
-        torch.testing.assert_close(grams["blocks.0.attn.l.qkv"], _xtx(xt[b["mask"]]))
+        xt = blk0.part("norm1", "l")(model.embed_text(b["ids"]))  # (B, T, D): padded rows included
+        torch.testing.assert_close(grams["blocks.0.attn.l.qkv"], _xtx(xt.reshape(-1, xt.shape[-1])))
         img_h, txt_h = model.image_bottom(b["images"]), model.text_bottom(b["ids"], b["mask"])
         fused = torch.cat([img_h, txt_h], 1)
-        keep = torch.cat([torch.ones(3, img_h.shape[1], dtype=torch.bool), b["mask"]], 1)
         xf = model.blocks[1].part("norm1", "vl")(fused)
-        torch.testing.assert_close(grams["blocks.1.attn.vl.qkv"], _xtx(xf[keep]))
+        torch.testing.assert_close(grams["blocks.1.attn.vl.qkv"], _xtx(xf.reshape(-1, xf.shape[-1])))
         # fc1 input of v in block 1 on the image-only path
         h = model.run_image(model.embed_image(b["images"]), 0, 1)
         blk1 = model.blocks[1]
@@ -63,3 +63,20 @@ def test_grams_match_manual(pico_cfg, tmp_path):
     save_grams(tmp_path / "g.safetensors", grams)
     back = load_grams(tmp_path / "g.safetensors")
     assert set(back) == set(grams) and all(torch.equal(back[k], grams[k]) for k in grams)
+
+
+def test_exclude_padding_option(pico_cfg):
+    """``exclude_padding=True`` (ours) sums over the real tokens only."""
+    model = _pico_ms(pico_cfg)
+    b = _batch(model.cfg)
+    grams = collect_grams(model, [b], n_batches=1, exclude_padding=True)
+    every = collect_grams(model, [b], n_batches=1)
+    with torch.no_grad():
+        xt = model.blocks[0].part("norm1", "l")(model.embed_text(b["ids"]))
+        torch.testing.assert_close(grams["blocks.0.attn.l.qkv"], _xtx(xt[b["mask"]]))
+        img_h, txt_h = model.image_bottom(b["images"]), model.text_bottom(b["ids"], b["mask"])
+        keep = torch.cat([torch.ones(3, img_h.shape[1], dtype=torch.bool), b["mask"]], 1)
+        xf = model.blocks[1].part("norm1", "vl")(torch.cat([img_h, txt_h], 1))
+        torch.testing.assert_close(grams["blocks.1.attn.vl.qkv"], _xtx(xf[keep]))
+    assert not torch.allclose(grams["blocks.0.attn.l.qkv"], every["blocks.0.attn.l.qkv"])
+    torch.testing.assert_close(grams["blocks.0.attn.v.qkv"], every["blocks.0.attn.v.qkv"])  # no image padding

@@ -8,15 +8,22 @@ import pytest
 import torch
 
 from vlmerge_core.merge.gram import collect_grams, save_grams
+from vlmerge_core.merge.methods import METHODS, get_method
 from vlmerge_core.merge.stream import merge_checkpoint
+from vlmerge_core.model.experts import COMPONENTS
 
-METHODS = {
+PARAMS = {
     "interpolation": {"ratio": 0.3},
     "arithmetic": {"lam": 0.5},
+    "arithmetic_formula": {"lam": 0.5},
     "regmean": {"alpha": 0.9},
     "ties": {"density": 1.0},
     "dare": {"drop_rate": 0.0, "lam": 0.5},
 }
+
+
+def test_params_cover_every_method():
+    assert set(PARAMS) == set(METHODS)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +35,7 @@ def pico_ckpts(tmp_path_factory):
     torch.manual_seed(0)
     cfg = dataclasses.replace(profile_params("smoke").model, layer_scale_init=0.1, rel_pos_bias=True)
     ma = MultiwayTransformer(cfg)
-    ms = MultiwayTransformer(dataclasses.replace(cfg, ms_components=["attn", "mlp", "norm1", "norm2"]))
+    ms = MultiwayTransformer(dataclasses.replace(cfg, ms_components=list(COMPONENTS)))
     init_ms_from_ma(ms, ma.state_dict())
     save_model(tmp / "ma.safetensors", ma)
     save_model(tmp / "ms.safetensors", ms)
@@ -42,7 +49,7 @@ def pico_ckpts(tmp_path_factory):
     return tmp, ma
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(PARAMS))
 def test_round_trip_loads_as_ma(pico_ckpts, method):
     from vlmerge_core.model import load_model
 
@@ -51,10 +58,10 @@ def test_round_trip_loads_as_ma(pico_ckpts, method):
         tmp / "ms.safetensors",
         tmp / f"{method}.safetensors",
         method,
-        central_path=tmp / "ma.safetensors" if method in ("arithmetic", "ties", "dare") else None,
-        gram_path=tmp / "grams.safetensors" if method == "regmean" else None,
+        central_path=tmp / "ma.safetensors" if get_method(method).needs_central else None,
+        gram_path=tmp / "grams.safetensors" if get_method(method).needs_grams else None,
         task="vqa",
-        **METHODS[method],
+        **PARAMS[method],
     )
     merged = load_model(out)
     assert merged.kind == "ma"

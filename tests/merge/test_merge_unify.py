@@ -9,17 +9,22 @@ import torch
 from _merge_helpers import make_ma_sd, ms_from_ma
 
 from vlmerge_core.io import load_safetensors, save_safetensors
-from vlmerge_core.merge.methods import MergeError
+from vlmerge_core.merge.methods import METHODS, MergeError, get_method
 from vlmerge_core.merge.stream import merge_checkpoint
 from vlmerge_core.merge.unify import gram_key, plan_groups, unify_state_dict, used_experts
 
 PARAMS = {
     "interpolation": {"ratio": 0.5},
     "arithmetic": {"lam": 1.0},
+    "arithmetic_formula": {"lam": 1.0},
     "regmean": {"alpha": 0.9},
     "ties": {"density": 1.0},
     "dare": {"drop_rate": 0.0},
 }
+
+
+def test_params_cover_every_method():
+    assert set(PARAMS) == set(METHODS)
 
 
 def _grams(ms_sd, seed=0):
@@ -42,17 +47,18 @@ def test_identical_experts_round_trip(method, components):
     ma = make_ma_sd(depth=3, width=8)
     ms = ms_from_ma(ma, vl_start=1, components=components)
     params = dict(PARAMS[method])
-    if method in ("arithmetic", "dare"):
-        params["lam"] = 0.5  # 1/#experts below vl_start; the lone vl expert of vqa gets 1 (official rule)
+    sums = method in ("arithmetic_formula", "dare")  # W0 + lam sum_m tau^m: identity needs lam = 1/#experts
+    if sums:
+        params["lam"] = 0.5  # 1/#experts below vl_start; the lone vl expert of vqa passes through
     central = make_ma_sd(depth=3, width=8, seed=5)
-    kw = {"central": central} if method in ("arithmetic", "ties", "dare") else {}
-    if method == "regmean":
+    kw = {"central": central} if get_method(method).needs_central else {}
+    if get_method(method).needs_grams:
         kw["grams"] = _grams(ms)
     for task in ("vqa", "coco"):
-        out = unify_state_dict(ms, method, vl_start=1, task=task, **kw, **params)
+        out = unify_state_dict(ms, method, vl_start=1, task=task, only_used_experts=True, **kw, **params)
         assert set(out) == set(ma)
         for k in ma:
-            if task == "coco" and method in ("arithmetic", "dare") and k.startswith(("blocks.1", "blocks.2")):
+            if task == "coco" and sums and k.startswith(("blocks.1", "blocks.2")):
                 continue
             torch.testing.assert_close(out[k], ma[k], rtol=1e-5, atol=1e-5, msg=k)
 
@@ -76,27 +82,36 @@ def test_interpolation_uses_official_weights_and_passes_through(ms_and_central):
 
 def test_task_rules(ms_and_central):
     ms, _ = ms_and_central
-    vqa = unify_state_dict(ms, "interpolation", vl_start=1, task="vqa")
+    vqa = unify_state_dict(ms, "interpolation", vl_start=1, task="vqa", only_used_experts=True)
     assert torch.equal(vqa["blocks.1.attn.qkv.weight"], ms["blocks.1.attn.vl.qkv.weight"])
-    coco = unify_state_dict(ms, "interpolation", vl_start=1, task="coco", ratio=1.0)
+    coco = unify_state_dict(ms, "interpolation", vl_start=1, task="coco", ratio=1.0, only_used_experts=True)
     assert torch.equal(coco["blocks.1.attn.qkv.weight"], ms["blocks.1.attn.v.qkv.weight"])
-    assert used_experts(1, ["v", "l", "vl"], vl_start=1, task="nlvr2") == ["vl"]
-    assert used_experts(1, ["v", "l", "vl"], vl_start=1, task="nlvr2", method="regmean") == ["v", "l", "vl"]
-    assert used_experts(1, ["v", "l", "vl"], vl_start=1, task="imagenet") == ["v", "l", "vl"]
-    assert used_experts(1, ["v", "l", "vl"], vl_start=1, task="imagenet", unimodal_paths=True) == ["v"]
-    assert used_experts(0, ["v", "l"], vl_start=1, task="text", unimodal_paths=True) == ["l"]
-    assert used_experts(0, ["v", "l"], vl_start=1, task="vqa") == ["v", "l"]
-    assert used_experts(1, ["v", "l", "vl"], vl_start=1, task="vqa", only_used_experts=False) == [
-        "v",
-        "l",
-        "vl",
-    ]
+    used = {"vl_start": 1, "only_used_experts": True}
+    assert used_experts(1, ["v", "l", "vl"], task="nlvr2", **used) == ["vl"]
+    assert used_experts(1, ["v", "l", "vl"], task="nlvr2", method="regmean", **used) == ["v", "l", "vl"]
+    assert used_experts(1, ["v", "l", "vl"], task="imagenet", **used) == ["v", "l", "vl"]
+    assert used_experts(1, ["v", "l", "vl"], task="imagenet", unimodal_paths=True, **used) == ["v"]
+    assert used_experts(0, ["v", "l"], task="text", unimodal_paths=True, **used) == ["l"]
+    assert used_experts(0, ["v", "l"], task="vqa", **used) == ["v", "l"]
     assert used_experts(1, ["v", "l", "vl"], vl_start=1, experts=["l", "vl"]) == ["l", "vl"]
+
+
+def test_only_used_experts_defaults_to_false_as_the_official_config(ms_and_central):
+    """Issue 9.2: official config.py ``only_activate_used_experts = False``: all experts for every task."""
+    ms, _ = ms_and_central
+    for task in ("vqa", "nlvr2", "coco"):
+        assert used_experts(1, ["v", "l", "vl"], vl_start=1, task=task) == ["v", "l", "vl"]
+    out = unify_state_dict(ms, "interpolation", vl_start=1, task="vqa")
+    w = [ms[f"blocks.1.attn.{e}.qkv.weight"] for e in ("v", "l", "vl")]
+    torch.testing.assert_close(out["blocks.1.attn.qkv.weight"], w[0] / 3 + w[1] / 3 + w[2] / 3)
+    # RegMean follows the task whatever the flag (official regmean): retrieval -> v, l; vqa -> vl
+    assert used_experts(1, ["v", "l", "vl"], vl_start=1, task="coco", method="regmean") == ["v", "l"]
+    assert used_experts(1, ["v", "l", "vl"], vl_start=1, task="vqa", method="regmean") == ["vl"]
 
 
 def test_arithmetic_formula(ms_and_central):
     ms, central = ms_and_central
-    out = unify_state_dict(ms, "arithmetic", vl_start=1, central=central, lam=0.75, only_used_experts=False)
+    out = unify_state_dict(ms, "arithmetic_formula", vl_start=1, central=central, lam=0.75)
     k = "blocks.1.norm2.bias"
     c = central[k]
     expect = c + 0.75 * sum(ms[f"blocks.1.norm2.{e}.bias"] - c for e in ("v", "l", "vl"))
@@ -142,7 +157,7 @@ def test_errors_name_the_tensor(ms_and_central):
         unify_state_dict(ms, "regmean", vl_start=1, grams={})
     with pytest.raises(MergeError, match=r"does not take \['density'\]"):
         unify_state_dict(ms, "interpolation", vl_start=1, density=0.5)
-    with pytest.raises(MergeError, match=r"blocks.0.\S+: interpolation ratio must be in"):
+    with pytest.raises(MergeError, match=r"interpolation: ratio must be in \[0, 1\], got -0.1"):
         unify_state_dict(ms, "interpolation", vl_start=1, ratio=-0.1)
     with pytest.raises(MergeError, match="unexpected expert"):
         plan_groups(list(ms), vl_start=2)

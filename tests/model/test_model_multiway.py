@@ -92,14 +92,15 @@ def test_variant_names_and_counts(pico, variant):
     ms = MultiwayTransformer(with_ms(pico, comps))
     assert ms.kind == "ms" and ma.kind == "ma"
     block = {k: v for k, v in ms.state_dict().items() if k.startswith("blocks.")}
-    # which names carry an expert level
+    # which names carry an expert level (layer scales gamma_1/gamma_2 are never per expert)
     for name in block:
-        comp = name.split(".")[2]
-        has_expert = name.split(".")[3] in ("v", "l", "vl")
-        assert has_expert == (comp in comps), name
-    # counts: block 0 has experts v, l; block 1 (>= vl_start) has v, l, vl
+        parts = name.split(".")
+        has_expert = len(parts) > 4 and parts[3] in ("v", "l", "vl")
+        assert has_expert == (parts[2] in comps), name
+    # counts: block 0 has experts v, l; block 1 (>= vl_start) has v, l, vl; plus 2 x D gammas a block
     sizes = _sizes()
     expected = sum(sizes[c] * ((2 + 3) if c in comps else 2) for c in sizes)
+    expected += 2 * pico.width * pico.depth if pico.layer_scale_init > 0 else 0
     assert sum(v.numel() for v in block.values()) == expected
     # stripping the expert level gives exactly the MA names and shapes
     stripped = {strip_expert(k): tuple(v.shape) for k, v in ms.state_dict().items()}

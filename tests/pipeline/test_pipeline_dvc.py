@@ -1,12 +1,15 @@
-"""`dvc repro` on the smoke profile, in a temporary copy of the repository.
+"""`dvc repro` of the whole study on the smoke profile, in a temporary copy of the repository.
 
-Checks that every stage runs from a clean clone, that re-running is a no-op, and that the data
-stage is deterministic (forced re-run gives byte-identical dataset files).
+Checks that every stage runs from a clean clone and writes the study's metrics and the paper, that
+re-running is a no-op, that a notebook saved with outputs retrains nothing, that changing a merge
+parameter invalidates only the stages downstream of merging, and that the data stage is deterministic
+(forced re-run gives byte-identical dataset files).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -62,17 +65,50 @@ def smoke_repo(tmp_path_factory) -> Path:
     return repo
 
 
-def test_dvc_repro_smoke_then_noop_and_deterministic(smoke_repo):
+def _stale(repo: Path) -> set[str]:
+    return set(json.loads(_run(["dvc", "status", "--json"], repo).strip().splitlines()[-1] or "{}"))
+
+
+def test_dvc_repro_smoke_whole_study(smoke_repo):
     _run(["dvc", "repro"], smoke_repo)
     from vlmerge_core.config import load_params
 
-    data_root = smoke_repo / load_params(smoke_repo / "params.yaml").data.root
+    params = load_params(smoke_repo / "params.yaml")
+    data_root = smoke_repo / params.data.root
     first = _digest(data_root)
     assert first, "the data stage wrote nothing"
-    assert (smoke_repo / "metrics" / "data" / "stats.json").exists()
+    for rel in ("metrics/data/stats.json", "metrics/finetune/testbed.json", "metrics/study/results.csv",
+                "metrics/study/distances.csv", "paper/REPORT.md", "paper/tables/e0_validity.md"):
+        assert (smoke_repo / rel).exists(), f"{rel} was not written"
+    for key in params.study.ms_models:
+        assert (smoke_repo / f"metrics/finetune/{key}.json").exists()
+    results = (smoke_repo / "metrics/study/results.csv").read_text()
+    assert "merged_" in results and "ma_baseline" in results
+
     again = _run(["dvc", "repro"], smoke_repo)
-    assert "didn't change" in again or "up to date" in again.lower()
-    assert "Running stage" not in again
+    assert "Running stage" not in again, again[-2000:]
+
+    # a notebook run and saved with outputs (as JupyterLab does) retrains nothing
+    nb_path = smoke_repo / "notebooks" / "07_evaluate.ipynb"
+    nb = json.loads(nb_path.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            cell["execution_count"] = 3
+            cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "saved with outputs\n"}]
+    nb_path.write_text(json.dumps(nb, indent=1))
+    saved = _run(["dvc", "repro"], smoke_repo)
+    ran = [line for line in saved.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'notebooks':"], ran
+
+    # one merge parameter: only the stages downstream of merging are stale
+    text = (smoke_repo / "params.yaml").read_text().replace("ratios:\n  - 0.5", "ratios:\n  - 0.4", 1)
+    if text == (smoke_repo / "params.yaml").read_text():
+        text = (smoke_repo / "params.yaml").read_text().replace("ratios: [0.5]", "ratios: [0.4]", 1)
+    (smoke_repo / "params.yaml").write_text(text)
+    stale = _stale(smoke_repo)
+    assert stale and all(s.split("@")[0] in ("merge", "evaluate") for s in stale), stale
+    _run(["git", "checkout", "params.yaml"], smoke_repo)
+
     lock = (smoke_repo / "dvc.lock").read_text()
     _run(["dvc", "repro", "--force", "data"], smoke_repo)
     assert _digest(data_root) == first

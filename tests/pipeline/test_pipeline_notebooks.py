@@ -75,11 +75,12 @@ def test_seed_ms_merge_finetune_chain(tmp_path, smoke_world):
         tmp_path,
         checkpoint=str(merged[0]),
         tasks="coco,text",
-        model_name="merged",
-        metrics_root=str(metrics),
+        model_info={"model_id": "merged", "kind": "merged"},
+        metrics_out=str(metrics / "merged.json"),
         params_file=str(params),
-        world_root=world,
+        world_dir=world,
     )
-    for task in ("coco", "text"):
-        result = json.loads((metrics / "merged" / f"{task}.json").read_text())
-        assert result["task"] == task and result["main"] >= 0
+    result = json.loads((metrics / "merged.json").read_text())
+    assert result["model"]["model_id"] == "merged"
+    assert [r["task"] for r in result["records"]] == ["coco", "text"]
+    assert all(r["metrics"][r["main_metric"]] >= 0 for r in result["records"])

@@ -88,10 +88,18 @@ def test_warmup_linear_schedule():
 
 @pytest.mark.parametrize("task", TASKS)
 def test_every_task_runs_and_writes_metrics(task, pico_ma, ft_cfg, smoke_world, tmp_path):
-    m = finetune_task(task, pico_ma, ft_cfg, smoke_world, out_dir=tmp_path)
+    m = finetune_task(task, pico_ma, ft_cfg, smoke_world, out_dir=tmp_path, n_bootstrap=50)
     assert m["task"] == task and m["main"] == m[m["main_metric"]] and m["best_epoch"] in (0, 1)
     assert 0.0 <= m["main"] <= 100.0 and m["steps"] == 2 and m["n_train"] == 32
     assert f"val_{m['select_metric']}" in m and len(m["curve"]["loss"]) == 2
+    # a bootstrap interval for every test metric, around the point estimate
+    lo, hi = m["ci"][m["main_metric"]]
+    assert lo <= m["main"] + 1e-9 and m["main"] <= hi + 1e-9
+    assert set(m["ci"]) <= set(m) and all(len(v) == 2 for v in m["ci"].values())
+    # val at epoch 0 (before training) and after the epoch: the last epoch's gain
+    c = m["curve"]
+    assert c["val_epoch"] == [0, 1] and c["val_step"] == [0, 2]
+    assert m["val_last_gain"] == pytest.approx(c["val_select"][1] - c["val_select"][0])
     on_disk = json.loads((tmp_path / f"{task}.json").read_text())
     assert on_disk["main"] == pytest.approx(m["main"], abs=1e-5)
 
@@ -102,7 +110,7 @@ def test_deterministic_and_caller_model_untouched(pico_ma, ft_cfg, smoke_world):
     b = finetune_task("nlvr2", pico_ma, ft_cfg, smoke_world)
     assert _strip(a) == _strip(b)
     assert all(torch.equal(before[k], v) for k, v in pico_ma.state_dict().items())
-    c = finetune_task("nlvr2", pico_ma, dataclasses.replace(ft_cfg, seed=1), smoke_world)
+    c = finetune_task("nlvr2", pico_ma, dataclasses.replace(ft_cfg, rng_seed=1), smoke_world)
     assert c["curve"]["loss"] != a["curve"]["loss"]
 
 
@@ -122,7 +130,9 @@ def test_ms_checkpoint_and_zero_epochs(pico_cfg, ft_cfg, smoke_world, tmp_path):
     torch.manual_seed(0)
     path = save_model(tmp_path / "ms.safetensors", MultiwayTransformer(ms_cfg))
     m = finetune_task("coco", path, dataclasses.replace(ft_cfg, epochs=0), smoke_world)
-    assert m["best_epoch"] == 0 and m["steps"] == 0 and "ir_r1" in m
+    assert m["best_epoch"] == 0 and m["steps"] == 0 and "ir_r1" in m and "ir_r1_pessimistic" in m
+    assert m["val_last_gain"] != m["val_last_gain"]  # NaN: no trained epoch
+    assert finetune_task("coco", path, ft_cfg, smoke_world, epochs=0)["steps"] == 0
     with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
         finetune_task("coco", tmp_path / "nowhere.safetensors", ft_cfg, smoke_world)
     with pytest.raises(KeyError, match="unknown task"):
@@ -154,9 +164,9 @@ def test_cli_finetune(pico_ma, smoke_world, tmp_path, capsys):
 def test_subsample_train_seeded_eval_prefix():
     from vlmerge_core.tasks.base import subsample
 
-    a, b = subsample(100, 10, "train", seed=0), subsample(100, 10, "train", seed=0)
+    a, b = subsample(100, 10, "train", rng_seed=0), subsample(100, 10, "train", rng_seed=0)
     assert (a == b).all() and len(set(a.tolist())) == 10 and (subsample(100, 10, "train", 1) != a).any()
-    assert subsample(100, 10, "test", seed=5).tolist() == list(range(10))
+    assert subsample(100, 10, "test", rng_seed=5).tolist() == list(range(10))
     assert len(subsample(100, 0, "train", 0)) == 100 and len(subsample(5, 10, "val", 0)) == 5
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vlmerge_core.tasks.metrics import SEG_IGNORE_LABEL
 from vlmerge_core.tasks.real import (
-    IGNORE_INDEX,
     RealFormatError,
     read_ade20k,
     read_image_folders,
@@ -208,7 +208,7 @@ def test_ade20k_reader(tmp_path):
         Image.fromarray(mask).save(tmp_path / "annotations" / sub / f"ADE_{sub}_00000001.png")
     m = read_ade20k(tmp_path, "train", SIZE)["masks"][np.array([0])]
     assert m.shape == (1, SIZE, SIZE)
-    assert m[0, 0, 0] == 0 and m[0, -1, 0] == 2 and m[0, -1, -1] == IGNORE_INDEX  # reduce_zero_label
+    assert m[0, 0, 0] == 0 and m[0, -1, 0] == 2 and m[0, -1, -1] == SEG_IGNORE_LABEL  # reduce_zero_label
     (tmp_path / "annotations" / "validation" / "ADE_validation_00000001.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"ADE_validation_00000001\.jpg: annotation"):
         read_ade20k(tmp_path, "val", SIZE)
@@ -249,5 +249,40 @@ def test_real_formats_through_finetune(tmp_path, smoke_world, pico_cfg):
     model = MultiwayTransformer(dataclasses.replace(pico_cfg, vocab_size=len(smoke_world.tokenizer())))
     for task in ("vqa", "flickr", "nlvr2", "imagenet", "ade20k"):
         m = finetune_task(task, model, cfg, smoke_world)
+        if task == "vqa":  # val2014 has 3 images < val_images (1000): the test split is empty -> NaN
+            assert m["main"] != m["main"] and m["val_vqa_score"] >= 0.0
+            continue
         assert 0.0 <= m["main"] <= 100.0, task
     assert finetune_task("vqa", model, cfg, smoke_world)["n_train"] == 2
+
+
+def test_vqa_evaluates_with_the_official_soft_score(smoke_world, pico_cfg):
+    """``VQAScore``: the arg-max answer earns its soft target; "blue", given by 2 of 10 annotators,
+    scores 0.6 (``get_score(2)``), not min(2/3, 1) = 0.667; "green" (4 of 10) scores 1."""
+    import dataclasses
+
+    import torch
+
+    from vlmerge_core.config import FinetuneConfig
+    from vlmerge_core.model import MultiwayTransformer
+    from vlmerge_core.tasks.vqa import VQATask
+
+    answers = ["red"] * 4 + ["blue"] * 2 + ["green"] * 4  # 10 annotators, as VQAv2
+    images = np.zeros((2, pico_cfg.image_size, pico_cfg.image_size, 3), np.uint8)
+    qs = [{"image": i, "question": "what colour is it?", "answers": answers} for i in (0, 1)]
+    split = {"images": images, "questions": qs, "answers": ["red", "blue", "green"]}
+    torch.manual_seed(0)
+    model = MultiwayTransformer(dataclasses.replace(pico_cfg, vocab_size=len(smoke_world.tokenizer())))
+    task = VQATask(
+        model, dict.fromkeys(("train", "val", "test"), split), FinetuneConfig(), smoke_world.tokenizer()
+    )
+    model.eval()
+    scores = {}
+    for answer in ("blue", "green"):
+        out = task.head.net[-1]
+        with torch.no_grad():  # the head answers `answer` to every question
+            out.weight.zero_()
+            out.bias.fill_(-10.0)
+            out.bias[task.vocab.index(answer)] = 10.0
+            scores[answer] = task.evaluate(model, "test")["vqa_score"]
+    assert scores["blue"] == pytest.approx(60.0) and scores["green"] == pytest.approx(100.0)

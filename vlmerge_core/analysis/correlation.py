@@ -33,7 +33,7 @@ def rank_correlation(
     ci_method: str = "bootstrap",
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
-    seed: int = 0,
+    rng_seed: int = 0,
 ) -> dict[str, Any]:
     """Rank correlation of ``x`` with ``y`` and its ``confidence`` interval.
 
@@ -71,7 +71,7 @@ def rank_correlation(
             z, q = math.atanh(rho), stats.norm.ppf(1 - alpha / 2)
             out.update(ci_low=math.tanh(z - q * se), ci_high=math.tanh(z + q * se))
     elif ci_method == "bootstrap":
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(rng_seed)
         boots = []
         for _ in range(n_bootstrap):
             idx = rng.integers(0, n, n)

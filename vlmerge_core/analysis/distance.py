@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from vlmerge_core.merge.methods import MergeError, topk_mask
-from vlmerge_core.merge.unify import EXPERTS, plan_groups
+from vlmerge_core.merge.unify import plan_groups
+from vlmerge_core.model.experts import EXPERTS
 
 METRICS = ("l2", "cosine", "ssd", "tssd", "sign_conflict")
 
@@ -105,8 +106,6 @@ def weight_distances(
         raise MergeError(f"TSSD k must be in (0, 1], got {k}")
     keys = list(ms_sd)
     groups, _ = plan_groups(keys, infer_vl_start(keys) if vl_start is None else vl_start)
-    if not groups:
-        raise MergeError("no per-expert tensors: is this a modality-specific checkpoint?")
     wanted = tuple(EXPERTS if experts is None else experts)
     centred = central_sd is not None
     rows_by_param: dict[str, tuple[list[str], Tensor]] = {}

@@ -2,30 +2,35 @@
 
 Public API: :func:`generate_world`, :func:`load_world`, :class:`World`, :func:`load_tokenizer`,
 :func:`image_to_tensor`, :func:`encode_text`, :class:`PairDataset`, :func:`mask_tokens`,
-:func:`patch_codes`.
+:func:`whole_word_mask`, :func:`patch_codes`.
 """
 
 from __future__ import annotations
 
+from vlmerge_core.data.layout import SPLITS, STYLES, WORLD_FORMAT
 from vlmerge_core.data.loaders import (
-    IGNORE_INDEX,
+    MLM_IGNORE_INDEX,
     PairDataset,
+    continuation_pieces,
     encode_text,
     image_to_tensor,
     mask_tokens,
     patch_codes,
     patchify,
+    whole_word_mask,
 )
 from vlmerge_core.data.tokenizer import SPECIAL_TOKENS, load_tokenizer
-from vlmerge_core.data.world import SPLITS, STYLES, World, ensure_world, generate_world, load_world
+from vlmerge_core.data.world import World, ensure_world, generate_world, load_world
 
 __all__ = [
-    "IGNORE_INDEX",
+    "MLM_IGNORE_INDEX",
     "SPECIAL_TOKENS",
     "SPLITS",
     "STYLES",
+    "WORLD_FORMAT",
     "PairDataset",
     "World",
+    "continuation_pieces",
     "encode_text",
     "ensure_world",
     "generate_world",
@@ -35,4 +40,5 @@ __all__ = [
     "mask_tokens",
     "patch_codes",
     "patchify",
+    "whole_word_mask",
 ]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-IGNORE_INDEX = -100
+MLM_IGNORE_INDEX = -100  # MLM label of the positions not predicted (``F.cross_entropy``'s ignore_index)
 
 
 def image_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -67,26 +67,108 @@ def encode_text(tokenizer, texts: list[str], max_len: int) -> tuple[torch.Tensor
     return enc["input_ids"].long(), enc["attention_mask"].bool()
 
 
-def mask_tokens(
-    ids: torch.Tensor, mask: torch.Tensor, tokenizer, prob: float, generator: torch.Generator | None = None
+def _replace_chosen(
+    ids: torch.Tensor, chosen: torch.Tensor, tokenizer, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking (Devlin et al., 2019): choose ``prob`` of the real, non-special tokens; of those
-    80% become [MASK], 10% a random token, 10% stay. Returns (input_ids, labels) with labels
-    ``-100`` on every position not chosen. Special tokens ([CLS], [SEP], [PAD]) are never chosen.
+    """BERT's corruption of the chosen positions: 80% [MASK], 10% a random token, 10% kept.
+
+    Returns (input ids, labels with :data:`MLM_IGNORE_INDEX` where not chosen). The random token
+    is drawn from the non-special ids.
     """
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), device=ids.device)
-    candidates = mask & ~torch.isin(ids, special)
-    u = torch.rand(ids.shape, generator=generator, device=ids.device)
-    chosen = candidates & (u < prob)
-    labels = torch.where(chosen, ids, torch.full_like(ids, IGNORE_INDEX))
+    labels = torch.where(chosen, ids, torch.full_like(ids, MLM_IGNORE_INDEX))
     r = torch.rand(ids.shape, generator=generator, device=ids.device)
     inputs = ids.clone()
     inputs[chosen & (r < 0.8)] = tokenizer.mask_token_id
-    n_special = len(special)
+    n_special = len(set(tokenizer.all_special_ids))
     rand_ids = torch.randint(n_special, len(tokenizer), ids.shape, generator=generator, device=ids.device)
     to_random = chosen & (r >= 0.8) & (r < 0.9)
     inputs[to_random] = rand_ids[to_random]
     return inputs, labels
+
+
+def _maskable(ids: torch.Tensor, mask: torch.Tensor, tokenizer) -> torch.Tensor:
+    """Real tokens that are not special ([CLS], [SEP], [PAD], [UNK], [MASK] are never chosen)."""
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), device=ids.device)
+    return mask & ~torch.isin(ids, special)
+
+
+def mask_tokens(
+    ids: torch.Tensor, mask: torch.Tensor, tokenizer, prob: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token BERT masking (Devlin et al., 2019): every real, non-special token is chosen with
+    probability ``prob``; chosen tokens are corrupted 80/10/10 (:func:`_replace_chosen`).
+
+    Returns (input_ids, labels) with labels :data:`MLM_IGNORE_INDEX` on every position not chosen.
+    """
+    u = torch.rand(ids.shape, generator=generator, device=ids.device)
+    chosen = _maskable(ids, mask, tokenizer) & (u < prob)
+    return _replace_chosen(ids, chosen, tokenizer, generator)
+
+
+def continuation_pieces(tokenizer) -> torch.Tensor:
+    """Bool [len(tokenizer)]: True for the WordPiece continuation pieces (``##`` prefix)."""
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return torch.tensor([t is not None and t.startswith("##") for t in tokens], dtype=torch.bool)
+
+
+def whole_word_mask(
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    tokenizer,
+    prob: float,
+    generator: torch.Generator | None = None,
+    continuation: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole-word masking as the official collator (``whole_word_masking=True``: HuggingFace's
+    ``DataCollatorForWholeWordMask`` on captions padded to ``max_text_len``; BERT's WWM).
+
+    Per caption of ``T`` (padded) positions: the candidates are the positions other than [CLS] and
+    [SEP], a ``##`` continuation piece joined to the candidate before it (so a word is one
+    candidate); they are visited in a random order and a word is taken whole while the count of
+    taken positions stays within the budget ``max(1, round(T * prob))`` (a word that would exceed
+    it is skipped). Padding positions are candidates too, as in the official padded batches, and
+    are dropped afterwards with every special token, so about ``prob`` of the real tokens are
+    predicted whatever the caption length. The chosen positions are corrupted 80/10/10.
+
+    Args:
+        ids: token ids Long [B, T] (``[CLS] … [SEP] [PAD] …``).
+        mask: Bool [B, T], True on real tokens.
+        tokenizer: the tokenizer of ``ids``.
+        prob: the masking budget per caption position (official ``vl_mlm_prob`` 0.25).
+        generator: the RNG of the word order and of the corruption.
+        continuation: :func:`continuation_pieces` of ``tokenizer`` (computed when None).
+
+    Returns:
+        (input_ids, labels) with labels :data:`MLM_IGNORE_INDEX` where not chosen.
+    """
+    if continuation is None:
+        continuation = continuation_pieces(tokenizer)
+    B, T = ids.shape
+    budget = min(512, max(1, int(round(T * prob))))  # HF: max_predictions = 512
+    skip = torch.isin(ids, torch.tensor([tokenizer.cls_token_id, tokenizer.sep_token_id], device=ids.device))
+    cont = continuation.to(ids.device)[ids.clamp(0, len(continuation) - 1)]
+    skip_rows, cont_rows = skip.tolist(), cont.tolist()
+    chosen_rows = [[False] * T for _ in range(B)]
+    for b in range(B):
+        words: list[list[int]] = []
+        for i in range(T):
+            if skip_rows[b][i]:
+                continue
+            if words and cont_rows[b][i]:
+                words[-1].append(i)
+            else:
+                words.append([i])
+        taken = 0
+        for w in torch.randperm(len(words), generator=generator).tolist():
+            if taken >= budget:
+                break
+            if taken + len(words[w]) > budget:
+                continue
+            for i in words[w]:
+                chosen_rows[b][i] = True
+            taken += len(words[w])
+    chosen = torch.tensor(chosen_rows, dtype=torch.bool, device=ids.device) & _maskable(ids, mask, tokenizer)
+    return _replace_chosen(ids, chosen, tokenizer, generator)
 
 
 class PairDataset(Dataset):

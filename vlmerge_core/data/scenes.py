@@ -29,8 +29,6 @@ RGB = {
     "cyan": (55, 205, 215),
 }
 SIZES = ("small", "large")
-ROWS = ("top", "middle", "bottom")
-COLS = ("left", "center", "right")
 # answer of "where is ..." for each grid cell (row, col)
 CELL_NAMES = (
     ("top left", "top", "top right"),

@@ -6,7 +6,8 @@ import dataclasses
 import logging
 
 from vlmerge_core.config import load_params, profile_params
-from vlmerge_core.data.world import FORMAT, World, generate_world, load_world, run_info_path
+from vlmerge_core.data.layout import WORLD_FORMAT, run_info_path
+from vlmerge_core.data.world import World, generate_world, load_world
 from vlmerge_core.io import read_json, write_json
 from vlmerge_core.paths import resolve
 
@@ -36,8 +37,8 @@ def run_data_stage(
     meta = read_json(out / "meta.json") if (out / "meta.json").exists() else {}
     same = (
         (out / "stats.json").exists()
-        and meta.get("format") == FORMAT
-        and meta.get("config") == dataclasses.asdict(cfg)
+        and meta.get("format") == WORLD_FORMAT
+        and meta.get("config") == dataclasses.asdict(cfg)  # a world of older field names is regenerated
     )
     if force or not same:
         generate_world(cfg, out)

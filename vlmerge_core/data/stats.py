@@ -8,11 +8,13 @@ class for segmentation (mIoU over the classes that occur in the test masks, back
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from math import comb
 from typing import Any
 
 import numpy as np
 
+from vlmerge_core.data.layout import SPLITS, STYLES, world_files
 from vlmerge_core.data.loaders import encode_text
 
 
@@ -36,12 +38,22 @@ def _lengths(lens: np.ndarray) -> dict[str, float]:
     }
 
 
-def random_recall(n_images: int, per_image: int, k: int) -> dict[str, float]:
-    """Expected R@K of a random ranking: text->image (one right image among ``n_images``) and
-    image->text (any of its ``per_image`` captions among ``n_images * per_image``)."""
-    n_text = n_images * per_image
+def random_recall(captions_per_image: Sequence[int], k: int) -> dict[str, float]:
+    """Expected R@K of a random ranking, the one retrieval chance level of the suite (fractions).
+
+    ``t2i`` (image retrieval): the one right image is in the top ``k`` of ``n_images`` with
+    probability ``min(k, n) / n``. ``i2t`` (text retrieval): some of the ``c_i`` captions of image
+    ``i`` is in the top ``k`` of the ``n_text = sum c`` captions with probability
+    ``1 - C(n_text - c_i, k) / C(n_text, k)``, averaged over the images.
+
+    Args:
+        captions_per_image: the number of captions of each image.
+        k: the rank cut-off.
+    """
+    counts = Counter(int(c) for c in captions_per_image)
+    n_images, n_text = sum(counts.values()), sum(c * m for c, m in counts.items())
     k_i, k_t = min(k, n_images), min(k, n_text)
-    i2t = 1.0 - comb(n_text - per_image, k_t) / comb(n_text, k_t)
+    i2t = sum(m * (1.0 - comb(n_text - c, k_t) / comb(n_text, k_t)) for c, m in counts.items()) / n_images
     return {"t2i": k_i / n_images, "i2t": i2t}
 
 
@@ -61,8 +73,6 @@ def majority_miou(train_masks: np.ndarray, test_masks: np.ndarray, num_classes: 
 
 def compute_stats(world) -> dict[str, Any]:
     """The ``stats.json`` of a world (deterministic: no timings)."""
-    from vlmerge_core.data.world import SPLITS, STYLES, world_files
-
     tok = world.tokenizer()
     cfg = world.config
     counts, dists, lengths = {}, {}, {}
@@ -117,7 +127,9 @@ def compute_stats(world) -> dict[str, Any]:
         ),
         "imagenet_uniform_acc": 1.0 / world.num_image_classes,
         "ade20k_majority": majority_miou(world.masks("train"), world.masks("test"), world.num_seg_classes),
-        "retrieval_random": {f"r{k}": random_recall(n_test, cfg.captions_per_image, k) for k in (1, 5, 10)},
+        "retrieval_random": {
+            f"r{k}": random_recall([cfg.captions_per_image] * n_test, k) for k in (1, 5, 10)
+        },
     }
     files = {name: (world.root / name).stat().st_size for name in world_files()}
     return {

@@ -27,6 +27,7 @@ import numpy as np
 
 from vlmerge_core.config import DataConfig
 from vlmerge_core.data import grammar
+from vlmerge_core.data.layout import SPLITS, STYLES, WORLD_FORMAT, run_info_path
 from vlmerge_core.data.scenes import (
     COLOURS,
     NUM_IMAGE_CLASSES,
@@ -37,14 +38,12 @@ from vlmerge_core.data.scenes import (
     sample_scenes,
     scene_key,
 )
+from vlmerge_core.data.stats import compute_stats
 from vlmerge_core.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
-from vlmerge_core.io import atomic_write, read_json, write_run_info
+from vlmerge_core.io import atomic_write, read_json, write_json, write_run_info
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-STYLES = ("coco", "flickr")
-FORMAT = "vlmerge-world-v1"
 _STREAM = {"train": 0, "val": 1, "test": 2, "image_only": 3, "corpus": 4}
 _PURPOSE = {
     "scenes": 0,
@@ -56,20 +55,6 @@ _PURPOSE = {
     "text_cls": 6,
     "corpus": 7,
 }
-
-
-def run_info_path(root: str | Path) -> Path:
-    """Provenance of a world (``<root>.run_info.json``), kept beside the folder, not in it, so that the
-    folder's bytes, and hence its DVC hash, depend on the parameters alone."""
-    root = Path(root)
-    return root.with_name(root.name + ".run_info.json")
-
-
-def world_files() -> list[str]:
-    """Names of the deterministic files of a world folder (all but ``stats.json``)."""
-    names = [f"{k}_{s}.npy" for k in ("images", "masks", "labels") for s in SPLITS]
-    names += ["image_only.npy", "codebook.npy", "tokenizer.json", "meta.json"]
-    return sorted(names + [f"{k}.json" for k in ("scenes", "captions", "vqa", "nlvr2", "text_cls", "corpus")])
 
 
 def _rng(seed: int, stream: str, purpose: str) -> np.random.Generator:
@@ -158,34 +143,36 @@ def _draw(cfg: DataConfig) -> dict[str, Any]:
     scenes: dict[str, list] = {}
     keys: set = set()
     for split in ("test", "val", "train"):  # held-out splits first; later ones avoid their graphs
-        scenes[split] = sample_scenes(_rng(cfg.seed, split, "scenes"), sizes[split], M, S, exclude=keys)
+        scenes[split] = sample_scenes(_rng(cfg.rng_seed, split, "scenes"), sizes[split], M, S, exclude=keys)
         if split != "train":
             keys |= {scene_key(s) for s in scenes[split]}
-    scenes["image_only"] = sample_scenes(_rng(cfg.seed, "image_only", "scenes"), cfg.n_image_only, M, S, keys)
-    corpus_scenes = sample_scenes(_rng(cfg.seed, "corpus", "scenes"), cfg.n_corpus, M, S, keys)
+    scenes["image_only"] = sample_scenes(
+        _rng(cfg.rng_seed, "image_only", "scenes"), cfg.n_image_only, M, S, keys
+    )
+    corpus_scenes = sample_scenes(_rng(cfg.rng_seed, "corpus", "scenes"), cfg.n_corpus, M, S, keys)
 
     d: dict[str, Any] = {"scenes": scenes, "captions": {}, "vqa": {}, "nlvr2": {}, "text_cls": {}}
     for style in STYLES:
         d["captions"][style] = {}
         for split in SPLITS:
-            rng = _rng(cfg.seed, split, style)
+            rng = _rng(cfg.rng_seed, split, style)
             d["captions"][style][split] = [
                 [_caption(rng, sc, style) for _ in range(cfg.captions_per_image)] for sc in scenes[split]
             ]
     taken: set[str] = set()
     for split in ("test", "val", "train"):
-        rng = _rng(cfg.seed, split, "vqa")
+        rng = _rng(cfg.rng_seed, split, "vqa")
         d["vqa"][split] = [
             _vqa(rng, i, sc) for i, sc in enumerate(scenes[split]) for _ in range(cfg.vqa_per_image)
         ]
         d["nlvr2"][split] = _nlvr2(
-            _rng(cfg.seed, split, "nlvr2"), scenes[split], cfg.nlvr2_per_image * sizes[split]
+            _rng(cfg.rng_seed, split, "nlvr2"), scenes[split], cfg.nlvr2_per_image * sizes[split]
         )
         d["text_cls"][split] = _text_cls(
-            _rng(cfg.seed, split, "text_cls"), cfg.text_cls_per_image * sizes[split], M, S, taken
+            _rng(cfg.rng_seed, split, "text_cls"), cfg.text_cls_per_image * sizes[split], M, S, taken
         )
         taken |= {t for x in d["text_cls"][split] for t in x["text"]}
-    rng = _rng(cfg.seed, "corpus", "corpus")
+    rng = _rng(cfg.rng_seed, "corpus", "corpus")
     d["corpus"] = [
         _alt(rng, grammar.fact_sentence)
         if rng.random() < 0.1
@@ -252,7 +239,6 @@ def fit_codebook(images: np.ndarray, patch: int, k: int, seed: int) -> np.ndarra
 
 def generate_world(cfg: DataConfig, out_dir: str | Path | None = None) -> Path:
     """Generate the micro-world of ``cfg`` into ``out_dir`` (default: ``resolve(cfg.root)``)."""
-    from vlmerge_core.data.stats import compute_stats
     from vlmerge_core.paths import resolve
 
     t0 = time.perf_counter()
@@ -270,12 +256,12 @@ def generate_world(cfg: DataConfig, out_dir: str | Path | None = None) -> Path:
     labels = {}
     for split in (*SPLITS, "image_only"):
         images, masks = render_scenes(
-            d["scenes"][split], cfg.image_size, _rng(cfg.seed, split, "render"), cfg.noise_std
+            d["scenes"][split], cfg.image_size, _rng(cfg.rng_seed, split, "render"), cfg.noise_std
         )
         if split == "image_only":
             _write_npy(out / "image_only.npy", images)
             _write_npy(
-                out / "codebook.npy", fit_codebook(images, cfg.mim_patch, cfg.mim_codebook_size, cfg.seed)
+                out / "codebook.npy", fit_codebook(images, cfg.mim_patch, cfg.mim_codebook_size, cfg.rng_seed)
             )
             continue
         labels[split] = np.array([s["label"] for s in d["scenes"][split]], dtype=np.int64)
@@ -289,7 +275,7 @@ def generate_world(cfg: DataConfig, out_dir: str | Path | None = None) -> Path:
     _write_compact_json(out / "text_cls.json", d["text_cls"])
     _write_compact_json(out / "corpus.json", d["corpus"])
     meta = {
-        "format": FORMAT,
+        "format": WORLD_FORMAT,
         "config": dataclasses.asdict(cfg),
         "shapes": list(SHAPES),
         "colours": list(COLOURS),
@@ -300,8 +286,6 @@ def generate_world(cfg: DataConfig, out_dir: str | Path | None = None) -> Path:
     }
     _write_compact_json(out / "meta.json", meta)
     stats = compute_stats(load_world(out))
-    from vlmerge_core.io import write_json
-
     write_json(out / "stats.json", stats)
     seconds = time.perf_counter() - t0
     write_run_info(run_info_path(out), cfg, generation_seconds=round(seconds, 3))
@@ -310,17 +294,26 @@ def generate_world(cfg: DataConfig, out_dir: str | Path | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- reading
+def data_config_of(config: dict[str, Any]) -> DataConfig:
+    """The :class:`DataConfig` of a world's ``meta.json`` (a world written before the RNG seed field
+    was named ``rng_seed`` stores it as ``seed``; the generated data are the same)."""
+    config = dict(config)
+    if "seed" in config and "rng_seed" not in config:
+        config["rng_seed"] = config.pop("seed")
+    return DataConfig(**config)
+
+
 class World:
     """Read access to a generated micro-world folder (arrays and annotations load lazily)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.meta = read_json(self.root / "meta.json")
-        if self.meta.get("format") != FORMAT:
+        if self.meta.get("format") != WORLD_FORMAT:
             raise ValueError(
-                f"{self.root / 'meta.json'}: format {self.meta.get('format')!r}, expected {FORMAT!r}"
+                f"{self.root / 'meta.json'}: format {self.meta.get('format')!r}, expected {WORLD_FORMAT!r}"
             )
-        self.config = DataConfig(**self.meta["config"])
+        self.config = data_config_of(self.meta["config"])
         self.num_seg_classes: int = self.meta["num_seg_classes"]  # mask values 0..C (background included)
         self.num_image_classes: int = self.meta["num_image_classes"]
         self.tokenizer_path = self.root / "tokenizer.json"

@@ -1,4 +1,9 @@
-"""``vlmerge merge``, ``vlmerge distance``, ``vlmerge gram`` and ``vlmerge convert``."""
+"""``vlmerge merge``, ``vlmerge gram`` and ``vlmerge convert``.
+
+The options of ``vlmerge merge`` are built from the method registry: ``--method`` lists the
+registered methods and every knob adds its flag (shared by the methods that declare it), with its
+range and default in the help.
+"""
 
 from __future__ import annotations
 
@@ -6,60 +11,75 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 
-def _experts(text: str | None) -> list[str] | None:
-    if not text:
-        return None
-    out = [e.strip() for e in text.split(",") if e.strip()]
-    bad = [e for e in out if e not in ("v", "l", "vl")]
-    if bad:
-        raise ValueError(f"--experts: unknown expert(s) {bad}; use v, l, vl")
-    return out
+def knob_flags() -> dict[str, dict[str, Any]]:
+    """``{flag: {"dest", "type", "choices", "methods", "help"}}`` over every registered method's knobs."""
+    from vlmerge_core.merge.methods import METHODS
+
+    flags: dict[str, dict[str, Any]] = {}
+    for m in METHODS.values():
+        for k in m.knobs:
+            f = flags.setdefault(
+                k.cli_flag, {"dest": k.name, "type": k.type, "choices": k.choices, "methods": [], "help": []}
+            )
+            if f["dest"] != k.name or f["type"] is not k.type:
+                raise ValueError(f"{k.cli_flag}: knob {k.name!r} of {m.name!r} clashes with {f['dest']!r}")
+            f["methods"].append(m.name)
+            rng = k.range_text()
+            f["help"].append(
+                f"{m.name}: {k.help.split(': ', 1)[-1]}{'; ' + rng if rng else ''}; default {k.default}"
+            )
+    return flags
+
+
+def _stem_with_group(output: str, group: str) -> Path:
+    out = Path(output)
+    return out.with_name(f"{out.stem}__{group}{out.suffix or '.safetensors'}")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    from vlmerge_core.merge.methods import get_method
     from vlmerge_core.merge.stream import merge_checkpoint
+    from vlmerge_core.model.experts import merge_groups, parse_experts
 
-    params = {
-        "ratio": args.ratio,
-        "lam": args.lam,
-        "alpha": args.alpha,
-        "density": args.density,
-        "drop_rate": args.drop_rate,
-        "seed": args.seed,
-    }
-    out = merge_checkpoint(
-        args.ms_ckpt,
-        args.output,
-        args.method,
+    method = get_method(args.method)
+    params = {f["dest"]: getattr(args, f["dest"]) for f in knob_flags().values()}
+    common = dict(
         central_path=args.central,
         gram_path=args.gram,
         vl_start=args.vl_start,
-        task=args.task,
-        only_used_experts=not args.all_experts,
-        experts=_experts(args.experts),
+        only_used_experts=args.only_used_experts,
+        experts=parse_experts(args.experts),
         unimodal_paths=args.unimodal_paths,
         **params,
     )
-    print(out)
-    return 0
-
-
-def cmd_distance(args: argparse.Namespace) -> int:
-    from vlmerge_core.analysis.distance import weight_distances
-    from vlmerge_core.io import load_safetensors, write_json
-
-    ms, _ = load_safetensors(args.ms_ckpt)
-    central = load_safetensors(args.central)[0] if args.central else None
-    dist = weight_distances(
-        ms, central, args.k, experts=_experts(args.experts) or ("v", "l"), per_param=not args.no_params
+    groups = merge_groups(
+        task_dependent=method.task_dependent,
+        only_used_experts=args.only_used_experts,
+        unimodal_paths=args.unimodal_paths,
     )
-    write_json(args.output, dist)
-    tot = dist["total"]
-    print(json.dumps({m: tot[m] for m in ("l2", "cosine", "ssd", "tssd", "sign_conflict")}))
+    if args.task or args.experts or list(groups) == ["all"]:
+        print(merge_checkpoint(args.ms_ckpt, args.output, args.method, task=args.task or None, **common))
+        return 0
+    # a task-dependent merge without --task: one checkpoint per task group
+    written = {}
+    for group, tasks in groups.items():
+        path = _stem_with_group(args.output, group)
+        merge_checkpoint(
+            args.ms_ckpt,
+            path,
+            args.method,
+            task=tasks[0],
+            extra_info={"group": group, "tasks": list(tasks)},
+            **common,
+        )
+        written[group] = {"path": str(path), "tasks": list(tasks)}
+    print(json.dumps(written, sort_keys=True))
     return 0
 
 
@@ -69,8 +89,15 @@ def cmd_gram(args: argparse.Namespace) -> int:
     from vlmerge_core.model import load_model
 
     model = load_model(args.ms_ckpt)
-    grams = collect_grams(model, load_world(args.world), args.batches, batch_size=args.batch_size)
-    print(save_grams(args.output, grams, {"source": str(args.ms_ckpt), "batches": args.batches}))
+    grams = collect_grams(
+        model,
+        load_world(args.world),
+        args.batches,
+        batch_size=args.batch_size,
+        exclude_padding=args.exclude_padding,
+    )
+    meta = {"source": str(args.ms_ckpt), "batches": args.batches, "exclude_padding": args.exclude_padding}
+    print(save_grams(args.output, grams, meta))
     return 0
 
 
@@ -94,25 +121,38 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the merge-area subcommands to the ``vlmerge`` parser."""
     from vlmerge_core.merge.methods import METHODS
+    from vlmerge_core.model.experts import TASKS
 
     p = sub.add_parser("merge", help="merge a modality-specific checkpoint into a modality-agnostic one")
     p.add_argument("ms_ckpt", help="MS checkpoint (.safetensors; `vlmerge convert` official ones first)")
-    p.add_argument("--method", required=True, choices=sorted(METHODS))
     p.add_argument(
-        "--ratio", type=float, help="interpolation: weight of v against l (paper's ratio, default 0.5)"
+        "--method",
+        required=True,
+        choices=list(METHODS),
+        help="; ".join(f"{m.name}: {m.reference.split(',')[0]}" for m in METHODS.values()),
     )
+    for flag, f in knob_flags().items():
+        p.add_argument(flag, dest=f["dest"], type=f["type"], choices=f["choices"], help=" | ".join(f["help"]))
+    needs = [m.name for m in METHODS.values() if m.needs_central]
     p.add_argument(
-        "--lambda", dest="lam", type=float, help="arithmetic/ties/dare: scale of the modality vectors"
+        "--central", help=f"seed (MA) checkpoint, origin of the modality vectors ({', '.join(needs)})"
     )
-    p.add_argument("--central", help="seed (MA) checkpoint: origin of the modality vectors")
-    p.add_argument("--gram", help="Gram matrices (.safetensors from `vlmerge gram` or `vlmerge convert`)")
-    p.add_argument("--alpha", type=float, help="regmean: scale of the off-diagonal Gram entries")
-    p.add_argument("--density", type=float, help="ties: fraction of each modality vector kept")
-    p.add_argument("--drop-rate", type=float, help="dare: drop probability")
-    p.add_argument("--seed", type=int, help="dare: seed of the drop masks")
+    grams = [m.name for m in METHODS.values() if m.needs_grams]
+    p.add_argument(
+        "--gram", help=f"Gram matrices from `vlmerge gram` or `vlmerge convert` ({', '.join(grams)})"
+    )
     p.add_argument("--experts", help="merge only these experts in every block, e.g. v,l")
-    p.add_argument("--task", help="downstream task (vqa, coco, flickr, nlvr2, imagenet, ade20k, text)")
-    p.add_argument("--all-experts", action="store_true", help="turn off only_activate_used_experts")
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        help="downstream task; without it a task-dependent merge writes one file per task group "
+        "(<output stem>__<group>.safetensors)",
+    )
+    p.add_argument(
+        "--only-used-experts",
+        action="store_true",
+        help="only_activate_used_experts of the official code (default off, as the official config)",
+    )
     p.add_argument(
         "--unimodal-paths", action="store_true", help="image-only tasks from v, text-only from l (ours)"
     )
@@ -120,22 +160,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output MA checkpoint (.safetensors)")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("distance", help="weight-distance metrics between the experts of an MS checkpoint")
-    p.add_argument("ms_ckpt")
-    p.add_argument("--central", help="seed (MA) checkpoint; without it SSD/TSSD are not computed")
-    p.add_argument(
-        "--k", type=float, default=0.5, help="TSSD keeps this top fraction of each modality vector"
-    )
-    p.add_argument("--experts", help="experts compared (default v,l)")
-    p.add_argument("--no-params", action="store_true", help="leave out the per-parameter table")
-    p.add_argument("-o", "--output", required=True, help="output JSON")
-    p.set_defaults(func=cmd_distance)
-
     p = sub.add_parser("gram", help="collect RegMean Gram matrices of an MS checkpoint on a micro-world")
     p.add_argument("ms_ckpt")
     p.add_argument("--world", required=True, help="micro-world folder")
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--exclude-padding",
+        action="store_true",
+        help="sum over real tokens only (ours); default every token, as cache_gram_matrices.py",
+    )
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_gram)
 

@@ -37,9 +37,9 @@ import torch
 from torch import Tensor
 
 from vlmerge_core.io import save_safetensors
+from vlmerge_core.model.checkpoint import FORMAT
 
 log = logging.getLogger(__name__)
-FORMAT = "vlmerge-v1"
 MAX_TEXT_LEN_OF_INITCKPT = 196  # official config: text rows of the relative position table = 2 * 196 + 2
 BUFFERS = re.compile(
     r"(^|\.)(position_ids|token_type_ids|\w*relative_position_index|mask_for_combining_temporal)$"

@@ -1,11 +1,13 @@
 """Gram matrices of the inputs of every expert linear layer, for RegMean (Jin et al. 2023).
 
-``G = sum_t x_t x_t^T`` in float64, summed over all real tokens (padded text tokens excluded; the
-official ``cache_gram_matrices.py`` sums over padding too) and not divided by the count, for the
-input ``x`` of each linear layer of each expert: ``qkv`` (the input of the attention module: our
-``qkv`` runs through ``F.linear``, as BEiT), ``proj``, ``fc1`` and ``fc2``. Keys are module names,
-``blocks.{i}.attn.{e}.qkv``, ``blocks.{i}.attn.{e}.proj``, ``blocks.{i}.mlp.{e}.fc1``,
-``blocks.{i}.mlp.{e}.fc2``.
+``G = sum_t x_t x_t^T`` in float64, not divided by the count, for the input ``x`` of each linear layer
+of each expert: ``qkv`` (the input of the attention module: our ``qkv`` runs through ``F.linear``, as
+BEiT), ``proj``, ``fc1`` and ``fc2``. Keys are module names, ``blocks.{i}.attn.{e}.qkv``,
+``blocks.{i}.attn.{e}.proj``, ``blocks.{i}.mlp.{e}.fc1``, ``blocks.{i}.mlp.{e}.fc2``.
+
+By default the sum runs over every token of the ``(B*L, D)`` input, padded text positions included,
+as the official ``cache_gram_matrices.py`` (its hook flattens the whole input, no mask).
+``exclude_padding=True`` (ours) sums over the real tokens only.
 
 Routing follows the MS model: for each image-text batch an image-only pass feeds ``v`` (all
 blocks), a text-only pass feeds ``l`` (all blocks) and a fused pass feeds ``vl`` (fusion blocks);
@@ -24,13 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from vlmerge_core.io import load_safetensors, save_safetensors
+from vlmerge_core.model.checkpoint import FORMAT
 
 _PASS_EXPERT = {"image": "v", "text": "l", "fused": "vl"}
 
 
 class _State:
     expert: str | None = None  # expert recorded in the current pass
-    mask: Tensor | None = None  # Bool [B, N] of real tokens for the current sequence length(s)
+    mask: Tensor | None = None  # Bool [B, N] of the tokens summed; None = every token
 
 
 def _linear_modules(model: nn.Module) -> Iterator[tuple[str, str, nn.Module, str]]:
@@ -101,6 +104,7 @@ def collect_grams(
     *,
     batch_size: int = 32,
     passes: Iterable[str] = ("image", "text", "fused"),
+    exclude_padding: bool = False,
 ) -> dict[str, Tensor]:
     """Gram matrices of every expert linear input of an MS ``model`` over ``n_batches`` batches.
 
@@ -111,6 +115,7 @@ def collect_grams(
         n_batches: batches used.
         batch_size: batch size when a world is given.
         passes: which of the image-only (``v``), text-only (``l``) and fused (``vl``) passes to run.
+        exclude_padding: sum over real tokens only (ours); default every token, as the official code.
 
     Returns:
         ``{module name: float64 [in, in]}``; an expert that never ran (e.g. ``vl`` without fused
@@ -134,13 +139,14 @@ def collect_grams(
                         state.mask = None
                         model.forward_image(images)
                     elif p == "text":
-                        state.mask = mask
+                        state.mask = mask if exclude_padding else None
                         model.forward_text(ids, mask)
                     else:
                         if model.vl_start >= len(model.blocks):
                             continue
                         n_img = 1 + model.num_patches
-                        state.mask = torch.cat([torch.ones(mask.shape[0], n_img, dtype=torch.bool), mask], 1)
+                        keep = torch.cat([torch.ones(mask.shape[0], n_img, dtype=torch.bool), mask], 1)
+                        state.mask = keep if exclude_padding else None
                         model.forward_fused(images, ids, mask)
     finally:
         state.expert = None
@@ -153,7 +159,7 @@ def save_grams(path: str | Path, grams: Mapping[str, Tensor], meta: Mapping[str,
     return save_safetensors(
         path,
         {k: v.to(torch.float64) for k, v in grams.items()},
-        {"kind": "gram", "format": "vlmerge-v1", **(meta or {})},
+        {"kind": "gram", "format": FORMAT, **(meta or {})},
     )
 
 

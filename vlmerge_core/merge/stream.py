@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,10 @@ from torch import Tensor
 
 from vlmerge_core.io import read_safetensors_metadata, save_safetensors
 from vlmerge_core.merge.methods import MergeError
-from vlmerge_core.merge.unify import iter_unified
+from vlmerge_core.merge.unify import check_finite, iter_unified
+from vlmerge_core.model.checkpoint import FORMAT, model_config_from_meta
 
 log = logging.getLogger(__name__)
-FORMAT = "vlmerge-v1"
 
 
 _DTYPES = {
@@ -102,20 +102,9 @@ def return_freed_memory(threshold: int = 1 << 20) -> bool:
         return False
 
 
-def model_config_meta(meta: dict[str, str], path: str | Path) -> dict[str, Any]:
-    """The ``model_config`` mapping stored in a checkpoint's metadata."""
-    if "model_config" not in meta:
-        raise ValueError(
-            f"{path}: no model_config in the safetensors metadata (not a vlmerge checkpoint?); "
-            "convert official checkpoints with `vlmerge convert` first"
-        )
-    cfg = meta["model_config"]
-    return json.loads(cfg) if isinstance(cfg, str) else dict(cfg)
-
-
 def ma_metadata(ms_meta: dict[str, str], path: str | Path, merge_info: dict[str, Any]) -> dict[str, Any]:
     """Metadata of the merged MA checkpoint: the MS model_config with ``ms_components: []``."""
-    cfg = model_config_meta(ms_meta, path)
+    cfg = model_config_from_meta(ms_meta, path)
     cfg["ms_components"] = []
     return {
         "model_config": json.dumps(cfg, sort_keys=True),
@@ -123,6 +112,23 @@ def ma_metadata(ms_meta: dict[str, str], path: str | Path, merge_info: dict[str,
         "format": FORMAT,
         "merge": json.dumps(merge_info, sort_keys=True),
     }
+
+
+def _checked(
+    get: Callable[[str], Tensor] | None, source: str, seen: set[str]
+) -> Callable[[str], Tensor] | None:
+    """``get`` that refuses a tensor with a non-finite value (naming ``source`` and the key)."""
+    if get is None:
+        return None
+
+    def checked_get(key: str) -> Tensor:
+        t = get(key)
+        if key not in seen:
+            check_finite(t, key, source)
+            seen.add(key)
+        return t
+
+    return checked_get
 
 
 def merge_checkpoint(
@@ -134,29 +140,36 @@ def merge_checkpoint(
     gram_path: str | Path | None = None,
     vl_start: int | None = None,
     task: str | None = None,
-    only_used_experts: bool = True,
+    only_used_experts: bool = False,
     experts: Sequence[str] | None = None,
     unimodal_paths: bool = False,
     low_memory: bool = True,
+    extra_info: Mapping[str, Any] | None = None,
     **method_params: Any,
 ) -> Path:
     """Merge the MS checkpoint ``ms_path`` into an MA checkpoint at ``out_path`` (atomic write).
 
     ``vl_start`` defaults to the one in the checkpoint's ``model_config``. The output carries the
     MS ``model_config`` with ``ms_components: []`` (loads with ``load_model`` as MA), ``kind: ma``
-    and a ``merge`` record (method, parameters, task, experts). Other arguments as
-    :func:`~vlmerge_core.merge.unify.unify_state_dict`; ``low_memory`` calls :func:`return_freed_memory`.
+    and a ``merge`` record (method, parameters, task, experts, plus ``extra_info``). Other arguments
+    as :func:`~vlmerge_core.merge.unify.unify_state_dict`; ``low_memory`` calls
+    :func:`return_freed_memory`.
+
+    Raises:
+        MergeError: the MS file holds no expert tensor, the central file is MS, or any tensor of any
+            input file (pass-through tensors included) holds NaN/inf; the message names the file
+            and tensor, and nothing is written (an existing ``out_path`` is left untouched).
     """
     if low_memory:
         return_freed_memory()
     ms_meta = read_safetensors_metadata(ms_path)
-    cfg = model_config_meta(ms_meta, ms_path)
+    cfg = model_config_from_meta(ms_meta, ms_path)
     if vl_start is None:
         vl_start = int(cfg["vl_start"])
     if central_path is not None:
         c_meta = read_safetensors_metadata(central_path)
         if c_meta.get("kind") == "ms" or (
-            c_meta.get("model_config") and json.loads(c_meta["model_config"]).get("ms_components")
+            c_meta.get("model_config") and model_config_from_meta(c_meta, central_path).get("ms_components")
         ):
             raise MergeError(
                 f"{central_path}: the central checkpoint must be modality-agnostic (MA), "
@@ -171,27 +184,40 @@ def merge_checkpoint(
         "unimodal_paths": unimodal_paths,
         "source": Path(ms_path).name,
         "central": Path(central_path).name if central_path else None,
+        **(extra_info or {}),
     }
     out: dict[str, Tensor] = {}
     with (
         open_tensors(ms_path, "MS") as (get, keys),
-        open_tensors(central_path, "central") as (get_c, _),
-        open_tensors(gram_path, "Gram") as (get_g, _),
+        open_tensors(central_path, "central") as (get_c, c_keys),
+        open_tensors(gram_path, "Gram") as (get_g, g_keys),
     ):
+        sources = [
+            (str(ms_path), get, keys),
+            (str(central_path), get_c, c_keys),
+            (str(gram_path), get_g, g_keys),
+        ]
+        seen: list[set[str]] = [set(), set(), set()]
+        get_ms, get_central, get_gram = (_checked(g, src, sn) for (src, g, _), sn in zip(sources, seen))
         for name, tensor in iter_unified(
             keys,
-            get,
+            get_ms,
             method,
             vl_start=vl_start,
-            get_central=get_c,
-            get_gram=get_g,
+            get_central=get_central,
+            get_gram=get_gram,
             task=task,
             only_used_experts=only_used_experts,
             experts=experts,
             unimodal_paths=unimodal_paths,
+            source=str(ms_path),
             **method_params,
         ):
             out[name] = tensor
+        for (src, g, ks), sn in zip(sources, seen):  # every other tensor of every input: no NaN/inf
+            for k in ks if g is not None else ():
+                if k not in sn:
+                    check_finite(g(k), k, src)
     log.info("merged %s by %s: %d tensors", ms_path, method, len(out))
     save_safetensors(out_path, out, ma_metadata(ms_meta, ms_path, info))
     return Path(out_path)

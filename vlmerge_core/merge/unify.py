@@ -1,49 +1,77 @@
 """MS -> MA unification: merge the per-expert copies of each block parameter into one shared copy.
 
-An MS state dict names expert copies ``blocks.{i}.{attn|mlp|norm1|norm2}.{v|l|vl}.<param>``; the MA
-name is the same without the expert level. Each such group is merged by one method of
-:mod:`vlmerge_core.merge.methods`; every other tensor (embeddings, layer scales, relative position
-bias, final norm, heads, and components that are shared in this MS variant) passes through, as
-``merge_weights`` / ``sum_task_vectors`` / ``regmean`` of the official code (PAPER.md §4).
+An MS state dict names expert copies ``blocks.{i}.{attn|mlp|norm1|norm2}.{v|l|vl}.<param>``
+(:data:`~vlmerge_core.model.experts.EXPERT_KEY`); the MA name is the same without the expert level.
+Each such group is merged by one method of :mod:`vlmerge_core.merge.methods`; every other tensor
+(embeddings, layer scales, relative position bias, final norm, heads, and components that are shared
+in this MS variant) passes through, as ``merge_weights`` / ``sum_task_vectors`` / ``regmean`` of the
+official code (PAPER.md §4).
 
-Which experts are merged in block ``i`` (``used_experts``) follows the official code:
-below ``vl_start`` ``{v, l}``; from ``vl_start`` with ``only_used_experts``: retrieval (coco, flickr)
--> ``{v, l}``, vqa and nlvr2 -> ``{vl}``, any other task or none -> all experts (the official
-interpolation/arithmetic code has no branch for other tasks; PAPER.md reads it as "all"). RegMean in
-the official code ignores ``only_used_experts``: retrieval -> ``{v, l}``, vqa -> ``{vl}``, else all
-(nlvr2 included); we mirror that. ``unimodal_paths=True`` (ours, off by default) merges image-only
-tasks (imagenet, ade20k) from ``{v}`` and text-only tasks (text) from ``{l}``, the experts they run.
+Which experts are merged in a block follows :func:`vlmerge_core.model.experts.block_experts` (the
+official rule; ``only_used_experts`` defaults to False as the official ``config.py``; methods
+declared ``task_dependent``, RegMean, follow the task whatever the flag). A lone expert passes
+through unchanged in every method (the official code gives it weight 1).
 """
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from vlmerge_core.merge.methods import MergeError, MergeMethod, get_method, interpolation_weights
+from vlmerge_core.merge.methods import MergeError, MergeMethod, get_method
+from vlmerge_core.model.experts import EXPERTS, block_experts, experts_for_block, split_expert_key
 
-EXPERTS = ("v", "l", "vl")
-COMPONENTS = ("attn", "mlp", "norm1", "norm2")
-RETRIEVAL_TASKS = ("coco", "flickr")
-FUSION_TASKS = ("vqa", "nlvr2")
-IMAGE_TASKS = ("imagenet", "ade20k")
-TEXT_TASKS = ("text",)
-_EXPERT_KEY = re.compile(r"^blocks\.(\d+)\.(attn|mlp|norm1|norm2)\.(v|l|vl)\.(.+)$")
+__all__ = [
+    "LazyGrams",
+    "check_finite",
+    "gram_key",
+    "iter_unified",
+    "merge_group",
+    "method_params",
+    "plan_groups",
+    "split_expert_key",
+    "unify_state_dict",
+    "used_experts",
+]
+
 _LINEAR = re.compile(r"^blocks\.(\d+)\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.weight$")
-_SINGLE_EXPERT_LAMBDA_ONE = ("arithmetic", "ties", "dare")
 
 
-def split_expert_key(key: str) -> tuple[str, int, str] | None:
-    """``blocks.3.mlp.vl.fc1.weight`` -> (``blocks.3.mlp.fc1.weight``, 3, ``vl``); None if not per expert."""
-    m = _EXPERT_KEY.match(key)
-    if m is None:
-        return None
-    block, comp, expert, rest = m.groups()
-    return f"blocks.{block}.{comp}.{rest}", int(block), expert
+def check_finite(t: Tensor, key: str, source: str) -> None:
+    """Raise :class:`MergeError` ``"<source>: tensor <key> holds NaN/inf"`` if ``t`` is not all finite.
+
+    A sum detects it without a boolean temporary (NaN and inf propagate); only when the sum is not
+    finite (a non-finite value, or an overflow of the sum itself) does the element-wise test decide.
+    """
+    if not t.is_floating_point() or t.numel() == 0:
+        return
+    if bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all()):
+        return
+    bad = "NaN" if bool(torch.isnan(t).any()) else "inf"
+    raise MergeError(f"{source}: tensor {key} holds {bad} values; nothing was merged")
+
+
+class LazyGrams(Sequence):
+    """The Gram matrices of one group, read when indexed and not kept: a method that uses one at a
+    time (RegMean accumulates ``sum_m G~^m``) holds one ``[in, in]`` float64 matrix, not ``M``."""
+
+    def __init__(self, target: str, keys: Sequence[str], get: Callable[[str], Tensor]):
+        self.target, self.keys, self.get = target, list(keys), get
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int | slice) -> Tensor | list[Tensor]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        try:
+            return self.get(self.keys[i])
+        except KeyError:
+            raise MergeError(f"{self.target}: Gram matrix {self.keys[i]} not found") from None
 
 
 def gram_key(target: str, expert: str) -> str | None:
@@ -55,11 +83,14 @@ def gram_key(target: str, expert: str) -> str | None:
     return f"blocks.{m.group(1)}.{comp}.{expert}.{lin}"
 
 
-def plan_groups(keys: Sequence[str], vl_start: int) -> tuple[dict[str, dict[str, str]], list[str]]:
+def plan_groups(
+    keys: Sequence[str], vl_start: int, source: str = "MS state dict"
+) -> tuple[dict[str, dict[str, str]], list[str]]:
     """Group MS keys by MA target: ``{target: {expert: ms_key}}``, plus the pass-through keys.
 
-    Raises :class:`MergeError` when an expert copy is missing (naming the missing key) or a target
-    is also present as a shared tensor.
+    Raises :class:`MergeError` when there is no expert tensor at all (an MA checkpoint given as
+    the MS input), an expert copy is missing (naming the missing key) or a target is also present
+    as a shared tensor.
     """
     groups: dict[str, dict[str, str]] = {}
     passthrough: list[str] = []
@@ -70,12 +101,17 @@ def plan_groups(keys: Sequence[str], vl_start: int) -> tuple[dict[str, dict[str,
             continue
         target, _, expert = parsed
         groups.setdefault(target, {})[expert] = key
+    if not groups:
+        raise MergeError(
+            f"{source}: no expert tensor (blocks.<i>.<component>.<v|l|vl>.*): a modality-agnostic "
+            "checkpoint given where a modality-specific one is expected?"
+        )
     shared = set(passthrough)
     for target, members in groups.items():
         if target in shared:
             raise MergeError(f"{target}: present both shared and per expert ({sorted(members)})")
         block = int(target.split(".")[1])
-        expected = ("v", "l") if block < vl_start else EXPERTS
+        expected = experts_for_block(block, vl_start)
         missing = [e for e in expected if e not in members]
         if missing:
             some = next(iter(members.values()))
@@ -98,12 +134,12 @@ def used_experts(
     *,
     vl_start: int,
     task: str | None = None,
-    only_used_experts: bool = True,
-    method: str = "interpolation",
+    only_used_experts: bool = False,
+    method: str | MergeMethod = "interpolation",
     experts: Sequence[str] | None = None,
     unimodal_paths: bool = False,
 ) -> list[str]:
-    """The experts merged in ``block`` (see the module docstring), in ``v, l, vl`` order."""
+    """The experts merged in ``block``, in ``v, l, vl`` order (``experts`` overrides the task rule)."""
     avail = [e for e in EXPERTS if e in available]
     if experts is not None:
         chosen = [e for e in avail if e in experts]
@@ -112,37 +148,20 @@ def used_experts(
                 f"block {block}: none of the requested experts {list(experts)} is present ({avail})"
             )
         return chosen
-    if unimodal_paths and task in IMAGE_TASKS:
-        return [e for e in avail if e == "v"]
-    if unimodal_paths and task in TEXT_TASKS:
-        return [e for e in avail if e == "l"]
-    if block < vl_start:
-        return [e for e in avail if e in ("v", "l")]
-    if method == "regmean" or only_used_experts:
-        if task in RETRIEVAL_TASKS:
-            return [e for e in avail if e in ("v", "l")]
-        if task == "vqa" or (task == "nlvr2" and method != "regmean"):
-            return [e for e in avail if e == "vl"]
-    return avail
+    rule = block_experts(
+        block,
+        vl_start=vl_start,
+        task=task,
+        task_dependent=get_method(method).task_dependent,
+        only_used_experts=only_used_experts,
+        unimodal_paths=unimodal_paths,
+    )
+    return [e for e in avail if e in rule]
 
 
 def method_params(method: MergeMethod | str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Check ``params`` against the keyword parameters ``method`` accepts; return them without Nones."""
-    method = get_method(method) if isinstance(method, str) else method
-    sig = inspect.signature(method.fn).parameters
-    allowed = {n for n, p in sig.items() if p.kind is p.KEYWORD_ONLY} - {
-        "name",
-        "central",
-        "grams",
-        "weights",
-    }
-    if method.name == "interpolation":
-        allowed |= {"ratio", "weights"}
-    given = {k: v for k, v in params.items() if v is not None}
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        raise MergeError(f"merge method {method.name!r} does not take {unknown}; it takes {sorted(allowed)}")
-    return given
+    """``params`` without Nones, checked against the knobs ``method`` declares."""
+    return get_method(method).check_params(params)
 
 
 def merge_group(
@@ -154,30 +173,30 @@ def merge_group(
     central: Tensor | None = None,
     grams: Sequence[Tensor] | None = None,
     params: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Tensor:
-    """Merge the expert tensors of one MA parameter ``target`` with ``method``."""
+    """Merge the expert tensors of one MA parameter ``target`` with ``method``.
+
+    A lone expert passes through unchanged in every method (the official code gives it weight 1).
+    """
+    if len(tensors) == 1:
+        return tensors[0].detach().clone()
     params = dict(params or {})
-    kwargs: dict[str, Any] = {"name": target}
-    if method.name == "interpolation":
-        ratio = params.pop("ratio", 0.5)
-        weights = params.pop("weights", None)
-        if weights is not None:
-            ws = [float(weights[e]) for e in experts]
-            kwargs["weights"] = [w / sum(ws) for w in ws]
-        else:
-            try:
-                kwargs["weights"] = interpolation_weights(experts, ratio)
-            except MergeError as exc:
-                raise MergeError(f"{target}: {exc}") from None
+    kwargs: dict[str, Any] = {"name": target, **(extra or {})}
+    if method.bind is not None:
+        try:
+            kwargs.update(method.bind(experts, params))
+        except MergeError as exc:
+            raise MergeError(f"{target}: {exc}") from None
+        params = {}  # bind consumed them
     if method.needs_central:
         if central is None:
             raise MergeError(f"{target}: merge method {method.name!r} needs the central (seed) checkpoint")
         kwargs["central"] = central
     if method.needs_grams and grams is not None:
         kwargs["grams"] = grams
-    if method.name in _SINGLE_EXPERT_LAMBDA_ONE and len(tensors) == 1:
-        params["lam"] = 1.0  # the official code gives a lone used expert weight 1
-    return method.fn(list(tensors), **kwargs, **params)
+    out = method.fn(list(tensors), **kwargs, **params)
+    return out.contiguous()  # the writer needs contiguous tensors: copy now, while one group is alive
 
 
 def iter_unified(
@@ -189,56 +208,73 @@ def iter_unified(
     get_central: Callable[[str], Tensor] | None = None,
     get_gram: Callable[[str], Tensor] | None = None,
     task: str | None = None,
-    only_used_experts: bool = True,
+    only_used_experts: bool = False,
     experts: Sequence[str] | None = None,
     unimodal_paths: bool = False,
+    source: str = "MS state dict",
     **params: Any,
 ) -> Iterator[tuple[str, Tensor]]:
     """Yield ``(ma_name, tensor)`` one group at a time, reading tensors lazily through ``get``.
 
-    The driver of :func:`unify_state_dict` and of the streaming :func:`merge_checkpoint`.
+    The driver of :func:`unify_state_dict` and of the streaming ``merge_checkpoint``. A method with
+    a ``prepare`` hook (TIES per modality vector) first reads every merged group once more.
     """
-    method = get_method(method) if isinstance(method, str) else method
+    method = get_method(method)
     params = method_params(method, params)
     if method.needs_central and get_central is None:
         raise MergeError(f"merge method {method.name!r} needs the central (seed) checkpoint")
     if method.needs_grams and get_gram is None:
-        raise MergeError("merge method 'regmean' needs Gram matrices")
-    groups, passthrough = plan_groups(keys, vl_start)
-    for key in passthrough:
-        yield key, get(key)
+        raise MergeError(f"merge method {method.name!r} needs Gram matrices")
+    groups, passthrough = plan_groups(keys, vl_start, source)
+    plan = []
     for target in sorted(groups):
         members = groups[target]
-        block = int(target.split(".")[1])
         use = used_experts(
-            block,
+            int(target.split(".")[1]),
             list(members),
             vl_start=vl_start,
             task=task,
             only_used_experts=only_used_experts,
-            method=method.name,
+            method=method,
             experts=experts,
             unimodal_paths=unimodal_paths,
         )
-        tensors = [get(members[e]) for e in use]
-        central = None
-        if method.needs_central:
-            try:
-                central = get_central(target)
-            except KeyError:
-                raise MergeError(
-                    f"central checkpoint has no tensor {target} (a checkpoint of another architecture?)"
-                ) from None
+        plan.append((target, use, [members[e] for e in use]))
+
+    def central_of(target: str) -> Tensor | None:
+        if not method.needs_central:
+            return None
+        try:
+            return get_central(target)
+        except KeyError:
+            raise MergeError(
+                f"central checkpoint has no tensor {target} (a checkpoint of another architecture?)"
+            ) from None
+
+    per_group = None
+    if method.prepare is not None:
+
+        def read_groups() -> Iterator[tuple[str, list[str], list[Tensor], Tensor | None]]:
+            for target, use, ms_keys in plan:
+                if len(use) > 1:
+                    yield target, use, [get(k) for k in ms_keys], central_of(target)
+
+        per_group = method.prepare(read_groups, params)
+    for key in passthrough:
+        yield key, get(key)
+    for target, use, ms_keys in plan:
+        tensors = [get(k) for k in ms_keys]
         grams = None
-        if method.needs_grams and gram_key(target, use[0]) is not None:
-            grams = []
-            for e in use:
-                gk = gram_key(target, e)
-                try:
-                    grams.append(get_gram(gk))
-                except KeyError:
-                    raise MergeError(f"{target}: Gram matrix {gk} not found") from None
-        yield target, merge_group(method, target, tensors, use, central=central, grams=grams, params=params)
+        if method.needs_grams and len(use) > 1 and gram_key(target, use[0]) is not None:
+            grams = LazyGrams(target, [gram_key(target, e) for e in use], get_gram)
+        extra = per_group(target, use) if per_group is not None and len(use) > 1 else None
+        central = central_of(target) if len(use) > 1 else None
+        yield (
+            target,
+            merge_group(
+                method, target, tensors, use, central=central, grams=grams, params=params, extra=extra
+            ),
+        )
 
 
 def _getter(sd: Mapping[str, Tensor], what: str) -> Callable[[str], Tensor]:
@@ -258,7 +294,7 @@ def unify_state_dict(
     central: Mapping[str, Tensor] | None = None,
     grams: Mapping[str, Tensor] | None = None,
     task: str | None = None,
-    only_used_experts: bool = True,
+    only_used_experts: bool = False,
     experts: Sequence[str] | None = None,
     unimodal_paths: bool = False,
     **method_params: Any,
@@ -269,27 +305,28 @@ def unify_state_dict(
         ms_sd: modality-specific state dict.
         method: a name of :data:`~vlmerge_core.merge.methods.METHODS`.
         vl_start: first fusion block (experts ``v, l`` below it, ``v, l, vl`` from it).
-        central: the seed (MA) state dict; needed by arithmetic, ties and dare.
-        grams: Gram matrices keyed by expert module name (``blocks.3.attn.v.qkv``); regmean.
-        task: downstream task, for ``only_used_experts``.
+        central: the seed (MA) state dict, for methods that declare ``needs_central``.
+        grams: Gram matrices keyed by expert module name (``blocks.3.attn.v.qkv``), for ``needs_grams``.
+        task: downstream task, for the task -> experts rule.
         only_used_experts: keep only the experts the task uses in fusion blocks (official flag).
         experts: explicit experts to merge in every block (overrides the task rule).
         unimodal_paths: merge image-only tasks from ``v`` and text-only tasks from ``l`` (ours).
-        **method_params: ``ratio``/``weights`` (interpolation), ``lam``, ``alpha``, ``density``,
-            ``drop_rate``, ``seed``.
+        **method_params: the method's knobs (its registration lists them).
+
+    Raises:
+        MergeError: a non-finite value in any input tensor, no expert tensor, a missing tensor...
     """
-    get_central = None
-    if central is not None:
-        get_central = _getter(central, "central")
-    get_gram = _getter(grams, "grams") if grams is not None else None
+    for what, sd in (("MS state dict", ms_sd), ("central state dict", central), ("grams", grams)):
+        for k, t in (sd or {}).items():
+            check_finite(t, k, what)
     return dict(
         iter_unified(
             list(ms_sd),
             _getter(ms_sd, "ms"),
             method,
             vl_start=vl_start,
-            get_central=get_central,
-            get_gram=get_gram,
+            get_central=_getter(central, "central") if central is not None else None,
+            get_gram=_getter(grams, "grams") if grams is not None else None,
             task=task,
             only_used_experts=only_used_experts,
             experts=experts,

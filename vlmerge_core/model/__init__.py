@@ -1,33 +1,48 @@
-"""The VLMo-style multiway transformer (MS and MA), its heads, initialisation and checkpoints."""
+"""The VLMo-style multiway transformer (MS and MA), its experts, heads, initialisation and checkpoints.
+
+Names are imported on first use (PEP 562): ``vlmerge_core.model.experts`` (pure Python) can be read
+by :mod:`vlmerge_core.config` without importing torch.
+"""
 
 from __future__ import annotations
 
-from vlmerge_core.model.block import COMPONENTS, MS_VARIANTS, MultiwayBlock, experts_for_block
-from vlmerge_core.model.checkpoint import (
-    CheckpointMismatchError,
-    load_model,
-    load_state,
-    load_state_strict,
-    model_config_of,
-    save_model,
-)
-from vlmerge_core.model.init import init_ms_from_ma, init_weights, load_timm_into_v, strip_expert
-from vlmerge_core.model.multiway import MultiwayTransformer
+import importlib
+from typing import Any
 
-__all__ = [
-    "COMPONENTS",
-    "MS_VARIANTS",
-    "CheckpointMismatchError",
-    "MultiwayBlock",
-    "MultiwayTransformer",
-    "experts_for_block",
-    "init_ms_from_ma",
-    "init_weights",
-    "load_model",
-    "load_state",
-    "load_state_strict",
-    "load_timm_into_v",
-    "model_config_of",
-    "save_model",
-    "strip_expert",
-]
+_LAZY: dict[str, str] = {
+    "COMPONENTS": "experts",
+    "EXPERTS": "experts",
+    "EXPERT_KEY": "experts",
+    "experts_for_block": "experts",
+    "strip_expert": "experts",
+    "MS_VARIANTS": "block",
+    "MultiwayBlock": "block",
+    "FORMAT": "checkpoint",
+    "CheckpointMismatchError": "checkpoint",
+    "load_model": "checkpoint",
+    "load_state": "checkpoint",
+    "load_state_strict": "checkpoint",
+    "model_config_from_meta": "checkpoint",
+    "model_config_of": "checkpoint",
+    "save_model": "checkpoint",
+    "init_ms_from_ma": "init",
+    "init_multiway_weights": "init",
+    "load_timm_into_v": "init",
+    "rescale_residual_": "init",
+    "MultiwayTransformer": "multiway",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"vlmerge_core.model.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vlmerge_core.model' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = sorted(_LAZY)

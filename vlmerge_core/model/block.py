@@ -17,11 +17,15 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
+from vlmerge_core.model.experts import COMPONENTS
 from vlmerge_core.model.layers import Attention, Mlp
 
-__all__ = ["COMPONENTS", "MS_VARIANTS", "MultiwayBlock", "experts_for_block"]
+__all__ = ["MS_VARIANTS", "MultiwayBlock"]
 
-COMPONENTS = ("norm1", "attn", "norm2", "mlp")
+# The components in forward order (norm1 -> attn, norm2 -> mlp): the registration order, hence the
+# state-dict order and the order in which the random init draws. The names are those of COMPONENTS.
+FORWARD_ORDER = ("norm1", "attn", "norm2", "mlp")
+assert set(FORWARD_ORDER) == set(COMPONENTS)
 
 # Which components each architecture variant of the paper makes modality-specific, as the official
 # named configs do (src/vilt/config.py + Block.__init__):
@@ -31,16 +35,11 @@ COMPONENTS = ("norm1", "attn", "norm2", "mlp")
 #             makes norm2 per expert                                           -> mlp, norm2;
 #   ln_moe:   no MoE, custom LN attn and ffn                                    -> norm1, norm2.
 MS_VARIANTS: dict[str, list[str]] = {
-    "all": ["attn", "mlp", "norm1", "norm2"],
+    "all": list(COMPONENTS),
     "attn": ["attn", "norm1"],
     "ffn": ["mlp", "norm2"],
     "ln": ["norm1", "norm2"],
 }
-
-
-def experts_for_block(index: int, vl_start: int) -> list[str]:
-    """The experts of block ``index``: ``v``, ``l`` and, from ``vl_start`` up, ``vl``."""
-    return ["v", "l", "vl"] if index >= vl_start else ["v", "l"]
 
 
 class MultiwayBlock(nn.Module):
@@ -50,7 +49,7 @@ class MultiwayBlock(nn.Module):
         dim: width D.
         num_heads: attention heads.
         mlp_ratio: MLP hidden size / D.
-        experts: expert names of this block (see :func:`experts_for_block`).
+        experts: expert names of this block (see :func:`vlmerge_core.model.experts.experts_for_block`).
         ms_components: the components that get one copy per expert.
         layer_scale_init: initial value of ``gamma_1``/``gamma_2``; 0 = no layer scale.
         drop_path: stochastic depth rate of this block.
@@ -68,14 +67,14 @@ class MultiwayBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.experts = list(experts)
-        self.ms_components = tuple(c for c in COMPONENTS if c in ms_components)
+        self.ms_components = tuple(c for c in FORWARD_ORDER if c in ms_components)
         makers: dict[str, Callable[[], nn.Module]] = {
             "norm1": lambda: nn.LayerNorm(dim, eps=1e-6),
             "attn": lambda: Attention(dim, num_heads, qkv_bias=True),
             "norm2": lambda: nn.LayerNorm(dim, eps=1e-6),
             "mlp": lambda: Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU),
         }
-        for name in COMPONENTS:  # registration order = state-dict order
+        for name in FORWARD_ORDER:  # registration order = state-dict order
             if name in self.ms_components:
                 setattr(self, name, nn.ModuleDict({e: makers[name]() for e in self.experts}))
             else:

@@ -1,6 +1,8 @@
 """Model checkpoints as safetensors with the model config in the metadata.
 
-Metadata: ``{"model_config": <json>, "kind": "ms"|"ma", "format": "vlmerge-v1", ...extra}``.
+Metadata: ``{"model_config": <json>, "kind": "ms"|"ma", "format": FORMAT, ...extra}``. :data:`FORMAT` is
+the one checkpoint format tag of the suite and :func:`model_config_from_meta` the one reader of the
+stored ``model_config``; every writer and reader of checkpoints (merge, convert) imports them.
 Loading is strict: a missing, unexpected or differently shaped tensor raises an error naming the
 first such tensor, so that a checkpoint of another architecture never loads silently.
 """
@@ -25,11 +27,12 @@ __all__ = [
     "load_model",
     "load_state",
     "load_state_strict",
+    "model_config_from_meta",
     "model_config_of",
     "save_model",
 ]
 
-FORMAT = "vlmerge-v1"
+FORMAT = "vlmerge-v1"  # the checkpoint format tag (safetensors metadata "format")
 
 
 class CheckpointMismatchError(ValueError):
@@ -54,12 +57,36 @@ def save_model(path: str | Path, model: nn.Module, extra_meta: Mapping[str, Any]
     return save_safetensors(path, state, meta)
 
 
-def model_config_of(path: str | Path) -> ModelConfig:
-    """The :class:`ModelConfig` stored in a checkpoint's metadata."""
-    meta = read_safetensors_metadata(path)
+def model_config_from_meta(meta: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
+    """The ``model_config`` mapping stored in a checkpoint's metadata (a JSON string or a mapping).
+
+    Args:
+        meta: the safetensors metadata of ``path``.
+        path: the checkpoint, named in the error.
+
+    Raises:
+        CheckpointMismatchError: the metadata holds no ``model_config`` or not valid JSON.
+    """
     if "model_config" not in meta:
-        raise KeyError(f"{path}: no 'model_config' in the checkpoint metadata (not a vlmerge checkpoint?)")
-    return section_from_dict(ModelConfig, json.loads(meta["model_config"]), src=str(path), prefix="model")
+        raise CheckpointMismatchError(
+            f"{path}: no model_config in the safetensors metadata (not a vlmerge checkpoint?); "
+            "convert official checkpoints with `vlmerge convert` first"
+        )
+    cfg = meta["model_config"]
+    if not isinstance(cfg, str):
+        return dict(cfg)
+    try:
+        return json.loads(cfg)
+    except json.JSONDecodeError as exc:
+        raise CheckpointMismatchError(
+            f"{path}: model_config in the metadata is not valid JSON ({exc})"
+        ) from None
+
+
+def model_config_of(path: str | Path) -> ModelConfig:
+    """The :class:`ModelConfig` stored in a checkpoint's metadata (checked as ``params.yaml`` is)."""
+    cfg = model_config_from_meta(read_safetensors_metadata(path), path)
+    return section_from_dict(ModelConfig, cfg, src=str(path), prefix="model")
 
 
 def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

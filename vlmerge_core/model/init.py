@@ -1,7 +1,9 @@
 """Initialisation paths: random, MS from MA (every expert a copy), and BEiT/ViT weights from timm.
 
-- :func:`init_weights`: BEiT/VLMo init (truncated normal std 0.02, LayerNorm 1/0, the residual
-  output projections rescaled by ``1/sqrt(2 * (layer + 1))`` as BEiT's ``fix_init_weight``).
+- :func:`init_multiway_weights`: BEiT/VLMo random init (truncated normal of std ``init_std``, LayerNorm
+  1/0), then :func:`rescale_residual_`, the official ``_rescale``: the weights of ``attn.proj``,
+  ``mlp.fc1`` *and* ``mlp.fc2`` of block ``i`` divided by ``sqrt(2 (i + 1))`` (BEiT's
+  ``fix_init_weight`` rescales ``proj`` and ``fc2`` only; the vl-merging/VLMo code also ``fc1``).
 - :func:`init_ms_from_ma`: the paper's MS start (Sung et al. 2023, §3; official
   ``use_vision_weights_for_other_modalities``): every expert of a component is a copy of the shared
   weight of an MA state dict (a seed checkpoint, or the init checkpoint for "no seed").
@@ -22,22 +24,50 @@ import torch
 from timm.layers import trunc_normal_
 from torch import nn
 
-__all__ = ["EXPERT_KEY", "init_ms_from_ma", "init_weights", "load_timm_into_v", "strip_expert"]
+from vlmerge_core.model.experts import EXPERT_KEY, strip_expert
+
+__all__ = [
+    "EXPERT_KEY",
+    "init_ms_from_ma",
+    "init_multiway_weights",
+    "load_timm_into_v",
+    "rescale_residual_",
+    "strip_expert",
+]
 
 log = logging.getLogger(__name__)
 
-# blocks.{i}.{component}.{expert}.{rest}
-EXPERT_KEY = re.compile(r"^(blocks\.\d+\.(?:attn|mlp|norm1|norm2))\.(v|l|vl)\.(.+)$")
+
+def rescale_residual_(model: nn.Module) -> list[str]:
+    """The official ``_rescale`` (``vision_transformer.py`` of vl-merging), in place.
+
+    In block ``i`` every weight (not bias) of the attention output projection and of both MLP layers
+    is divided by ``sqrt(2 (i + 1))``; the predicate on a block parameter name ``n`` is the
+    official one: ``("attn" in n and "proj" in n)`` or ``("mlp" in n and "fc" in n)``, without
+    ``"bias"`` in ``n``. Every expert of an MS block is rescaled alike.
+
+    Returns:
+        The names (``blocks.{i}.…``) of the rescaled tensors.
+    """
+    done = []
+    for i, blk in enumerate(model.blocks):
+        scale = 1.0 / math.sqrt(2.0 * (i + 1))
+        for name, p in blk.named_parameters():
+            is_attn_out = "attn" in name and "proj" in name
+            is_mlp = "mlp" in name and "fc" in name
+            if (is_attn_out or is_mlp) and "bias" not in name:
+                with torch.no_grad():
+                    p.mul_(scale)
+                done.append(f"blocks.{i}.{name}")
+    return done
 
 
-def strip_expert(name: str) -> str:
-    """The MA name of an MS parameter name (``blocks.3.attn.vl.proj.weight`` -> ``blocks.3.attn.proj.weight``)."""
-    m = EXPERT_KEY.match(name)
-    return f"{m.group(1)}.{m.group(3)}" if m else name
+def init_multiway_weights(model: nn.Module) -> None:
+    """Random init of a :class:`MultiwayTransformer` (BEiT/VLMo scheme, std ``cfg.init_std``).
 
-
-def init_weights(model: nn.Module) -> None:
-    """Random init of a :class:`MultiwayTransformer` (BEiT/VLMo scheme, std ``cfg.init_std``)."""
+    Linear and embedding weights: truncated normal; biases 0; LayerNorm 1/0; ``cls_token``,
+    ``pos_embed``, ``mask_token`` truncated normal; then :func:`rescale_residual_`.
+    """
     std = model.cfg.init_std
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -49,11 +79,7 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
     for p in (model.cls_token, model.pos_embed, model.mask_token):
         trunc_normal_(p, std=std)
-    for i, blk in enumerate(model.blocks):
-        scale = 1.0 / math.sqrt(2.0 * (i + 1))
-        for name, p in blk.named_parameters():
-            if name.endswith("proj.weight") or name.endswith("fc2.weight"):
-                p.data.mul_(scale)
+    rescale_residual_(model)
 
 
 def _copy_(dst: torch.Tensor, src: torch.Tensor, dst_name: str, src_name: str) -> None:
@@ -115,7 +141,9 @@ def load_timm_into_v(
     ViT's ``attn.qkv.bias`` (split into ``q_bias``/``v_bias``; a non-zero key bias is dropped with
     a warning since BEiT blocks have none), BEiT's per-block ``attn.relative_position_bias_table``
     (into the slice of block i of ``rel_pos_bias``), and ``norm.*`` or ``fc_norm.*`` as final norm.
-    Classifier heads are skipped.
+    Classifier heads are skipped. A checkpoint without layer scale (plain ViT) loaded into a model
+    with layer scale sets every ``gamma_1``/``gamma_2`` to 1, so the blocks compute what the
+    checkpoint's blocks compute.
 
     Args:
         model: a :class:`MultiwayTransformer` (MA or MS), filled in place.
@@ -172,6 +200,12 @@ def load_timm_into_v(
     if "pos_embed" not in sd and model.rel_pos_bias is not None:
         with torch.no_grad():  # BEiT has no absolute positions: positions come from the bias
             model.pos_embed.zero_()
+    if not any(k.endswith((".gamma_1", ".gamma_2")) for k in sd):
+        for name, p in own.items():
+            if name.endswith(("gamma_1", "gamma_2")):
+                with torch.no_grad():  # no layer scale in the checkpoint: gamma = 1 is the identity
+                    p.fill_(1.0)
+                done.append(name)
     log.info("load_timm_into_v: set %d tensors", len(done))
     return done
 

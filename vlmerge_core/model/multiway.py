@@ -22,8 +22,9 @@ from timm.layers import PatchEmbed
 from torch import nn
 
 from vlmerge_core.config import ModelConfig
-from vlmerge_core.model.block import MultiwayBlock, experts_for_block
+from vlmerge_core.model.block import MultiwayBlock
 from vlmerge_core.model.embeddings import RelativePositionBias, TextEmbeddings
+from vlmerge_core.model.experts import experts_for_block
 from vlmerge_core.model.heads import PretrainHeads
 from vlmerge_core.model.layers import attention_bias
 
@@ -70,9 +71,9 @@ class MultiwayTransformer(nn.Module):
         self.heads = PretrainHeads(D, cfg.vocab_size, cfg.mim_vocab)
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
         self.logit_scale_vl = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
-        from vlmerge_core.model.init import init_weights
+        from vlmerge_core.model.init import init_multiway_weights
 
-        init_weights(self)
+        init_multiway_weights(self)
 
     # ------------------------------------------------------------------------------- properties
     @property

@@ -49,6 +49,7 @@ class PretrainData:
     """Tensors of the pre-training sources (None where no active loss needs them)."""
 
     tokenizer: object
+    continuation: torch.Tensor | None = None  # Bool [V]: WordPiece "##" pieces (whole-word masking)
     pair_images: torch.Tensor | None = None  # float [Ni, 3, H, W]
     pair_image_index: torch.Tensor | None = None  # Long [P] image of each caption
     pair_ids: torch.Tensor | None = None  # Long [P, T]
@@ -68,7 +69,9 @@ def build_pretrain_data(
     tok = world.tokenizer()
     if len(tok) > model_cfg.vocab_size:
         raise ValueError(f"tokenizer has {len(tok)} tokens but model.vocab_size is {model_cfg.vocab_size}")
-    data = PretrainData(tokenizer=tok)
+    from vlmerge_core.data.loaders import continuation_pieces
+
+    data = PretrainData(tokenizer=tok, continuation=continuation_pieces(tok))
     active = {k for k, w in losses.items() if w > 0}
     T = model_cfg.max_text_len
     if active & set(PAIR_LOSSES):
@@ -105,16 +108,22 @@ def make_global_batch(
 ) -> dict[str, torch.Tensor]:
     """The global micro-batch ``micro`` of optimisation step ``step`` (``size`` rows per source).
 
-    All randomness (order, MLM masking, MIM patch masks) derives from ``(cfg.seed, step, micro)``,
-    so the batch is the same on every rank and after a resume.
+    All randomness (order, MLM masking, MIM patch masks) derives from ``(cfg.rng_seed, step, micro)``,
+    so the batch is the same on every rank and after a resume. MLM masks whole words
+    (:func:`~vlmerge_core.data.loaders.whole_word_mask`) unless ``cfg.whole_word_masking`` is off.
     """
-    from vlmerge_core.data.loaders import mask_tokens
+    from vlmerge_core.data.loaders import mask_tokens, whole_word_mask
 
-    A = cfg.grad_accum
-    g = torch.Generator().manual_seed(mix_seed(cfg.seed, 7, step, micro))
+    def mlm_mask(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if cfg.whole_word_masking:
+            return whole_word_mask(ids, mask, data.tokenizer, cfg.mlm_prob, g, data.continuation)
+        return mask_tokens(ids, mask, data.tokenizer, cfg.mlm_prob, g)
+
+    A, seed = cfg.grad_accum, cfg.rng_seed
+    g = torch.Generator().manual_seed(mix_seed(seed, 7, step, micro))
     out: dict[str, torch.Tensor] = {}
     if losses & set(PAIR_LOSSES):
-        idx = stream_indices(len(data.pair_ids), size * A, step, cfg.seed, STREAMS["pairs"])
+        idx = stream_indices(len(data.pair_ids), size * A, step, seed, STREAMS["pairs"])
         idx = idx[micro * size : (micro + 1) * size]
         img_index = data.pair_image_index[idx]
         out.update(
@@ -124,11 +133,9 @@ def make_global_batch(
             mask=data.pair_mask[idx],
         )
         if "mlm" in losses:
-            out["mlm_ids"], out["mlm_labels"] = mask_tokens(
-                out["ids"], out["mask"], data.tokenizer, cfg.mlm_prob, g
-            )
+            out["mlm_ids"], out["mlm_labels"] = mlm_mask(out["ids"], out["mask"])
     if "mim" in losses:
-        idx = stream_indices(len(data.io_images), size * A, step, cfg.seed, STREAMS["image_only"])
+        idx = stream_indices(len(data.io_images), size * A, step, seed, STREAMS["image_only"])
         idx = idx[micro * size : (micro + 1) * size]
         n_mask = max(1, round(cfg.mim_mask_ratio * n_patches))
         order = torch.rand(size, n_patches, generator=g).argsort(dim=1)
@@ -136,10 +143,10 @@ def make_global_batch(
         patch_mask.scatter_(1, order[:, :n_mask], True)
         out.update(io_images=data.io_images[idx], io_codes=data.io_codes[idx], patch_mask=patch_mask)
     if "text_mlm" in losses:
-        idx = stream_indices(len(data.txt_ids), size * A, step, cfg.seed, STREAMS["text_only"])
+        idx = stream_indices(len(data.txt_ids), size * A, step, seed, STREAMS["text_only"])
         idx = idx[micro * size : (micro + 1) * size]
         ids, mask = data.txt_ids[idx], data.txt_mask[idx]
         out["txt_ids"], out["txt_mask"] = ids, mask
-        out["txt_mlm_ids"], out["txt_mlm_labels"] = mask_tokens(ids, mask, data.tokenizer, cfg.mlm_prob, g)
-    out["itm_seed"] = torch.tensor(mix_seed(cfg.seed, 11, step, micro))
+        out["txt_mlm_ids"], out["txt_mlm_labels"] = mlm_mask(ids, mask)
+    out["itm_seed"] = torch.tensor(mix_seed(seed, 11, step, micro))
     return out

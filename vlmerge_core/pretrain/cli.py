@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", default="", help="also write the metrics JSON there")
     p.add_argument("--steps", type=int, default=0, help="override the stage's steps (> 0)")
     p.add_argument("--restart", action="store_true", help="delete the run files of --out and start over")
+    p.add_argument(
+        "--rng-seed", type=int, default=-1, help="override the stage's rng_seed (>= 0; default: params)"
+    )
     p.set_defaults(func=_run)
 
 
@@ -44,6 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics_out=args.metrics,
         steps=args.steps,
         resume=not args.restart,
+        rng_seed=args.rng_seed,
     )
     log.info("pretrain %s done: %s", args.stage, {k: m.get(k) for k in ("steps", "loss_end", "wall_time_s")})
     return 0

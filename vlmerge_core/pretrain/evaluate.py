@@ -26,19 +26,17 @@ def retrieval_recalls(
     Returns:
         ``ir_r{k}``, ``tr_r{k}`` (percent), ``rsum``, and ``chance_ir_r{k}``/``chance_tr_r{k}``.
     """
-    from vlmerge_core.tasks.metrics import retrieval_recalls as recalls  # the one recall@K (pessimistic ties)
+    from vlmerge_core.data.stats import random_recall
+    from vlmerge_core.tasks.metrics import retrieval_recalls as recalls  # the one recall@K (official ties)
 
-    n_img, n_txt = sim.shape
+    n_img = sim.shape[0]
     full = recalls(sim, text_image, ks)
     out = {f"{d}_r{k}": full[f"{d}_r{k}"] for d in ("ir", "tr") for k in ks}
-    caps = (text_image[None, :] == torch.arange(n_img)[:, None]).sum(1).float()  # captions per image
+    caps = torch.bincount(text_image, minlength=n_img).tolist()  # captions per image
     for k in ks:
-        out[f"chance_ir_r{k}"] = 100.0 * min(k / n_img, 1.0)
-        # P(some of the c captions in the top k of n_txt at random) = 1 - C(n-c, k) / C(n, k)
-        p_none = torch.ones(n_img)
-        for j in range(min(k, n_txt)):
-            p_none = p_none * ((n_txt - caps - j) / (n_txt - j)).clamp(min=0)
-        out[f"chance_tr_r{k}"] = 100.0 * (1 - p_none).mean().item()
+        chance = random_recall(caps, k)
+        out[f"chance_ir_r{k}"] = 100.0 * chance["t2i"]
+        out[f"chance_tr_r{k}"] = 100.0 * chance["i2t"]
     out["rsum"] = sum(out[f"{d}_r{k}"] for d in ("ir", "tr") for k in ks)
     return out
 

@@ -7,7 +7,10 @@ non-finite loss naming the step and component, and writes ``metrics.json`` and `
 
 Files in ``out_dir``: ``train_state.safetensors`` (everything needed to resume, written every
 ``ckpt_every`` steps), ``last.safetensors`` (the model), ``ckpt_step{K}.safetensors`` (the model at
-each ``save_steps`` K of the seed stage and at the end), ``metrics.json``, ``run_info.json``.
+each ``save_steps`` K of the seed stage and at the end) with ``ckpt_step{K}.json`` (its zero-shot
+retrieval and end losses, written when it is saved, so a resumed run keeps them), ``metrics.json``
+(``checkpoints`` holds every ``ckpt_step{K}.json``; ``summary`` the flat metrics of the final model:
+``ir_r1 … tr_r10``, ``rsum``, ``loss_<name>_end``), ``run_info.json``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,14 @@ from vlmerge_core.pretrain.distributed import DistInfo, all_reduce_sum, init_dis
 from vlmerge_core.pretrain.evaluate import evaluate_retrieval
 from vlmerge_core.pretrain.optim import load_optimizer_state, make_optimizer, optimizer_state_tensors, set_lr
 
-__all__ = ["NonFiniteLossError", "STAGES", "build_stage_model", "run_pretrain", "stage_configs"]
+__all__ = [
+    "NonFiniteLossError",
+    "STAGES",
+    "build_stage_model",
+    "checkpoint_metrics",
+    "run_pretrain",
+    "stage_configs",
+]
 
 log = logging.getLogger(__name__)
 STAGES = ("init", "seed", "ms")
@@ -157,6 +167,45 @@ def _init_from_beit(cfg: InitPretrainConfig, model_cfg: ModelConfig, out_dir: Pa
     return metrics
 
 
+def checkpoint_metrics(
+    model: nn.Module,
+    world,
+    cfg: PretrainConfig,
+    losses: dict[str, float],
+    history: dict[str, list[float]],
+    step: int,
+    device,
+) -> dict:
+    """Zero-shot retrieval (val split) and end losses of the model at ``step``.
+
+    Returns:
+        ``{"step", "retrieval", "retrieval_vl" (when ITC-vl is trained), "loss_end", "summary"}``;
+        ``summary`` is flat: ``ir_r1 … tr_r10`` and ``rsum`` of the ITC (v/l) head, and
+        ``loss_<name>_end``, the mean of each loss over the last ``log_every`` steps.
+    """
+    out: dict = {"step": step}
+    out["retrieval"] = evaluate_retrieval(
+        model, world, "val", cfg.caption_style, batch_size=cfg.eval_batch_size, device=device
+    )
+    if "itc_vl" in losses:
+        out["retrieval_vl"] = evaluate_retrieval(
+            model,
+            world,
+            "val",
+            cfg.caption_style,
+            head="itc_vl",
+            batch_size=cfg.eval_batch_size,
+            device=device,
+        )
+    out["loss_end"] = {n: _mean(v[-cfg.log_every :]) for n, v in history.items()}
+    r = out["retrieval"]
+    summary = {f"{d}_r{k}": r[f"{d}_r{k}"] for d in ("ir", "tr") for k in (1, 5, 10)}
+    summary["rsum"] = r["rsum"]
+    summary.update({f"loss_{n}_end": v for n, v in out["loss_end"].items()})
+    out["summary"] = summary
+    return out
+
+
 def run_pretrain(
     cfg: PretrainConfig,
     model_cfg: ModelConfig,
@@ -199,7 +248,7 @@ def run_pretrain(
     G = cfg.batch_size // A  # global micro-batch
     shard = objectives.Shard(lo=info.rank * G // W, hi=(info.rank + 1) * G // W, size=G)
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.rng_seed)
     model = build_stage_model(model_cfg, stage, init).to(info.device)
     opt = make_optimizer(model, cfg)
     meta = _state_meta(cfg, model_cfg, stage)
@@ -210,6 +259,9 @@ def run_pretrain(
         log.info("resumed %s from step %d", state_path, step)
         if step >= cfg.steps and (out_dir / "metrics.json").exists():
             return read_json(out_dir / "metrics.json")
+    elif info.is_main:
+        for stale in out_dir.glob("ckpt_step*.json"):  # metrics of an earlier run in this folder
+            stale.unlink()
     resumed_from = step
     data = build_pretrain_data(world, model_cfg, losses, cfg.caption_style)
     cuda = str(info.device).startswith("cuda")
@@ -267,6 +319,10 @@ def run_pretrain(
                 _save_state(state_path, model, opt, step, history, meta)
             if step in save_steps or step == cfg.steps:
                 save_model(out_dir / f"ckpt_step{step}.safetensors", model, {"stage": stage, "step": step})
+                write_json(
+                    out_dir / f"ckpt_step{step}.json",
+                    checkpoint_metrics(model, world, cfg, losses, history, step, info.device),
+                )
         if stop_at is not None and step >= stop_at and step < cfg.steps:
             bar.close()
             return {"stage": stage, "stopped_at": step}
@@ -288,19 +344,18 @@ def run_pretrain(
     }
     if info.is_main:
         save_model(out_dir / "last.safetensors", model, {"stage": stage, "step": step})
-        metrics["retrieval"] = evaluate_retrieval(
-            model, world, "val", cfg.caption_style, batch_size=cfg.eval_batch_size, device=info.device
+        last = out_dir / f"ckpt_step{step}.json"
+        final = (
+            read_json(last)
+            if last.exists()
+            else checkpoint_metrics(model, world, cfg, losses, history, step, info.device)
         )
-        if "itc_vl" in losses:
-            metrics["retrieval_vl"] = evaluate_retrieval(
-                model,
-                world,
-                "val",
-                cfg.caption_style,
-                head="itc_vl",
-                batch_size=cfg.eval_batch_size,
-                device=info.device,
-            )
+        metrics.update({k: final[k] for k in ("retrieval", "retrieval_vl", "summary") if k in final})
+        metrics["checkpoints"] = {
+            str(k): read_json(out_dir / f"ckpt_step{k}.json")
+            for k in sorted({*save_steps, step})
+            if k <= step and (out_dir / f"ckpt_step{k}.json").exists()
+        }
         metrics["wall_time_s"] = time.perf_counter() - t_start
         write_json(out_dir / "metrics.json", metrics)
         write_run_info(

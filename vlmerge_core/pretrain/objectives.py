@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from vlmerge_core.data.loaders import MLM_IGNORE_INDEX
 from vlmerge_core.pretrain.distributed import gather_with_grad
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "Shard",
     "compute_losses",
     "contrastive_loss",
+    "hard_negative_weights",
     "itm_loss",
     "masked_lm_loss",
     "mim_loss",
@@ -65,7 +67,8 @@ def contrastive_loss(
         shard: the local rows.
 
     Returns:
-        (local share of the loss, detached global image-to-text similarities [G, G]).
+        (local share of the loss, detached global image-to-text logits [G, G]: the cosine
+        similarities times the inverse temperature, the official ``ifm_i2t_logits``).
     """
     all_img, all_txt = gather_with_grad(img), gather_with_grad(txt)  # (G, D)
     scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
@@ -73,30 +76,51 @@ def contrastive_loss(
     i2t = scale * _f32(img) @ _f32(all_txt).T  # (b, G)
     t2i = scale * _f32(txt) @ _f32(all_img).T  # (b, G)
     loss = (F.cross_entropy(i2t, target, reduction="sum") + F.cross_entropy(t2i, target, reduction="sum")) / 2
-    return loss / shard.size, (_f32(all_img) @ _f32(all_txt).T).detach()
+    return loss / shard.size, (scale * _f32(all_img) @ _f32(all_txt).T).detach()
+
+
+def hard_negative_weights(
+    logits: torch.Tensor, image_index: torch.Tensor, ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampling weights of the ITM hard negatives (VLMo, Bao et al. 2022, §2.2; ALBEF, Li et al. 2021).
+
+    As the official ``compute_itm_hardneg``: ``softmax`` over each row of the temperature-scaled
+    contrastive logits (``ifm_i2t_logits`` / ``ifm_t2i_logits``, which include
+    ``logit_scale.exp()``), with the positive pair zeroed. Here also every pair that is not a true
+    negative (the same image, or the very same caption) is zeroed; a row left without weight falls
+    back to uniform over the true negatives.
+
+    Args:
+        logits: global image-to-text logits [G, G] (``scale * cos``).
+        image_index: Long [G], the image of each pair.
+        ids: Long [G, T], the caption of each pair.
+
+    Returns:
+        (text weights per image [G, G], image weights per text [G, G]), rows not normalised.
+    """
+    G = logits.shape[0]
+    image_index, ids = image_index.to(logits.device), ids.to(logits.device)
+    same = (image_index[:, None] == image_index[None, :]) | (ids[:, None, :] == ids[None, :, :]).all(-1)
+    w_i2t = F.softmax(_f32(logits), dim=1).masked_fill(same, 0.0)  # (G images, G texts)
+    w_t2i = F.softmax(_f32(logits).T, dim=1).masked_fill(same.T, 0.0)  # (G texts, G images)
+    fallback = (~same).float()  # uniform over the true negatives (or over all others if none)
+    fallback = torch.where(
+        fallback.sum(1, keepdim=True) > 0, fallback, 1.0 - torch.eye(G, device=logits.device)
+    )
+    w_i2t = torch.where(w_i2t.sum(1, keepdim=True) > 0, w_i2t, fallback)
+    w_t2i = torch.where(w_t2i.sum(1, keepdim=True) > 0, w_t2i, fallback.T)
+    return w_i2t, w_t2i
 
 
 def _hard_negatives(
-    sim: torch.Tensor, image_index: torch.Tensor, ids: torch.Tensor, seed: int
+    logits: torch.Tensor, image_index: torch.Tensor, ids: torch.Tensor, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample a hard negative text per image and image per text, softmax-weighted by similarity.
-
-    VLMo (Bao et al. 2022, §2.2) / ALBEF: weights ``softmax(sim)`` with the positives zeroed; here
-    also every pair that is not a true negative (same image, or the very same caption).
-    """
-    G = sim.shape[0]
-    image_index, ids = image_index.to(sim.device), ids.to(sim.device)
-    same = (image_index[:, None] == image_index[None, :]) | (ids[:, None, :] == ids[None, :, :]).all(-1)
-    w_i2t = F.softmax(_f32(sim), dim=1).masked_fill(same, 0.0)  # (G images, G texts)
-    w_t2i = F.softmax(_f32(sim).T, dim=1).masked_fill(same.T, 0.0)  # (G texts, G images)
-    fallback = (~same).float()  # uniform over the true negatives (or over all others if none)
-    fallback = torch.where(fallback.sum(1, keepdim=True) > 0, fallback, 1.0 - torch.eye(G, device=sim.device))
-    w_i2t = torch.where(w_i2t.sum(1, keepdim=True) > 0, w_i2t, fallback)
-    w_t2i = torch.where(w_t2i.sum(1, keepdim=True) > 0, w_t2i, fallback.T)
+    """Sample a hard negative text per image and image per text (:func:`hard_negative_weights`)."""
+    w_i2t, w_t2i = hard_negative_weights(logits, image_index, ids)
     g = torch.Generator(device="cpu").manual_seed(seed)
     neg_txt = torch.multinomial(w_i2t.cpu(), 1, generator=g).squeeze(1)  # (G,) text per image
     neg_img = torch.multinomial(w_t2i.cpu(), 1, generator=g).squeeze(1)  # (G,) image per text
-    return neg_txt.to(sim.device), neg_img.to(sim.device)
+    return neg_txt.to(logits.device), neg_img.to(logits.device)
 
 
 def _pick(idx: torch.Tensor, local: torch.Tensor, shard: Shard, compute) -> torch.Tensor:
@@ -115,17 +139,18 @@ def itm_loss(
     batch: dict[str, torch.Tensor],
     img_h: torch.Tensor,
     txt_h: torch.Tensor,
-    sim: torch.Tensor,
+    logits: torch.Tensor,
     shard: Shard,
 ) -> torch.Tensor:
     """Image-text matching with hard negatives (VLMo §2.2; ALBEF, Li et al. 2021).
 
     For each local pair: the positive, the caption with a hard-negative image, and the image with a
-    hard-negative caption, each fused and classified by ``heads.itm`` over the pooled feature.
+    hard-negative caption, each fused and classified by ``heads.itm`` over the pooled feature. The
+    negatives are drawn from the softmax of ``logits``, the temperature-scaled global ITC logits.
     """
-    neg_txt, neg_img = _hard_negatives(sim, batch["image_index"], batch["ids"], int(batch["itm_seed"]))
+    neg_txt, neg_img = _hard_negatives(logits, batch["image_index"], batch["ids"], int(batch["itm_seed"]))
     neg_txt, neg_img = neg_txt[shard.lo : shard.hi], neg_img[shard.lo : shard.hi]
-    mask = _local(batch, "mask", shard)
+    mask = _local(batch, "mask", shard).to(txt_h.device)
     img_neg = _pick(
         neg_img,
         img_h,
@@ -140,7 +165,7 @@ def itm_loss(
             batch["ids"][i.cpu()].to(txt_h.device), batch["mask"][i.cpu()].to(txt_h.device)
         ),
     )
-    mask_neg = batch["mask"][neg_txt.cpu()].to(mask.device)
+    mask_neg = batch["mask"][neg_txt.cpu()].to(txt_h.device)
     fused = model.fused_top(
         torch.cat([img_h, img_neg, img_h]),
         torch.cat([txt_h, txt_h, txt_neg]),
@@ -154,7 +179,7 @@ def itm_loss(
 
 def masked_lm_loss(model, tokens: torch.Tensor, labels: torch.Tensor, global_count: int) -> torch.Tensor:
     """Masked language modelling (BERT, Devlin et al. 2019) on the chosen text positions."""
-    sel = labels != -100
+    sel = labels != MLM_IGNORE_INDEX
     logits = model.heads.mlm(tokens[sel])  # (n, V)
     return F.cross_entropy(_f32(logits), labels[sel], reduction="sum") / max(global_count, 1)
 
@@ -198,32 +223,32 @@ def compute_losses(
     if {"mlm", "itc", "itc_vl", "itm"} & set(active):
         img_h = model.image_bottom(loc["images"])  # (b, 1+N, D)
         txt_h = model.text_bottom(loc["ids"], loc["mask"])  # (b, T, D)
-        sim = None
+        logits = None  # temperature-scaled unimodal ITC logits: what the hard negatives are drawn from
         for name, top_i, top_t, p_i, p_t, scale in (
             ("itc", "v", "l", model.heads.itc_image, model.heads.itc_text, model.logit_scale),
             ("itc_vl", "vl", "vl", model.heads.itc_vl_image, model.heads.itc_vl_text, model.logit_scale_vl),
         ):
-            if name not in active and not (name == "itc" and "itm" in active and sim is None):
+            if name not in active and not (name == "itc" and "itm" in active and logits is None):
                 continue
             fi = F.normalize(p_i(model.image_top(img_h, top_i)["cls"]), dim=-1)  # (b, D)
             ft = F.normalize(p_t(model.text_top(txt_h, loc["mask"], top_t)["cls"]), dim=-1)  # (b, D)
-            loss, s = contrastive_loss(fi, ft, scale, shard)
+            loss, lg = contrastive_loss(fi, ft, scale, shard)
             if name in active:
                 out[name] = loss
-            sim = s if sim is None else sim
+            logits = lg if logits is None else logits
         if "itm" in active:
-            out["itm"] = itm_loss(model, batch, img_h, txt_h, sim, shard)
+            out["itm"] = itm_loss(model, batch, img_h, txt_h, logits, shard)
         if "mlm" in active:
             txt_m = model.text_bottom(loc["mlm_ids"], loc["mask"])
             tokens = model.fused_top(img_h, txt_m, loc["mask"])["text_tokens"]  # (b, T, D)
-            count = int((batch["mlm_labels"] != -100).sum())
+            count = int((batch["mlm_labels"] != MLM_IGNORE_INDEX).sum())
             out["mlm"] = masked_lm_loss(model, tokens, loc["mlm_labels"], count)
     if "mim" in active:
         count = int(batch["patch_mask"].sum())
         out["mim"] = mim_loss(model, loc["io_images"], loc["patch_mask"], loc["io_codes"], count)
     if "text_mlm" in active:
         tokens = model.forward_text(loc["txt_mlm_ids"], loc["txt_mask"])["tokens"]
-        count = int((batch["txt_mlm_labels"] != -100).sum())
+        count = int((batch["txt_mlm_labels"] != MLM_IGNORE_INDEX).sum())
         out["text_mlm"] = masked_lm_loss(model, tokens, loc["txt_mlm_labels"], count)
     return out
 

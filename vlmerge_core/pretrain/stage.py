@@ -12,7 +12,14 @@ from vlmerge_core.io import write_json
 from vlmerge_core.paths import resolve
 from vlmerge_core.pretrain.loop import run_pretrain, stage_configs
 
-__all__ = ["clear_run", "run_pretrain_stage", "summary_table"]
+__all__ = [
+    "checkpoints_table",
+    "clear_run",
+    "curve_path",
+    "curve_records",
+    "run_pretrain_stage",
+    "summary_table",
+]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,8 @@ def run_pretrain_stage(
     metrics_out: str = "",
     steps: int = 0,
     resume: bool = True,
+    rng_seed: int = -1,
+    threads: int = 0,
 ) -> dict:
     """Resolve the parameters, open (or generate) the world, and run one pre-training stage.
 
@@ -40,20 +49,30 @@ def run_pretrain_stage(
         init: checkpoint to start from (relative to the repo root); empty = random (init/seed only).
         world_dir: micro-world folder; empty = ``data.root`` of the parameters (generated if missing).
         out_dir: run folder (checkpoints, metrics.json, run_info.json).
-        metrics_out: when non-empty, the metrics are also written there (e.g. ``metrics/pretrain/seed.json``).
+        metrics_out: when non-empty, the metrics are also written there (e.g. ``metrics/pretrain/seed.json``),
+            and the loss curve beside it as DVC plot records (``<metrics_out stem>_curve.json``:
+            ``[{"step": s, "<loss>": value, ...}, ...]``).
         steps: when > 0, overrides the stage's number of steps.
         resume: continue from ``out_dir``'s train state if there is one; False deletes the run files
             of ``out_dir`` first (train state, checkpoints, metrics) and starts over.
+        rng_seed: when >= 0, overrides the stage's ``rng_seed`` (init, data order, masking, negatives).
+        threads: when > 0, ``torch.set_num_threads(threads)`` first (0 keeps torch's default).
 
     Returns:
         The run's metrics.
     """
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
     params = load_params(params_file) if params_file else load_params(profile=profile)
     cfg, model_cfg = stage_configs(params, stage, variant)
     if steps > 0:
         keep = [s for s in getattr(cfg, "save_steps", []) if s <= steps]
         extra = {"save_steps": keep} if hasattr(cfg, "save_steps") else {}
         cfg = dataclasses.replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps), **extra)
+    if rng_seed >= 0:
+        cfg = dataclasses.replace(cfg, rng_seed=rng_seed)
     world = ensure_world(params.data, world_dir or None)
     if not resume:
         clear_run(resolve(out_dir))
@@ -61,9 +80,25 @@ def run_pretrain_stage(
         cfg, model_cfg, world, resolve(out_dir), init=resolve(init) if init else None, stage=stage
     )
     if metrics_out:
-        write_json(resolve(metrics_out), metrics)
-        log.info("metrics written to %s", Path(resolve(metrics_out)))
+        out = resolve(metrics_out)
+        write_json(out, metrics)
+        write_json(curve_path(out), curve_records(metrics))
+        log.info("metrics written to %s", out)
     return metrics
+
+
+def curve_path(metrics_out: str | Path) -> Path:
+    """Where the loss curve of ``metrics_out`` goes: ``<folder>/<stem>_curve.json``."""
+    p = Path(metrics_out)
+    return p.with_name(f"{p.stem}_curve.json")
+
+
+def curve_records(metrics: dict) -> list[dict]:
+    """The windowed loss curve as DVC plot records, one per logged step."""
+    curve = metrics.get("loss_curve") or {}
+    steps = curve.get("step", [])
+    names = [n for n in curve if n != "step"]
+    return [{"step": s, **{n: curve[n][i] for n in names}} for i, s in enumerate(steps)]
 
 
 def clear_run(out_dir: Path) -> list[Path]:
@@ -71,7 +106,7 @@ def clear_run(out_dir: Path) -> list[Path]:
     files = [
         out_dir / n for n in ("train_state.safetensors", "last.safetensors", "metrics.json", "run_info.json")
     ]
-    files += sorted(out_dir.glob("ckpt_step*.safetensors"))
+    files += sorted(out_dir.glob("ckpt_step*.safetensors")) + sorted(out_dir.glob("ckpt_step*.json"))
     gone = [f for f in files if f.exists()]
     for f in gone:
         f.unlink()
@@ -101,3 +136,11 @@ def summary_table(metrics: dict):
                         }
                     )
     return pd.DataFrame(rows).set_index("quantity")
+
+
+def checkpoints_table(metrics: dict):
+    """One row per kept checkpoint (seed lengths): zero-shot retrieval (percent) and end losses."""
+    import pandas as pd
+
+    rows = {int(k): rec["summary"] for k, rec in (metrics.get("checkpoints") or {}).items()}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("step").sort_index()

@@ -1,9 +1,10 @@
 """Shared pieces of the task modules: the task base class, subsampling, tokenising, image batches.
 
 A task object holds its splits (raw images as an indexable uint8 source, pre-tokenised texts, labels),
-its head (the new parameters) and three methods used by :func:`~vlmerge_core.tasks.engine.run_finetune`:
-``train_loss(model, idx, generator)``, ``evaluate(model, split)`` and ``examples(model, split, n)``
-(a few predictions for the figures).
+its head (the new parameters) and the methods used by :func:`~vlmerge_core.tasks.engine.run_finetune`:
+``train_loss(model, idx, generator)``, ``outcomes(model, split)`` (per-example outcomes, from which
+``evaluate(model, split)`` computes the metrics and the bootstrap their intervals) and
+``examples(model, split, n)`` (a few predictions for the figures).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
+from vlmerge_core.tasks.metrics import Outcomes, accuracy_outcomes
 
 SPLITS = ("train", "val", "test")
 EVAL_BATCH = 256  # evaluation batch size (no gradients)
 
 
-def init_weights(module: nn.Module) -> None:
+def init_head_weights(module: nn.Module) -> None:
     """Head initialisation of the official code (``objectives.init_weights``): N(0, 0.02), zero bias."""
     if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv2d, nn.ConvTranspose2d)):
         module.weight.data.normal_(mean=0.0, std=0.02)
@@ -33,13 +35,13 @@ def init_weights(module: nn.Module) -> None:
         module.weight.data.fill_(1.0)
 
 
-def subsample(n: int, k: int, split: str, seed: int) -> np.ndarray:
+def subsample(n: int, k: int, split: str, rng_seed: int) -> np.ndarray:
     """Indices kept of ``n`` examples: all when ``k`` is 0 or >= n; else a seeded subset (train) or the
     first ``k`` (val/test, so that every model is evaluated on the same examples)."""
     if k <= 0 or k >= n:
         return np.arange(n)
     if split == "train":
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(rng_seed)
         return np.sort(torch.randperm(n, generator=g)[:k].numpy())
     return np.arange(k)
 
@@ -104,8 +106,13 @@ class BaseTask:
     def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+    def outcomes(self, model: nn.Module, split: str) -> Outcomes:
+        """Per-example outcomes of ``split`` (model and head already in eval mode, no gradients)."""
         raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        """The metrics of ``split`` (percent)."""
+        return self.outcomes(model, split).metrics()
 
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
         """A few test predictions: ``[{"images": [uint8 HxWx3, ...], "text": str, "pred": str,
@@ -130,12 +137,10 @@ class ClassifierTask(BaseTask):
         s = self.splits["train"]
         return F.cross_entropy(self._logits(model, s, idx), s["labels"][idx])
 
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        from vlmerge_core.tasks.metrics import accuracy
-
+    def outcomes(self, model: nn.Module, split: str) -> Outcomes:
         s = self.splits[split]
         logits = torch.cat([self._logits(model, s, idx) for idx in batches(len(s["labels"]))])
-        return {self.accuracy_name: accuracy(logits, s["labels"])}
+        return accuracy_outcomes(logits, s["labels"], self.accuracy_name)
 
     @torch.no_grad()
     def _first_predictions(

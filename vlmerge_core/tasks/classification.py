@@ -42,7 +42,7 @@ class ClassificationTask(ClassifierTask):
         self.classes = list(data["train"]["classes"])
         self.splits = {}
         for split, raw in data.items():
-            keep = subsample(len(raw["labels"]), subsample_size(cfg, split), split, cfg.seed)
+            keep = subsample(len(raw["labels"]), subsample_size(cfg, split), split, cfg.rng_seed)
             self.splits[split] = {
                 "images": raw["images"],
                 "image": keep.astype(np.int64),

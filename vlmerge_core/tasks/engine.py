@@ -5,10 +5,12 @@ The recipe of the official vl-merging code (``vilt_utils.set_schedule``), scaled
 on every parameter but biases and norms, task heads at ``lr * head_lr_mult`` (``lr_mult`` of the
 official code, x10 for VQA), optional layer-wise LR decay (BEiT, Bao et al. 2022: block ``i`` of ``L``
 gets ``lr * decay^(L - i)``, embeddings ``decay^(L + 1)``), linear warm-up over ``warmup_frac`` of the
-steps then linear decay to 0 (``get_polynomial_decay_schedule_with_warmup`` with power 1). After
-every epoch the model is evaluated on ``val``; the backbone and head with the best selection metric
-are kept in memory and evaluated on ``test``. Data order comes from a seeded ``torch.Generator``,
-evaluation runs in ``eval()`` mode under ``torch.no_grad()``.
+steps then linear decay to 0 (``get_polynomial_decay_schedule_with_warmup`` with power 1). The
+model is evaluated on ``val`` before training (epoch 0, for the curve) and after every epoch; the
+backbone and head with the best selection metric over the trained epochs (epoch 0 when ``epochs`` is
+0) are kept in memory and evaluated on ``test``, keeping the per-example outcomes for the bootstrap.
+Data order comes from a generator seeded with ``rng_seed``; evaluation runs in ``eval()`` mode under
+``torch.no_grad()``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig, ParamsError, section_from_dict
+from vlmerge_core.tasks.metrics import Outcomes
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ class FinetuneTask(Protocol):
 
     def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
 
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]: ...
+    def outcomes(self, model: nn.Module, split: str) -> Outcomes: ...
 
 
 def task_config(cfg: FinetuneConfig, task: str) -> FinetuneConfig:
@@ -123,25 +126,37 @@ def _snapshot(model: nn.Module, head: nn.Module) -> tuple[dict, dict]:
 
 
 @torch.no_grad()
-def evaluate(task: FinetuneTask, model: nn.Module, split: str) -> dict[str, float]:
-    """Deterministic evaluation: ``eval()`` mode (no dropout / drop-path), no gradients."""
+def evaluate_outcomes(task: FinetuneTask, model: nn.Module, split: str) -> Outcomes:
+    """Deterministic per-example outcomes: ``eval()`` mode (no dropout / drop-path), no gradients."""
     was = model.training, task.head.training
     model.eval()
     task.head.eval()
     try:
-        return task.evaluate(model, split)
+        return task.outcomes(model, split)
     finally:
         model.train(was[0])
         task.head.train(was[1])
+
+
+def evaluate(task: FinetuneTask, model: nn.Module, split: str) -> dict[str, float]:
+    """The metrics of ``split`` (see :func:`evaluate_outcomes`)."""
+    return evaluate_outcomes(task, model, split).metrics()
+
+
+def last_gain(val_select: list[float]) -> float:
+    """Points the val selection metric gained in the last epoch (NaN without a trained epoch)."""
+    return val_select[-1] - val_select[-2] if len(val_select) >= 2 else math.nan
 
 
 def run_finetune(model: nn.Module, task: FinetuneTask, cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune ``model`` (in place) and ``task.head``; return val/test metrics of the best epoch.
 
     Returns:
-        ``{"val": {...}, "test": {...}, "best_epoch": e, "curve": {"step", "loss", "val_step",
-        "val_select"}, "steps": n, "train_seconds": t}``. ``best_epoch`` 0 is the model before any
-        fine-tuning (used when ``epochs`` is 0).
+        ``{"val": {...}, "test": {...}, "test_outcomes": Outcomes, "best_epoch": e, "val_last_gain":
+        g, "curve": {"step", "loss", "val_epoch", "val_step", "val_select"}, "steps": n,
+        "train_seconds": t}``. The curve's val points start at epoch 0 (before fine-tuning);
+        ``best_epoch`` 0 is the model before any fine-tuning (used when ``epochs`` is 0);
+        ``val_last_gain`` is the last epoch's gain of the val selection metric (NaN for 0 epochs).
     """
     t0 = time.perf_counter()
     n = task.n_train
@@ -152,10 +167,14 @@ def run_finetune(model: nn.Module, task: FinetuneTask, cfg: FinetuneConfig) -> d
         g["lr"] = cfg.lr * g["lr_scale"]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(total, int(cfg.warmup_frac * total)))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    curve: dict[str, list] = {"step": [], "loss": [], "val_step": [], "val_select": []}
+    gen = torch.Generator().manual_seed(cfg.rng_seed)
+    curve: dict[str, list] = {"step": [], "loss": [], "val_epoch": [], "val_step": [], "val_select": []}
 
-    best_val = evaluate(task, model, "val") if cfg.epochs == 0 else None
+    val0 = evaluate(task, model, "val")
+    curve["val_epoch"].append(0)
+    curve["val_step"].append(0)
+    curve["val_select"].append(val0[task.select_metric])
+    best_val = val0 if cfg.epochs == 0 else None
     best_state, best_epoch = (_snapshot(model, task.head), 0) if best_val is not None else (None, 0)
     step = 0
     for epoch in range(1, cfg.epochs + 1):
@@ -175,19 +194,22 @@ def run_finetune(model: nn.Module, task: FinetuneTask, cfg: FinetuneConfig) -> d
             curve["step"].append(step)
             curve["loss"].append(loss.item())
         val = evaluate(task, model, "val")
+        curve["val_epoch"].append(epoch)
         curve["val_step"].append(step)
         curve["val_select"].append(val[task.select_metric])
         log.info("%s epoch %d: val %s = %.3f", task.name, epoch, task.select_metric, val[task.select_metric])
         if best_val is None or val[task.select_metric] > best_val[task.select_metric]:
             best_val, best_state, best_epoch = val, _snapshot(model, task.head), epoch
-    assert best_state is not None
+    assert best_state is not None and best_val is not None  # epoch 0 or a trained epoch was kept
     model.load_state_dict(best_state[0])
     task.head.load_state_dict(best_state[1])
-    test = evaluate(task, model, "test")
+    test = evaluate_outcomes(task, model, "test")
     return {
         "val": best_val,
-        "test": test,
+        "test": test.metrics(),
+        "test_outcomes": test,
         "best_epoch": best_epoch,
+        "val_last_gain": last_gain(curve["val_select"]),
         "curve": curve,
         "steps": step,
         "train_seconds": time.perf_counter() - t0,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlmerge_core.tasks.base import init_weights
+from vlmerge_core.tasks.base import init_head_weights
 
 
 class MLPClassifier(nn.Module):
@@ -24,7 +24,7 @@ class MLPClassifier(nn.Module):
         self.net = nn.Sequential(
             nn.Linear(d_in, d_hidden), nn.LayerNorm(d_hidden), nn.GELU(), nn.Linear(d_hidden, n_out)
         )
-        self.apply(init_weights)
+        self.apply(init_head_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, d_in] -> logits [B, n_out]."""
@@ -37,7 +37,7 @@ class LinearClassifier(nn.Module):
     def __init__(self, dim: int, n_out: int) -> None:
         super().__init__()
         self.fc = nn.Linear(dim, n_out)
-        self.apply(init_weights)
+        self.apply(init_head_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, D] -> logits [B, n_out]."""
@@ -64,7 +64,7 @@ class SegDecoder(nn.Module):
             nn.GELU(),
         )
         self.cls = nn.Conv2d(h2, num_classes, kernel_size=1)
-        self.apply(init_weights)
+        self.apply(init_head_weights)
 
     def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
         """[B, N, D] (no [CLS]) -> logits [B, C, S, S]."""
@@ -81,4 +81,4 @@ class ProjectionPair(nn.Module):
         super().__init__()
         self.itc_image = nn.Linear(dim, dim, bias=False)
         self.itc_text = nn.Linear(dim, dim, bias=False)
-        self.apply(init_weights)
+        self.apply(init_head_weights)

@@ -48,7 +48,7 @@ class NLVR2Task(ClassifierTask):
         self.splits: dict[str, dict[str, Any]] = {}
         for split, raw in data.items():
             pairs = raw["pairs"]
-            pairs = [pairs[i] for i in subsample(len(pairs), subsample_size(cfg, split), split, cfg.seed)]
+            pairs = [pairs[i] for i in subsample(len(pairs), subsample_size(cfg, split), split, cfg.rng_seed)]
             ids, mask = tokenize(tokenizer, [p["statement"] for p in pairs], self.max_len)
             self.splits[split] = {
                 "images": raw["images"],

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-IGNORE_INDEX = 255
+from vlmerge_core.tasks.metrics import SEG_IGNORE_LABEL
+
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -270,7 +271,7 @@ def read_image_folders(root: str | Path, split: str, size: int) -> dict[str, Any
 
 # -------------------------------------------------------------------------------------------- ADE20k
 def read_ade20k(root: str | Path, split: str, size: int) -> dict[str, Any]:
-    """ADE20k -> ``{"images", "masks"}``; masks hold class - 1, and 255 (ignore) where the file has 0."""
+    """ADE20k -> ``{"images", "masks"}``; masks hold class - 1, ``SEG_IGNORE_LABEL`` where the file has 0."""
     root = Path(root)
     sub = {"train": "training", "val": "validation", "test": "validation"}[split]
     img_dir, ann_dir = _need(root / "images" / sub), _need(root / "annotations" / sub)
@@ -287,7 +288,7 @@ def read_ade20k(root: str | Path, split: str, size: int) -> dict[str, Any]:
 
 
 class _ReducedMasks:
-    """``reduce_zero_label``: stored 0 -> ignore (255), stored c -> c - 1."""
+    """``reduce_zero_label``: stored 0 -> ``SEG_IGNORE_LABEL``, stored c -> c - 1."""
 
     def __init__(self, src: ImageFiles) -> None:
         self.src = src
@@ -297,7 +298,7 @@ class _ReducedMasks:
 
     def __getitem__(self, idx: Any) -> np.ndarray:
         m = self.src[idx].astype(np.int64)
-        return np.where(m == 0, IGNORE_INDEX, m - 1).astype(np.uint8)
+        return np.where(m == 0, SEG_IGNORE_LABEL, m - 1).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------- text

@@ -1,13 +1,15 @@
-"""The task registry and the one entry point of the study: :func:`finetune_task`.
+"""The task registry and the one entry point of a fine-tuning: :func:`finetune_task`.
 
-``finetune_task(task, checkpoint_or_model, cfg, world)`` loads an MS, MA or merged MA checkpoint with
-``load_model`` (or copies a model object; the caller's model is never changed), builds the task
-(data adapter for the micro-world, or the real dataset when ``cfg.real_paths[task]`` is set, and the
-head), fine-tunes with :func:`~vlmerge_core.tasks.engine.run_finetune` under the task's resolved
-config (``cfg.overrides[task]`` applied) and returns flat metrics::
+``finetune_task(task, backbone, cfg, world)`` loads an MS, MA or merged MA checkpoint with
+``load_model`` (or builds a seeded random model from ``"random:<rng_seed>"``, or copies a model
+object; the caller's model is never changed), builds the task (data adapter for the micro-world, or
+the real dataset when ``cfg.real_paths[task]`` is set, and the head), fine-tunes with
+:func:`~vlmerge_core.tasks.engine.run_finetune` under the task's resolved config
+(``cfg.overrides[task]`` applied) and returns flat metrics::
 
-    {"task", "main", "main_metric", "select_metric", <test metrics>, "val_<metric>"..., "best_epoch",
-     "steps", "n_train", "seconds", "curve": {"step", "loss", "val_step", "val_select"}}
+    {"task", "main", "main_metric", "select_metric", <test metrics>, "val_<metric>"..., "ci": {metric:
+     [low, high]}, "val_last_gain", "best_epoch", "epochs", "steps", "n_train", "seconds",
+     "curve": {"step", "loss", "val_epoch", "val_step", "val_select"}}
 
 Test metrics carry the paper's names (``vqa_score``, ``ir_r1`` ... ``tr_r10``, ``r_mean``, ``accuracy``
 (NLVR2 test-P; ``val_accuracy`` is dev), ``top1``, ``miou``, ``pixel_acc``, ``accuracy`` (text)).
@@ -15,11 +17,9 @@ Test metrics carry the paper's names (``vqa_score``, ``ir_r1`` ... ``tr_r10``, `
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import logging
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,33 +28,38 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlmerge_core.config import PROFILES, FinetuneConfig
+from vlmerge_core.config import FinetuneConfig, ModelConfig
 from vlmerge_core.io import write_json
+from vlmerge_core.model.experts import RETRIEVAL_TASKS, TASKS
 from vlmerge_core.paths import resolve
 from vlmerge_core.tasks import classification, nlvr2, retrieval, segmentation, text_cls, vqa
 from vlmerge_core.tasks.base import SPLITS, BaseTask
+from vlmerge_core.tasks.bootstrap import bootstrap_ci
 from vlmerge_core.tasks.engine import run_finetune, task_config
 
 log = logging.getLogger(__name__)
 
-TASKS = ("vqa", "coco", "flickr", "nlvr2", "imagenet", "ade20k", "text")
+RANDOM_PREFIX = "random:"  # backbone spec of a seeded random-init model: "random:<rng_seed>"
+
+
+def _retrieval(name: str) -> tuple[Callable[..., dict], Callable[..., BaseTask]]:
+    return (
+        lambda w, c, s, sp: retrieval.load_split(w, c, s, sp, name),
+        lambda *a: retrieval.RetrievalTask(*a, name=name),
+    )
+
 
 # task -> (raw split loader(world, cfg, image_size, split), task class builder)
 _REGISTRY: dict[str, tuple[Callable[..., dict], Callable[..., BaseTask]]] = {
     "vqa": (vqa.load_split, vqa.VQATask),
-    "coco": (
-        lambda w, c, s, sp: retrieval.load_split(w, c, s, sp, "coco"),
-        lambda *a: retrieval.RetrievalTask(*a, name="coco"),
-    ),
-    "flickr": (
-        lambda w, c, s, sp: retrieval.load_split(w, c, s, sp, "flickr"),
-        lambda *a: retrieval.RetrievalTask(*a, name="flickr"),
-    ),
+    **{name: _retrieval(name) for name in RETRIEVAL_TASKS},
     "nlvr2": (nlvr2.load_split, nlvr2.NLVR2Task),
     "imagenet": (classification.load_split, classification.ClassificationTask),
     "ade20k": (segmentation.load_split, segmentation.SegmentationTask),
     "text": (text_cls.load_split, text_cls.TextClsTask),
 }
+if set(_REGISTRY) != set(TASKS):  # experts.TASKS is the one list of tasks
+    raise ImportError(f"tasks registry {sorted(_REGISTRY)} does not cover model.experts.TASKS {list(TASKS)}")
 
 # The paper's fine-tuning settings (PAPER.md section 6 and the official ``config.py``), for reference and
 # for a paper profile's ``finetune.overrides``; image sizes (VQA 480, retrieval 384) are the model's.
@@ -71,20 +76,51 @@ PAPER_RECIPES: dict[str, dict[str, Any]] = {
 
 @dataclasses.dataclass
 class TaskRun:
-    """A finished fine-tuning: its metrics, the fine-tuned model and the task (head, data)."""
+    """A finished fine-tuning: its flat metrics (module docstring), the test and best-epoch val metrics,
+    the fine-tuned model and the task (head, data)."""
 
     metrics: dict[str, Any]
     model: nn.Module
     task: BaseTask
+    test: dict[str, float] = dataclasses.field(default_factory=dict)
+    val: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def _load(checkpoint_or_model: str | Path | nn.Module) -> nn.Module:
-    if isinstance(checkpoint_or_model, nn.Module):
-        return copy.deepcopy(checkpoint_or_model)
+def random_model(model_cfg: ModelConfig, rng_seed: int) -> nn.Module:
+    """A random-init model of ``model_cfg`` drawn with ``rng_seed`` (global RNG state left untouched)."""
+    from vlmerge_core.model import MultiwayTransformer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(rng_seed)
+        return MultiwayTransformer(model_cfg)
+
+
+def load_backbone(backbone: str | Path | nn.Module, model_cfg: ModelConfig | None = None) -> nn.Module:
+    """The model to fine-tune: a copy of a model, a checkpoint file, or ``"random:<rng_seed>"``.
+
+    Args:
+        backbone: a model object (deep-copied), a checkpoint path (absolute or from the repo root),
+            or ``"random:<rng_seed>"``: a random-init model of ``model_cfg``.
+        model_cfg: the architecture of a random model.
+
+    Raises:
+        FileNotFoundError: the checkpoint file does not exist (names it).
+        ValueError: a malformed ``random:`` spec, or one without ``model_cfg``.
+    """
+    if isinstance(backbone, nn.Module):
+        return copy.deepcopy(backbone)
+    spec = str(backbone)
+    if spec.startswith(RANDOM_PREFIX):
+        seed = spec[len(RANDOM_PREFIX) :]
+        if not seed.isdigit():
+            raise ValueError(f"backbone {spec!r}: expected {RANDOM_PREFIX}<rng_seed> with an integer seed")
+        if model_cfg is None:
+            raise ValueError(f"backbone {spec!r}: a random model needs the model config (params.model)")
+        return random_model(model_cfg, int(seed))
     from vlmerge_core.model import load_model
 
-    path = resolve(checkpoint_or_model)
-    if not path.exists():
+    path = resolve(spec)
+    if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return load_model(path)
 
@@ -116,6 +152,11 @@ def build_task(task: str, model: nn.Module, cfg: FinetuneConfig, world: Any) -> 
     if world is None and not cfg.real_paths.get(task):
         raise ValueError(f"finetune {task}: no world given and no finetune.real_paths.{task}")
     tok = _tokenizer(world, cfg)
+    if world is not None and not cfg.real_paths.get(task) and world.config.image_size != model.cfg.image_size:
+        raise ValueError(
+            f"finetune {task}: the model's image_size {model.cfg.image_size} differs from the world's "
+            f"data.image_size {world.config.image_size} (model and data configs disagree)"
+        )
     if len(tok) > model.cfg.vocab_size:
         raise ValueError(
             f"finetune {task}: the tokenizer has {len(tok)} tokens, more than the model's "
@@ -126,15 +167,37 @@ def build_task(task: str, model: nn.Module, cfg: FinetuneConfig, world: Any) -> 
 
 
 def run_task(
-    task: str, checkpoint_or_model: str | Path | nn.Module, cfg: FinetuneConfig, world: Any
+    task: str,
+    backbone: str | Path | nn.Module,
+    cfg: FinetuneConfig,
+    world: Any,
+    *,
+    epochs: int | None = None,
+    model_cfg: ModelConfig | None = None,
+    n_bootstrap: int = 0,
+    bootstrap_seed: int = 0,
 ) -> TaskRun:
-    """Fine-tune and evaluate one task; see the module docstring for the metrics."""
+    """Fine-tune and evaluate one task; see the module docstring for the metrics.
+
+    Args:
+        task: one of :data:`~vlmerge_core.model.experts.TASKS`.
+        backbone: see :func:`load_backbone`.
+        cfg: the ``finetune`` section; ``cfg.overrides[task]`` is applied here.
+        world: the micro-world (a ``World`` or its folder), or None for real data only.
+        epochs: when given, replaces the task's resolved epochs (0: evaluate without training).
+        model_cfg: the architecture of a ``"random:<rng_seed>"`` backbone.
+        n_bootstrap: resamples of the test examples for the confidence intervals (0: none, NaN).
+        bootstrap_seed: seed of the resampling (``report.rng_seed``).
+    """
     t0 = time.perf_counter()
     tcfg = task_config(cfg, task)
-    model = _load(checkpoint_or_model)
-    torch.manual_seed(tcfg.seed)  # head init and drop-path draws
+    if epochs is not None:
+        tcfg = dataclasses.replace(tcfg, epochs=epochs)
+    model = load_backbone(backbone, model_cfg)
+    torch.manual_seed(tcfg.rng_seed)  # head init and drop-path draws
     obj = build_task(task, model, tcfg, world)
     res = run_finetune(model, obj, tcfg)
+    ci = bootstrap_ci(res["test_outcomes"], n_bootstrap, bootstrap_seed)
     metrics: dict[str, Any] = {
         "task": task,
         "main_metric": obj.main_metric,
@@ -145,7 +208,10 @@ def run_task(
     metrics.update({f"val_{k}": v for k, v in res["val"].items()})
     metrics.update(
         {
+            "ci": {k: list(v) for k, v in ci.items()},
+            "val_last_gain": res["val_last_gain"],
             "best_epoch": res["best_epoch"],
+            "epochs": tcfg.epochs,
             "steps": res["steps"],
             "n_train": obj.n_train,
             "curve": res["curve"],
@@ -153,28 +219,31 @@ def run_task(
         }
     )
     log.info("%s: %s = %.2f (%.1f s)", task, obj.main_metric, metrics["main"], metrics["seconds"])
-    return TaskRun(metrics, model, obj)
+    return TaskRun(metrics, model, obj, test=res["test"], val=res["val"])
 
 
 def finetune_task(
     task: str,
-    checkpoint_or_model: str | Path | nn.Module,
+    backbone: str | Path | nn.Module,
     cfg: FinetuneConfig,
     world: Any,
     out_dir: str | Path | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """Fine-tune ``checkpoint_or_model`` on ``task`` and return its metrics (deterministic for a seed,
-    but for ``seconds``); with ``out_dir``, also write them to ``<out_dir>/<task>.json``.
+    """Fine-tune ``backbone`` on ``task`` and return its metrics (deterministic for a seed, but for
+    ``seconds``); with ``out_dir``, also write them to ``<out_dir>/<task>.json``.
 
     Args:
-        task: one of :data:`TASKS`.
-        checkpoint_or_model: an MS / MA / merged MA checkpoint path (``load_model``) or a model (copied).
+        task: one of :data:`~vlmerge_core.model.experts.TASKS`.
+        backbone: an MS / MA / merged MA checkpoint path, ``"random:<rng_seed>"`` or a model (copied).
         cfg: the ``finetune`` section; ``cfg.overrides[task]`` is applied here.
         world: the micro-world (a ``World`` or its folder); may be ``None`` when the task reads real data
             and ``cfg.real_paths["tokenizer"]`` is set.
         out_dir: folder of the metrics file.
+        **kwargs: keyword arguments of :func:`run_task` (``epochs``, ``model_cfg``, ``n_bootstrap``,
+            ``bootstrap_seed``).
     """
-    metrics = run_task(task, checkpoint_or_model, cfg, world).metrics
+    metrics = run_task(task, backbone, cfg, world, **kwargs).metrics
     if out_dir is not None:
         write_json(resolve(out_dir) / f"{task}.json", metrics)
     return metrics
@@ -182,38 +251,8 @@ def finetune_task(
 
 @torch.no_grad()
 def predictions(run: TaskRun, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
-    """A few predictions of a fine-tuned task (eval mode), for :func:`~vlmerge_core.tasks.viz.fig_predictions`."""
+    """A few predictions of a fine-tuned task (eval mode), for
+    :func:`~vlmerge_core.tasks.plots.fig_predictions`."""
     run.model.eval()
     run.task.head.eval()
     return run.task.examples(run.model, split, n)
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def _cli(args: argparse.Namespace) -> int:
-    from vlmerge_core.config import load_params
-
-    torch.set_num_threads(args.threads)
-    params = load_params(args.file, profile=args.profile)
-    cfg = params.finetune
-    world = args.world or params.data.root
-    for task in args.tasks.split(",") if args.tasks else cfg.tasks:
-        m = finetune_task(task, args.checkpoint, cfg, world, out_dir=args.out)
-        sys.stdout.write(f"{task}: {m['main_metric']} = {m['main']:.2f} ({m['seconds']:.1f} s)\n")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="fine-tune and evaluate a checkpoint on downstream tasks")
-    p.add_argument("checkpoint", help="MS / MA / merged checkpoint (.safetensors)")
-    p.add_argument(
-        "--tasks", default="", help=f"comma-separated subset of {','.join(TASKS)} (default: params)"
-    )
-    which = p.add_mutually_exclusive_group()
-    which.add_argument(
-        "--profile", default=None, choices=PROFILES, help="use this profile's params instead of params.yaml"
-    )
-    which.add_argument("--file", default=None, help="params file (default: <repo root>/params.yaml)")
-    p.add_argument("--world", default=None, help="micro-world folder (default: params data.root)")
-    p.add_argument("--out", default=None, help="write <out>/<task>.json")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.set_defaults(func=_cli)

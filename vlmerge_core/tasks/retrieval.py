@@ -7,8 +7,10 @@ alone through the ``v`` path (``forward_image``), the caption alone through the 
 et al. 2021) at the backbone's learnable temperature ``exp(logit_scale)``; each epoch pairs every
 training image with one of its captions drawn from the seeded generator. Metric: recall@1/5/10 of
 image retrieval (text query, ``ir_r*``) and text retrieval (image query, ``tr_r*``) over the whole
-split, ties pessimistic (:func:`~vlmerge_core.tasks.metrics.retrieval_recalls`); the best epoch is
-chosen on IR@1 + TR@1 (``r1_sum``), the headline is the mean of the six recalls (``r_mean``).
+split, top-K with ties by index as the official code (pessimistic ties as extra ``*_pessimistic``
+fields; :func:`~vlmerge_core.tasks.metrics.retrieval_outcomes`); the best epoch is chosen on IR@1 +
+TR@1 (``r1_sum``), the headline is the mean of the six recalls (``r_mean``). The bootstrap unit is
+a test image with its captions.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from vlmerge_core.tasks.base import (
     tokenize,
 )
 from vlmerge_core.tasks.heads import ProjectionPair
-from vlmerge_core.tasks.metrics import retrieval_recalls
+from vlmerge_core.tasks.metrics import Outcomes, retrieval_outcomes
 from vlmerge_core.tasks.real import read_karpathy
 
 
@@ -58,7 +60,7 @@ class RetrievalTask(BaseTask):
         self.head = nn.Module() if hasattr(heads, "itc_image") else ProjectionPair(self.dim)
         self.splits: dict[str, dict[str, Any]] = {}
         for split, raw in data.items():
-            keep = subsample(len(raw["captions"]), subsample_size(cfg, split), split, cfg.seed)
+            keep = subsample(len(raw["captions"]), subsample_size(cfg, split), split, cfg.rng_seed)
             caps = [raw["captions"][i] for i in keep]
             flat = [c for cs in caps for c in cs]
             ids, mask = tokenize(tokenizer, flat, self.max_len)
@@ -104,8 +106,8 @@ class RetrievalTask(BaseTask):
         txt = torch.cat([self.embed_texts(model, s, t) for t in batches(len(s["captions"]))])
         return img @ txt.t()
 
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        return retrieval_recalls(self._sim(model, split), self.splits[split]["text_image"])
+    def outcomes(self, model: nn.Module, split: str) -> Outcomes:
+        return retrieval_outcomes(self._sim(model, split), self.splits[split]["text_image"])
 
     @torch.no_grad()
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:

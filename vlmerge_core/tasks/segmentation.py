@@ -3,9 +3,10 @@
 Model path: the image alone through the ``v`` path (``forward_image``), its patch tokens on their
 grid -> :class:`SegDecoder` (two transposed-conv stages, 1x1 conv, bilinear upsampling to
 pixels). The official code has no segmentation recipe (BEiT uses UperNet): this light decoder is ours.
-Loss: per-pixel cross-entropy, ignoring label 255 (ADE20k's "other", ``reduce_zero_label``).
-Metric: mIoU over the classes present in the ground truth or the predictions of the split, and pixel
-accuracy. The micro-world's background (0) is a class of its own.
+Loss: per-pixel cross-entropy, ignoring :data:`~vlmerge_core.tasks.metrics.SEG_IGNORE_LABEL` (ADE20k's
+"other", ``reduce_zero_label``). Metric: mIoU over the classes present in the ground truth or the
+predictions of the split, and pixel accuracy, from per-image intersection and union counts (the
+bootstrap unit is an image). The micro-world's background (0) is a class of its own.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from torch import nn
 from vlmerge_core.config import FinetuneConfig
 from vlmerge_core.tasks.base import BaseTask, batches, images_to_tensor, subsample, subsample_size
 from vlmerge_core.tasks.heads import SegDecoder
-from vlmerge_core.tasks.metrics import confusion_matrix, segmentation_scores
-from vlmerge_core.tasks.real import IGNORE_INDEX, read_ade20k
+from vlmerge_core.tasks.metrics import SEG_IGNORE_LABEL, Outcomes, segmentation_counts, segmentation_outcomes
+from vlmerge_core.tasks.real import read_ade20k
 
 ADE20K_CLASSES = 150
 
 
 def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> dict[str, Any]:
-    """Raw split: ``{"images", "masks": uint8 [N, S, S] (255 = ignore), "num_classes"}``."""
+    """Raw split: ``{"images", "masks": uint8 [N, S, S] (SEG_IGNORE_LABEL = ignore), "num_classes"}``."""
     root = cfg.real_paths.get("ade20k")
     if root:
         return {**read_ade20k(root, split, image_size), "num_classes": ADE20K_CLASSES}
@@ -44,7 +45,7 @@ class SegmentationTask(BaseTask):
         self.num_classes = int(data["train"]["num_classes"])
         self.splits = {}
         for split, raw in data.items():
-            keep = subsample(len(raw["images"]), subsample_size(cfg, split), split, cfg.seed)
+            keep = subsample(len(raw["images"]), subsample_size(cfg, split), split, cfg.rng_seed)
             self.splits[split] = {
                 "images": raw["images"],
                 "masks": raw["masks"],
@@ -66,15 +67,22 @@ class SegmentationTask(BaseTask):
 
     def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         s = self.splits["train"]
-        return F.cross_entropy(self._logits(model, s, idx), self._masks(s, idx), ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(
+            self._logits(model, s, idx), self._masks(s, idx), ignore_index=SEG_IGNORE_LABEL
+        )
 
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+    def outcomes(self, model: nn.Module, split: str) -> Outcomes:
         s = self.splits[split]
-        conf = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
+        inter, union = [], []
         for idx in batches(len(s["image"])):
             pred = self._logits(model, s, idx).argmax(1)
-            conf += confusion_matrix(pred, self._masks(s, idx), self.num_classes, IGNORE_INDEX)
-        return segmentation_scores(conf)
+            i, u = segmentation_counts(pred, self._masks(s, idx), self.num_classes, SEG_IGNORE_LABEL)
+            inter.append(i)
+            union.append(u)
+        empty = torch.zeros(0, self.num_classes, dtype=torch.long)
+        return segmentation_outcomes(
+            torch.cat(inter) if inter else empty, torch.cat(union) if union else empty
+        )
 
     @torch.no_grad()
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ class TextClsTask(ClassifierTask):
         self.splits = {}
         for split, raw in data.items():
             items = raw["items"]
-            items = [items[i] for i in subsample(len(items), subsample_size(cfg, split), split, cfg.seed)]
+            items = [items[i] for i in subsample(len(items), subsample_size(cfg, split), split, cfg.rng_seed)]
             ids, mask = tokenize(tokenizer, [x["text"] for x in items], self.max_len)
             self.splits[split] = {
                 "ids": ids,

@@ -3,9 +3,10 @@
 Model path: fusion (``forward_fused``: image by ``v`` and question by ``l`` below ``vl_start``, the
 concatenation through ``vl`` above), pooled feature -> :class:`MLPClassifier` (D -> 2D -> LN -> GELU ->
 #answers), as ``compute_vqa`` of the official code. Loss: binary cross-entropy on soft scores times
-the number of answers (official, after ban-vqa); training targets use the official soft-score table,
-the reported ``vqa_score`` uses the VQA accuracy ``min(#humans / 3, 1)`` of the arg-max answer. The
-micro-world has one ground-truth answer per question: target 1 and exact match there.
+the number of answers (official, after ban-vqa). Targets and metric use the official soft-score
+table (``write_vqa.get_score``: 0, .3, .6, .9, 1 for 0..4+ annotators); ``vqa_score`` is the target
+of the arg-max answer, as ``VQAScore``. The micro-world has one ground-truth answer per question:
+target 1 and exact match there.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from vlmerge_core.tasks.base import (
     tokenize,
 )
 from vlmerge_core.tasks.heads import MLPClassifier
-from vlmerge_core.tasks.metrics import dense_targets, vqa_score, vqa_targets
+from vlmerge_core.tasks.metrics import Outcomes, dense_targets, mean_outcomes, vqa_score, vqa_targets
 from vlmerge_core.tasks.real import read_vqav2
 
 
@@ -58,10 +59,10 @@ class VQATask(BaseTask):
         self.splits: dict[str, dict[str, Any]] = {}
         for split, raw in data.items():
             qs = raw["questions"]
-            keep = subsample(len(qs), subsample_size(cfg, split), split, cfg.seed)
+            keep = subsample(len(qs), subsample_size(cfg, split), split, cfg.rng_seed)
             qs = [qs[i] for i in keep]
             ids, mask = tokenize(tokenizer, [q["question"] for q in qs], self.max_len)
-            scheme = "exact" if raw.get("exact") else "official" if split == "train" else "accuracy"
+            scheme = "exact" if raw.get("exact") else "official"
             targets = [vqa_targets(q["answers"], a2l, scheme) for q in qs]
             self.splits[split] = {
                 "images": raw["images"],
@@ -94,12 +95,13 @@ class VQATask(BaseTask):
         targets = self._targets(s, idx)
         return F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]
 
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+    def outcomes(self, model: nn.Module, split: str) -> Outcomes:
+        """Per-question VQA score (the unit is a question)."""
         s = self.splits[split]
-        total, n = 0.0, len(s["image"])
-        for idx in batches(n):
-            total += vqa_score(self._logits(model, s, idx), self._targets(s, idx)).sum().item()
-        return {"vqa_score": 100.0 * total / max(n, 1)}
+        per = [
+            vqa_score(self._logits(model, s, idx), self._targets(s, idx)) for idx in batches(len(s["image"]))
+        ]
+        return mean_outcomes(torch.cat(per) if per else torch.zeros(0), "vqa_score")
 
     @torch.no_grad()
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:

@@ -1,14 +1,13 @@
-"""Atomic writes, deterministic JSON, checkpoint errors and repo-root resolution."""
+"""Atomic writes, deterministic JSON, safetensors errors and run provenance (``vlmerge_core.io``)."""
 
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 
-from vlmerge_core import io, paths
+from vlmerge_core import io
 
 
 def test_atomic_write_interrupted_keeps_old_file(tmp_path):
@@ -79,22 +78,3 @@ def test_run_info(tmp_path):
     info = io.read_json(path)
     assert info["config"]["width"] == 16 and info["stage"] == "test"
     assert {"git_sha", "versions", "written_at"} <= set(info) and "torch" in info["versions"]
-
-
-def test_repo_root_from_subfolders(tmp_path, monkeypatch):
-    monkeypatch.delenv("VLMERGE_ROOT", raising=False)
-    monkeypatch.delenv("DVC_ROOT", raising=False)
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    nb = tmp_path / "notebooks"
-    nb.mkdir()
-    monkeypatch.chdir(nb)  # papermill --cwd notebooks / nbmake
-    assert paths.repo_root() == tmp_path.resolve()
-    assert paths.resolve("data/micro") == tmp_path.resolve() / "data" / "micro"
-    assert paths.resolve("/abs/x") == paths.Path("/abs/x")
-    monkeypatch.setenv("VLMERGE_ROOT", str(nb))
-    assert paths.repo_root() == nb.resolve()
-
-
-def test_repo_root_of_this_checkout():
-    root = paths.repo_root(os.path.dirname(__file__))
-    assert (root / "pyproject.toml").exists()

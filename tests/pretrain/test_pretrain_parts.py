@@ -19,7 +19,7 @@ def test_stage_configs(smoke_params):
     assert cfg is smoke_params.ms_pretrain and mc.ms_components == MS_VARIANTS["attn"]
     assert stage_configs(smoke_params, "seed")[1].ms_components == []
     assert smoke_params.init_pretrain.losses == {"mim": 1.0}
-    assert smoke_params.seed_pretrain.losses == {"mlm": 1.0, "itc": 1.0, "itc_vl": 1.0, "itm": 1.0}
+    assert smoke_params.seed_pretrain.losses == {"mlm": 1.0, "itc": 0.5, "itc_vl": 0.5, "itm": 1.0}
     with pytest.raises(KeyError, match="variant"):
         stage_configs(smoke_params, "ms", "both")
 
@@ -45,8 +45,8 @@ def test_lr_schedule(smoke_params):
     assert abs(lr_factor(6, lin) - 0.5) < 1e-9
 
 
-def test_no_decay_groups(pico):
-    model = MultiwayTransformer(dataclasses.replace(pico, layer_scale_init=0.1, rel_pos_bias=True))
+def test_no_decay_groups(pico_cfg):
+    model = MultiwayTransformer(dataclasses.replace(pico_cfg, layer_scale_init=0.1, rel_pos_bias=True))
     decay, rest = make_optimizer(model, PretrainConfig()).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     dec = {names[id(p)] for p in decay["params"]}

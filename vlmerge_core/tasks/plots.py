@@ -14,27 +14,32 @@ from matplotlib.figure import Figure
 from vlmerge_core.plotting import subplots
 
 
-def fig_learning_curves(results: Mapping[str, Mapping[str, Any]]) -> Figure:
-    """One panel per task: training loss per step (left axis) and the val selection metric per epoch.
+def fig_learning_curves(records: Sequence[Mapping[str, Any]]) -> Figure:
+    """One panel per task: training loss per step (left axis) and the val selection metric per epoch
+    (right axis, from epoch 0 = before fine-tuning), one line per fine-tuning seed.
 
     Args:
-        results: task -> metrics of :func:`~vlmerge_core.tasks.finetune_task` (with ``curve``).
+        records: the ``records`` of :func:`~vlmerge_core.tasks.stage.run_finetune_stage` (``task``,
+            ``ft_seed``, ``select_metric``, ``curve``).
     """
-    tasks = list(results)
+    tasks = list(dict.fromkeys(r["task"] for r in records))
     fig, axes = subplots(1, max(1, len(tasks)), 3.0 * max(1, len(tasks)), 2.6)
     for ax, task in zip(axes[0], tasks):
-        m = results[task]
-        c = m["curve"]
-        ax.plot(c["step"], c["loss"], lw=0.8, color="tab:blue")
+        runs = [r for r in records if r["task"] == task]
+        ax2 = ax.twinx()
+        for k, r in enumerate(runs):
+            c = r["curve"]
+            label = f"seed {r.get('ft_seed', k)}"
+            ax.plot(c["step"], c["loss"], lw=0.8, color="tab:blue", alpha=1.0 / (1 + k), label=label)
+            ax2.plot(c["val_step"], c["val_select"], "o-", ms=3, color="tab:orange", alpha=1.0 / (1 + k))
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("train loss", fontsize=8, color="tab:blue")
+        ax2.set_ylabel(f"val {runs[0]['select_metric']}", fontsize=8, color="tab:orange")
         ax.tick_params(labelsize=7)
-        if c["val_step"]:
-            ax2 = ax.twinx()
-            ax2.plot(c["val_step"], c["val_select"], "o-", ms=3, color="tab:orange")
-            ax2.set_ylabel(f"val {m['select_metric']}", fontsize=8, color="tab:orange")
-            ax2.tick_params(labelsize=7)
+        ax2.tick_params(labelsize=7)
+        if len(runs) > 1:
+            ax.legend(fontsize=6, frameon=False)
     return fig
 
 
@@ -48,8 +53,8 @@ def fig_predictions(examples: Sequence[Mapping[str, Any]], title: str = "") -> F
     """A row of test examples: image(s) (and predicted / true masks), the input text, prediction and truth.
 
     Args:
-        examples: from :func:`~vlmerge_core.tasks.predictions` (``images``, ``text``, ``pred``,
-            ``truth``, optional ``mask_pred`` / ``mask_true``).
+        examples: from :func:`~vlmerge_core.tasks.predictions` or the stage's ``predictions``
+            (``images``, ``text``, ``pred``, ``truth``, optional ``mask_pred`` / ``mask_true``).
     """
     n = max(1, len(examples))
     per = max([len(e["images"]) + (2 if "mask_pred" in e else 0) for e in examples] + [1])

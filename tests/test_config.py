@@ -122,7 +122,16 @@ def test_section_from_dict():
         ({"model": {"image_size": 64}}, ["model.image_size", "data.image_size"]),
         ({"data": {"max_text_len": 40}}, ["data.max_text_len", "model.max_text_len"]),
         ({"model": {"mim_vocab": 32}}, ["data.mim_codebook_size", "model.mim_vocab"]),
-        ({"ms_pretrain": {"seed_steps": [0, 250]}}, ["ms_pretrain.seed_steps", "[250]"]),
+        (
+            {
+                "study": {
+                    "ms_models": {"x": {"variant": "all", "seed_steps": 250}},
+                    "recipe": "x",
+                    "naive": "x",
+                }
+            },
+            ["study.ms_models.x.seed_steps", "250", "seed_pretrain.save_steps"],
+        ),
         ({"seed_pretrain": {"steps": 200}}, ["seed_pretrain.save_steps"]),
     ],
 )

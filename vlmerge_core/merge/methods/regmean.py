@@ -1,0 +1,155 @@
+"""RegMean (Jin et al. 2023): the least-squares merge of linear layers from the Gram matrices of their inputs.
+
+For a linear weight ``W^m`` (``[out, in]``) of each expert with input Gram matrix ``G^m = sum x x^T``
+the merged weight minimises ``sum_m ||X^m W^T - X^m W^mT||^2``: ``W = (sum_m W^m G~^m)(sum_m G~^m)^-1``
+with ``G~ = alpha G + (1 - alpha) diag(G)`` (Jin et al. 2023, Eq. 4 and §3.2). Biases and norms are
+the plain average, as the official ``regmean`` (PAPER.md §4). The official code picks the experts of
+the fusion blocks from the task whatever ``only_activate_used_experts``: the method is
+``task_dependent`` (one merge per task group, :mod:`vlmerge_core.model.experts`).
+
+The solve: ``G~`` is symmetric positive semi-definite and, for Gram matrices of enough tokens,
+positive definite, so ``sum_m G~^m`` is factored by Cholesky (``n^3 / 3`` flops, half of LU) and
+``X (sum G~) = sum W G~`` is solved by two triangular solves in float64 (the factor overwrites the
+sum: one ``[in, in]`` matrix in memory). When the factorisation fails
+(not positive definite: too few tokens, a dead input feature with ``alpha = 1``) the LU solve
+``torch.linalg.solve`` is used and a warning names the tensor; a singular sum raises
+:class:`MergeError`. The official code takes the explicit inverse; ``benchmarks/merge.py`` measures
+the three.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from vlmerge_core.merge.methods.interpolation import interpolation
+from vlmerge_core.merge.methods.registry import Knob, MergeError, check_experts, f64, merge_method
+
+log = logging.getLogger(__name__)
+SOLVERS = ("cholesky", "lu", "inverse")
+
+
+def regmean_gram(gram: Tensor, alpha: float) -> Tensor:
+    """``alpha * G + (1 - alpha) * diag(G)`` in float64 (Jin et al. 2023, Eq. 4 regularisation)."""
+    g = f64(gram)
+    if alpha == 1.0:
+        return g
+    out = g * alpha
+    out.diagonal().add_(g.diagonal(), alpha=1.0 - alpha)
+    return out
+
+
+class NotPositiveDefinite(MergeError):
+    """The summed Gram matrix has no Cholesky factor (it was overwritten by the attempt)."""
+
+
+def solve_normal(
+    num: Tensor, den: Tensor, name: str, solver: str = "cholesky", *, overwrite: bool = False
+) -> Tensor:
+    """``X`` with ``X @ den = num`` for a symmetric ``den`` (float64).
+
+    ``cholesky``: ``den = L L^T``, then two triangular solves ``Z L^T = num``, ``X L = Z``; LU
+    fallback with a warning when ``den`` is not positive definite. ``lu``: ``torch.linalg.solve``.
+    ``inverse``: ``num @ inv(den)`` (the official code). ``overwrite=True`` factors ``den`` in place
+    (no second ``[in, in]`` matrix) and raises :class:`NotPositiveDefinite` instead of falling back.
+    """
+    if solver not in SOLVERS:
+        raise MergeError(f"{name}: RegMean solver must be one of {list(SOLVERS)}, got {solver!r}")
+    if solver == "cholesky":
+        if overwrite:
+            chol, info = torch.linalg.cholesky_ex(den, out=(den, torch.empty((), dtype=torch.int32)))
+        else:
+            chol, info = torch.linalg.cholesky_ex(den)
+        if int(info) == 0:
+            z = torch.linalg.solve_triangular(chol.T, num, upper=True, left=False)  # Z L^T = num
+            return torch.linalg.solve_triangular(chol, z, upper=False, left=False)  # X L = Z
+        if overwrite:
+            raise NotPositiveDefinite(f"{name}: summed Gram matrix is not positive definite")
+        log.warning(
+            "%s: summed Gram matrix is not positive definite (leading minor %d); using the LU solve",
+            name,
+            int(info),
+        )
+    try:
+        if solver == "inverse":
+            return num @ torch.linalg.inv(den)
+        return torch.linalg.solve(den, num, left=False)  # X @ den = num
+    except torch.linalg.LinAlgError as exc:
+        raise MergeError(f"{name}: summed Gram matrix is singular ({exc}); use alpha < 1") from None
+
+
+def _normal_equations(
+    experts: Sequence[Tensor], grams: Sequence[Tensor], alpha: float, name: str
+) -> tuple[Tensor, Tensor]:
+    """``(sum_m W^m G~^m, sum_m G~^m)`` in float64, reading one Gram matrix at a time."""
+    d_in = experts[0].shape[1]
+    num = torch.zeros(experts[0].shape, dtype=torch.float64)
+    den = torch.zeros(d_in, d_in, dtype=torch.float64)
+    for i, w in enumerate(experts):
+        g = grams[i]  # grams may read lazily: one [in, in] matrix held at a time
+        if tuple(g.shape) != (d_in, d_in):
+            raise MergeError(f"{name}: Gram matrix {i} has shape {tuple(g.shape)}, expected ({d_in}, {d_in})")
+        if torch.isnan(g).any():
+            raise MergeError(f"{name}: Gram matrix {i} contains NaN")
+        gt = regmean_gram(g, alpha)
+        num.addmm_(f64(w), gt)  # num += W^m G~^m, no temporary
+        den += gt
+        del g, gt
+    return num, den
+
+
+@merge_method(
+    "regmean",
+    "Jin et al. 2023, Dataless Knowledge Fusion by Merging Weights of Language Models (ICLR), RegMean",
+    needs_grams=True,
+    task_dependent=True,
+    knobs=(
+        Knob(
+            "alpha",
+            float,
+            1.0,
+            "regmean: scale of the off-diagonal Gram entries (alpha_R)",
+            lo=0.0,
+            hi=1.0,
+            params_key="merge.regmean_alphas",
+            sweep=True,
+        ),
+    ),
+    extra_params=("solver",),
+)
+def regmean(
+    experts: Sequence[Tensor],
+    *,
+    grams: Sequence[Tensor] | None = None,
+    alpha: float = 1.0,
+    solver: str = "cholesky",
+    name: str = "tensor",
+) -> Tensor:
+    """RegMean: ``W = (sum_m W^m G~^m)(sum_m G~^m)^-1`` for a linear weight ``[out, in]``.
+
+    Without ``grams`` (biases, norms) it is the plain average, as the official code. ``solver``:
+    see :func:`solve_normal`.
+    """
+    check_experts(experts, name)
+    if grams is None:
+        return interpolation(experts, name=name)
+    if not 0.0 <= alpha <= 1.0:
+        raise MergeError(f"{name}: RegMean alpha must be in [0, 1], got {alpha}")
+    if len(grams) != len(experts):
+        raise MergeError(f"{name}: {len(grams)} Gram matrices for {len(experts)} experts")
+    if experts[0].dim() != 2:
+        raise MergeError(
+            f"{name}: RegMean needs 2-D linear weights [out, in], got shape {tuple(experts[0].shape)}"
+        )
+    num, den = _normal_equations(experts, grams, alpha, name)
+    if solver == "cholesky":
+        try:
+            return solve_normal(num, den, name, overwrite=True).to(experts[0].dtype)
+        except NotPositiveDefinite:
+            log.warning("%s: summed Gram matrix is not positive definite; using the LU solve", name)
+            num, den = _normal_equations(experts, grams, alpha, name)  # den was factored in place
+            solver = "lu"
+    return solve_normal(num, den, name, solver).to(experts[0].dtype)

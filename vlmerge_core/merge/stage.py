@@ -1,0 +1,329 @@
+"""The merge stages as single calls (for DVC, papermill and ``notebooks/03_merge.ipynb``).
+
+- :func:`run_gram_stage`: RegMean's Gram matrices of an MS checkpoint on micro-world image-text pairs.
+- :func:`run_merge_stage`: every method and knob of ``params.merge`` on one MS checkpoint, one
+  merged checkpoint per task group for a task-dependent merge (:mod:`vlmerge_core.merge.grid`),
+  written as ``<out_dir>/<run_name>[__<group>].safetensors`` with an index ``<out_dir>/merges.json``.
+- :func:`checkpoint_for_task`: which of those checkpoints a task is evaluated with.
+- :func:`make_demo_checkpoints`: a pico central (MA) model, a noisy MS copy and its Gram matrices, so
+  that the notebook runs without any training (smoke default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlmerge_core.config import ParamsError, load_params, profile_params
+from vlmerge_core.io import read_json, write_json
+from vlmerge_core.merge.grid import MergeJob, merge_jobs, method_grid, run_name
+from vlmerge_core.merge.methods import MergeError, get_method
+from vlmerge_core.merge.stream import merge_checkpoint
+from vlmerge_core.model.experts import COMPONENTS, EXPERTS, TASKS
+from vlmerge_core.paths import repo_root, resolve
+
+__all__ = [
+    "checkpoint_for_task",
+    "make_demo_checkpoints",
+    "merge_all",
+    "method_grid",
+    "random_batches",
+    "run_gram_stage",
+    "run_jobs",
+    "run_merge_stage",
+    "run_name",
+]
+
+log = logging.getLogger(__name__)
+INDEX = "merges.json"  # the records of run_merge_stage, beside the checkpoints
+
+
+def _params(params_file: str, profile: str):
+    return load_params(params_file) if params_file else profile_params(profile)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repo root when inside it (stable across machines), else absolute."""
+    try:
+        return path.resolve().relative_to(repo_root()).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def run_gram_stage(
+    params_file: str = "",
+    *,
+    profile: str = "smoke",
+    ms_ckpt: str,
+    world_dir: str = "",
+    out: str,
+    exclude_padding: bool = False,
+    metrics_out: str = "",
+) -> dict:
+    """Collect RegMean's Gram matrices of ``ms_ckpt`` on the micro-world's training pairs.
+
+    Args:
+        params_file: params file (relative to the repo root); empty = ``profile``.
+        profile: params preset used when ``params_file`` is empty.
+        ms_ckpt: the MS checkpoint.
+        world_dir: micro-world folder; empty = ``data.root`` of the params (generated if missing).
+        out: output ``.safetensors`` (float64, keyed by module name).
+        exclude_padding: sum over real tokens only (ours); default every token, as the official code.
+        metrics_out: when non-empty, the summary JSON is written there too.
+
+    Returns:
+        ``{"out", "ms_ckpt", "batches", "batch_size", "exclude_padding", "matrices"}``.
+    """
+    from vlmerge_core.data import ensure_world
+    from vlmerge_core.merge.gram import collect_grams, save_grams
+    from vlmerge_core.model import load_model
+
+    params = _params(params_file, profile)
+    cfg = params.merge
+    world = ensure_world(params.data, resolve(world_dir) if world_dir else None)
+    model = load_model(resolve(ms_ckpt))
+    if model.kind != "ms":
+        raise MergeError(f"{ms_ckpt}: Gram matrices need a modality-specific (MS) checkpoint")
+    grams = collect_grams(
+        model, world, cfg.gram_batches, batch_size=cfg.gram_batch_size, exclude_padding=exclude_padding
+    )
+    meta = {
+        "source": Path(ms_ckpt).name,
+        "batches": cfg.gram_batches,
+        "batch_size": cfg.gram_batch_size,
+        "exclude_padding": exclude_padding,
+    }
+    path = save_grams(resolve(out), grams, meta)
+    result = {"out": _shown(path), "ms_ckpt": Path(ms_ckpt).name, "matrices": len(grams), **meta}
+    result.pop("source")
+    if metrics_out:
+        write_json(resolve(metrics_out), result)
+    return result
+
+
+def run_jobs(
+    ms_path: str | Path,
+    out_dir: str | Path,
+    jobs: Sequence[MergeJob],
+    *,
+    central_path: str | Path | None = None,
+    gram_path: str | Path | None = None,
+    only_used_experts: bool = False,
+    unimodal_paths: bool = False,
+) -> list[dict[str, Any]]:
+    """Write one checkpoint per job; returns one record per checkpoint.
+
+    Records: ``{method, run, knob, knob_value, params, group, tasks, path, seconds}`` (``run`` the
+    run name, e.g. ``regmean_alpha1``; ``path`` relative to the repo root when inside it).
+    """
+    out_dir = Path(out_dir)
+    records = []
+    for job in jobs:
+        method = get_method(job.method)
+        if method.needs_central and central_path is None:
+            raise MergeError(f"merge method {job.method!r} needs central_ckpt (the seed checkpoint)")
+        if method.needs_grams and gram_path is None:
+            raise MergeError(f"merge method {job.method!r} needs gram_path (run run_gram_stage first)")
+        path = out_dir / f"{job.stem}.safetensors"
+        t0 = time.perf_counter()
+        merge_checkpoint(
+            ms_path,
+            path,
+            job.method,
+            central_path=central_path if method.needs_central else None,
+            gram_path=gram_path if method.needs_grams else None,
+            task=job.task,
+            only_used_experts=only_used_experts,
+            unimodal_paths=unimodal_paths,
+            extra_info={"group": job.group, "tasks": list(job.tasks), "run": job.run_name},
+            **job.params,
+        )
+        records.append(
+            {
+                "method": job.method,
+                "run": job.run_name,
+                "knob": job.knob,
+                "knob_value": job.knob_value,
+                "params": job.params,
+                "group": job.group,
+                "tasks": list(job.tasks),
+                "path": _shown(path),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        log.info("merged %s (%s) -> %s", job.run_name, job.group, path)
+    return records
+
+
+def merge_all(
+    ms_path: str | Path,
+    out_dir: str | Path,
+    grid: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    central_path: str | Path | None = None,
+    gram_path: str | Path | None = None,
+    only_used_experts: bool = False,
+    unimodal_paths: bool = False,
+    tasks: Sequence[str] = TASKS,
+) -> list[dict[str, Any]]:
+    """Merge ``ms_path`` by every ``(method, params)`` of ``grid`` (:func:`method_grid`), one
+    checkpoint per task group of ``tasks`` for a task-dependent merge; records as :func:`run_jobs`."""
+    jobs = merge_jobs(grid, only_used_experts=only_used_experts, unimodal_paths=unimodal_paths, tasks=tasks)
+    return run_jobs(
+        ms_path,
+        out_dir,
+        jobs,
+        central_path=central_path,
+        gram_path=gram_path,
+        only_used_experts=only_used_experts,
+        unimodal_paths=unimodal_paths,
+    )
+
+
+def run_merge_stage(
+    params_file: str = "",
+    *,
+    profile: str = "smoke",
+    ms_ckpt: str,
+    central_ckpt: str = "",
+    gram_path: str = "",
+    out_dir: str,
+    methods: list[str] | None = None,
+    only_used_experts: bool | None = None,
+    metrics_out: str = "",
+) -> dict:
+    """Merge ``ms_ckpt`` by every method and knob of ``params.merge`` (or ``methods``).
+
+    A task-dependent merge (RegMean always; every method with ``only_used_experts`` or
+    ``merge.unimodal_paths``) gives one checkpoint per task group of ``finetune.tasks``.
+
+    Args:
+        params_file: params file (relative to the repo root); empty = ``profile``.
+        profile: params preset used when ``params_file`` is empty.
+        ms_ckpt: the MS checkpoint.
+        central_ckpt: the seed (MA) checkpoint, for methods that need it.
+        gram_path: Gram matrices (:func:`run_gram_stage`), for methods that need them.
+        out_dir: folder of the merged checkpoints and of their index ``merges.json``.
+        methods: method names; default ``merge.methods``.
+        only_used_experts: overrides ``merge.only_used_experts``.
+        metrics_out: when non-empty, the records JSON is written there too.
+
+    Returns:
+        ``{"ms_ckpt", "central_ckpt", "only_used_experts", "unimodal_paths", "merges": [records]}``,
+        each record ``{method, run, knob, knob_value, params, group, tasks, path, seconds}``.
+    """
+    params = _params(params_file, profile)
+    cfg = params.merge
+    used = cfg.only_used_experts if only_used_experts is None else bool(only_used_experts)
+    grid = method_grid(cfg, methods)
+    for m in dict(grid):
+        method = get_method(m)
+        if method.needs_central and not central_ckpt:
+            raise ParamsError(f"central_ckpt: merge method {m!r} needs the seed (central) checkpoint")
+        if method.needs_grams and not gram_path:
+            raise ParamsError(f"gram_path: merge method {m!r} needs Gram matrices (run_gram_stage)")
+    tasks = [t for t in params.finetune.tasks if t in TASKS] or list(TASKS)
+    out = resolve(out_dir)
+    records = merge_all(
+        resolve(ms_ckpt),
+        out,
+        grid,
+        central_path=resolve(central_ckpt) if central_ckpt else None,
+        gram_path=resolve(gram_path) if gram_path else None,
+        only_used_experts=used,
+        unimodal_paths=cfg.unimodal_paths,
+        tasks=tasks,
+    )
+    result = {
+        "ms_ckpt": Path(ms_ckpt).name,
+        "central_ckpt": Path(central_ckpt).name if central_ckpt else None,
+        "only_used_experts": used,
+        "unimodal_paths": cfg.unimodal_paths,
+        "merges": records,
+    }
+    write_json(out / INDEX, result)
+    if metrics_out:
+        write_json(resolve(metrics_out), result)
+    return result
+
+
+def checkpoint_for_task(
+    records_or_out_dir: Sequence[Mapping[str, Any]] | str | Path, run_name: str, task: str
+) -> Path:
+    """The merged checkpoint of ``run_name`` that ``task`` is evaluated with.
+
+    Args:
+        records_or_out_dir: the ``merges`` records of :func:`run_merge_stage`, or its ``out_dir``
+            (whose ``merges.json`` is read).
+        run_name: e.g. ``regmean_alpha1``.
+        task: a downstream task.
+
+    Raises:
+        MergeError: no record of ``run_name`` covers ``task`` (names both).
+    """
+    if isinstance(records_or_out_dir, (str, Path)):
+        records = read_json(resolve(records_or_out_dir) / INDEX)["merges"]
+    else:
+        records = records_or_out_dir
+    runs = [r for r in records if r["run"] == run_name]
+    if not runs:
+        known = sorted({r["run"] for r in records})
+        raise MergeError(f"no merge named {run_name!r}; merged: {', '.join(known)}")
+    for r in runs:
+        if task in r["tasks"]:
+            return resolve(r["path"])
+    raise MergeError(
+        f"{run_name}: no merged checkpoint for task {task!r} (groups: {[r['group'] for r in runs]})"
+    )
+
+
+def random_batches(cfg: Any, n: int, batch_size: int = 8, rng_seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Synthetic image-text batches (random pixels and tokens, some padding) for smoke Gram matrices."""
+    g = torch.Generator().manual_seed(rng_seed)
+    T = min(8, cfg.max_text_len)
+    out = []
+    for _ in range(n):
+        mask = torch.arange(T)[None] < torch.randint(2, T + 1, (batch_size, 1), generator=g)
+        ids = torch.randint(5, cfg.vocab_size, (batch_size, T), generator=g) * mask
+        out.append(
+            {
+                "images": torch.randn(batch_size, 3, cfg.image_size, cfg.image_size, generator=g),
+                "ids": ids,
+                "mask": mask,
+            }
+        )
+    return out
+
+
+def make_demo_checkpoints(out_dir: str | Path, noise: float = 0.02, rng_seed: int = 0) -> dict[str, Path]:
+    """A pico central (MA) checkpoint, an MS checkpoint = central + per-expert noise, and its Gram file."""
+    from vlmerge_core.merge.gram import collect_grams, save_grams
+    from vlmerge_core.model import MultiwayTransformer, init_ms_from_ma, save_model
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(rng_seed)
+    cfg = dataclasses.replace(profile_params("smoke").model, layer_scale_init=0.1)
+    central = MultiwayTransformer(cfg)
+    ms = init_ms_from_ma(
+        MultiwayTransformer(dataclasses.replace(cfg, ms_components=list(COMPONENTS))), central.state_dict()
+    )
+    g = torch.Generator().manual_seed(rng_seed + 1)
+    with torch.no_grad():
+        for name, p in ms.named_parameters():
+            if any(f".{e}." in name for e in EXPERTS):
+                p.add_(noise * torch.randn(p.shape, generator=g))
+    paths = {
+        "central": out_dir / "demo_central.safetensors",
+        "ms": out_dir / "demo_ms.safetensors",
+        "grams": out_dir / "demo_grams.safetensors",
+    }
+    save_model(paths["central"], central)
+    save_model(paths["ms"], ms)
+    save_grams(paths["grams"], collect_grams(ms, random_batches(cfg, 2, rng_seed=rng_seed), 2))
+    return paths
