@@ -26,9 +26,24 @@ sys.path.insert(0, str(ROOT))
 
 from vlmerge_core.config import profile_params, to_dict  # noqa: E402
 
-SMALL_DATA = {"image_size": 224, "mim_patch": 16, "n_train": 96, "n_val": 32, "n_test": 32,
-              "n_image_only": 32, "n_corpus": 64, "mim_codebook_size": 64}
-STEPS = {"steps": 8, "batch_size": 32, "warmup_steps": 2, "ckpt_every": 4, "log_every": 1, "eval_batch_size": 64}
+SMALL_DATA = {
+    "image_size": 224,
+    "mim_patch": 16,
+    "n_train": 96,
+    "n_val": 32,
+    "n_test": 32,
+    "n_image_only": 32,
+    "n_corpus": 64,
+    "mim_codebook_size": 64,
+}
+STEPS = {
+    "steps": 8,
+    "batch_size": 32,
+    "warmup_steps": 2,
+    "ckpt_every": 4,
+    "log_every": 1,
+    "eval_batch_size": 64,
+}
 
 
 def params_dict(world: str) -> dict:
@@ -76,37 +91,115 @@ def main() -> int:
     pfile = run / "params.yaml"
     pfile.write_text(yaml.safe_dump(params_dict(args.world), sort_keys=False))
     rel = str(pfile.relative_to(ROOT))
-    log: dict = {"torch": torch.__version__, "cuda": torch.cuda.is_available(),
-                 "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+    log: dict = {
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
     print(log, flush=True)
-    from vlmerge_core.model import MultiwayTransformer, save_model
     from vlmerge_core.config import load_params
+    from vlmerge_core.model import MultiwayTransformer, save_model
 
     params = load_params(rel)
     torch.manual_seed(0)
     save_model(run / "init.safetensors", MultiwayTransformer(params.model))
     cli = [sys.executable, "-m", "vlmerge_core.cli"]
-    trun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-            "-m", "vlmerge_core.cli"]
-    sh(cli + ["pretrain", "seed", "--file", rel, "--init", f"{run.relative_to(ROOT)}/init.safetensors",
-              "-o", f"{run.relative_to(ROOT)}/seed", "--world", args.world, "--restart"], log, "seed_bf16")
-    sh(trun + ["pretrain", "ms", "--file", rel, "--variant", "all", "--init",
-               f"{run.relative_to(ROOT)}/seed/ckpt_step8.safetensors", "-o", f"{run.relative_to(ROOT)}/ms",
-               "--world", args.world, "--restart"], log, "ms_bf16_torchrun_nccl")
+    trun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "1",
+        "-m",
+        "vlmerge_core.cli",
+    ]
+    sh(
+        cli
+        + [
+            "pretrain",
+            "seed",
+            "--file",
+            rel,
+            "--init",
+            f"{run.relative_to(ROOT)}/init.safetensors",
+            "-o",
+            f"{run.relative_to(ROOT)}/seed",
+            "--world",
+            args.world,
+            "--restart",
+        ],
+        log,
+        "seed_bf16",
+    )
+    sh(
+        trun
+        + [
+            "pretrain",
+            "ms",
+            "--file",
+            rel,
+            "--variant",
+            "all",
+            "--init",
+            f"{run.relative_to(ROOT)}/seed/ckpt_step8.safetensors",
+            "-o",
+            f"{run.relative_to(ROOT)}/ms",
+            "--world",
+            args.world,
+            "--restart",
+        ],
+        log,
+        "ms_bf16_torchrun_nccl",
+    )
     for name in ("seed", "ms"):
         m = run / name / "metrics.json"
         if m.exists():
             doc = json.loads(m.read_text())
-            log[f"{name}_metrics"] = {k: doc.get(k) for k in ("loss_start", "loss_end", "device", "retrieval")}
+            log[f"{name}_metrics"] = {
+                k: doc.get(k) for k in ("loss_start", "loss_end", "device", "retrieval")
+            }
     ms = f"{run.relative_to(ROOT)}/ms/last.safetensors"
-    sh(cli + ["merge", ms, "--method", "interpolation", "-o", f"{run.relative_to(ROOT)}/interp.safetensors"],
-       log, "merge_interpolation")
-    sh(cli + ["merge", ms, "--method", "arithmetic", "--central",
-              f"{run.relative_to(ROOT)}/seed/ckpt_step8.safetensors", "-o",
-              f"{run.relative_to(ROOT)}/arith.safetensors"], log, "merge_arithmetic")
-    proc = subprocess.run([sys.executable, "benchmarks/throughput.py", "--size", "vitb", "--batch", "64",
-                           "--steps", "10", "--warmup", "3", "--device", "cuda"], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    sh(
+        cli + ["merge", ms, "--method", "interpolation", "-o", f"{run.relative_to(ROOT)}/interp.safetensors"],
+        log,
+        "merge_interpolation",
+    )
+    sh(
+        cli
+        + [
+            "merge",
+            ms,
+            "--method",
+            "arithmetic",
+            "--central",
+            f"{run.relative_to(ROOT)}/seed/ckpt_step8.safetensors",
+            "-o",
+            f"{run.relative_to(ROOT)}/arith.safetensors",
+        ],
+        log,
+        "merge_arithmetic",
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/throughput.py",
+            "--size",
+            "vitb",
+            "--batch",
+            "64",
+            "--steps",
+            "10",
+            "--warmup",
+            "3",
+            "--device",
+            "cuda",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     log["throughput_vitb_bf16"] = proc.stdout[-2500:] + proc.stderr[-800:]
     print(log["throughput_vitb_bf16"], flush=True)
     (out / "gpu_check.json").write_text(json.dumps(log, indent=1, default=str))

@@ -140,7 +140,7 @@ class InitPretrainConfig(PretrainConfig):
 
 @dataclass
 class SeedPretrainConfig(PretrainConfig):
-    steps: int = _f(600, lo=0)  # K_seed of the longest seed run (ITM needs ~500 steps on micro)
+    steps: int = _f(600, lo=0)  # K_seed of the longest seed run (micro: ITC leaves its plateau at ~110)
     save_steps: list[int] = _f(factory=lambda: [100, 300, 600])  # seed lengths K_seed kept as checkpoints
     losses: dict[str, float] = _f(factory=lambda: dict(VL_LOSSES))  # the paper's VL objectives
 
@@ -164,7 +164,7 @@ class MergeConfig:
     tssd_k: float = _f(0.5, lo=0.0, hi=1.0)  # TSSD keeps the top-k fraction per row
     rng_seed: int = _f(0, lo=0)  # RNG seed of stochastic methods (DARE)
     ties_lambda: float = _f(1.0, lo=0.0)  # TIES scale of the merged modality vector
-    ties_trim: str = _f("vector", choices=("vector", "tensor"))  # TIES top-k per modality vector (Yadav et al.) or per tensor (mergekit)
+    ties_trim: str = _f("vector", choices=("vector", "tensor"))  # TIES top-k per vector (Yadav) / tensor
     dare_lambda: float = _f(0.5, lo=0.0)  # DARE scale of the summed rescaled modality vectors
     unimodal_paths: bool = False  # ours: image-only tasks merged from v, text-only from l
     gram_batch_size: int = _f(32, lo=1)  # batch size of the Gram-matrix collection

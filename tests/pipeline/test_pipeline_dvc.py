@@ -77,8 +77,14 @@ def test_dvc_repro_smoke_whole_study(smoke_repo):
     data_root = smoke_repo / params.data.root
     first = _digest(data_root)
     assert first, "the data stage wrote nothing"
-    for rel in ("metrics/data/stats.json", "metrics/finetune/testbed.json", "metrics/study/results.csv",
-                "metrics/study/distances.csv", "paper/REPORT.md", "paper/tables/e0_validity.md"):
+    for rel in (
+        "metrics/data/stats.json",
+        "metrics/finetune/testbed.json",
+        "metrics/study/results.csv",
+        "metrics/study/distances.csv",
+        "paper/REPORT.md",
+        "paper/tables/e0_validity.md",
+    ):
         assert (smoke_repo / rel).exists(), f"{rel} was not written"
     for key in params.study.ms_models:
         assert (smoke_repo / f"metrics/finetune/{key}.json").exists()

@@ -28,7 +28,7 @@ def test_ms_models_and_roles(micro):
     assert models[micro.study.naive].init_ckpt() == plan.init_ckpt()  # no seed: the init itself
     recipe = models[micro.study.recipe]
     assert recipe.central_ckpt() == plan.seed_ckpt(recipe.seed_steps)
-    assert plan.ma_baseline_steps(micro) == recipe.seed_steps + micro.ms_pretrain.steps
+    assert plan.ma_baseline_steps(micro) == micro.ms_pretrain.steps  # the paper's MA "from scratch": K_VL
 
 
 def test_bad_grid_entries_are_refused(micro):
@@ -70,14 +70,36 @@ def test_claim_rows_get_every_ft_seed(micro):
     assert kinds[:3] == ["untrained", "random", "init"] and kinds[-1] == "ma_baseline"
     assert all(j.ft_seeds == seeds for j in testbed[1:]) and len(seeds) >= 3
     ids = [j.model_id for j in testbed]
-    assert f"seed{min(micro.seed_pretrain.save_steps)}" in ids and f"seed{max(micro.seed_pretrain.save_steps)}" in ids
+    assert (
+        f"seed{min(micro.seed_pretrain.save_steps)}" in ids
+        and f"seed{max(micro.seed_pretrain.save_steps)}" in ids
+    )
 
 
 def test_finetune_rows_follow_the_contract():
-    doc = {"model": {"model_id": "merged_x", "kind": "merged", "seed_steps": 3, "variant": "all",
-                     "method": "ties", "knob": "density", "knob_value": 0.5, "option": "", "experiments": ["E2"]},
-           "records": [{"task": "vqa", "ft_seed": 1, "main_metric": "vqa_score", "val_last_gain": 0.4,
-                        "metrics": {"vqa_score": 40.0, "note": "x"}, "ci": {"vqa_score": [38.0, 42.0]}}]}
+    doc = {
+        "model": {
+            "model_id": "merged_x",
+            "kind": "merged",
+            "seed_steps": 3,
+            "variant": "all",
+            "method": "ties",
+            "knob": "density",
+            "knob_value": 0.5,
+            "option": "",
+            "experiments": ["E2"],
+        },
+        "records": [
+            {
+                "task": "vqa",
+                "ft_seed": 1,
+                "main_metric": "vqa_score",
+                "val_last_gain": 0.4,
+                "metrics": {"vqa_score": 40.0, "note": "x"},
+                "ci": {"vqa_score": [38.0, 42.0]},
+            }
+        ],
+    }
     rows = finetune_rows(doc, "f.json")
     assert [r["metric"] for r in rows] == ["vqa_score", "val_last_gain"]
     assert rows[0]["is_main"] and rows[0]["ci_low"] == 38.0 and rows[0]["experiments"] == "E2"

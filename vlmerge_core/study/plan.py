@@ -10,7 +10,8 @@ The grid:
 - MS models ``study.ms_models``: ``{id: {variant, seed_steps}}``, each pre-trained for
   ``ms_pretrain.steps`` from the seed checkpoint of its ``seed_steps`` (E1 varies ``seed_steps`` with
   variant ``all``; E3 varies ``variant`` at ``study.recipe``'s seed length);
-- the MA baseline: MA pre-trained from the init for the recipe's whole budget (K_seed + K_VL steps);
+- the MA baseline: MA pre-trained from the init for K_VL steps, as the paper's MA model pre-trained
+  "from scratch" (README run ``ma_200k_vlpt``);
 - merges of every MS model by ``study.e1_methods`` (each method's first knob value of ``merge``), and of
   the recipe model by every method and knob of ``merge`` (E2, E6) and by the options of
   ``study.options`` (E6);
@@ -136,8 +137,10 @@ def ms_models(params: Params) -> dict[str, MSModel]:
 
 
 def ma_baseline_steps(params: Params) -> int:
-    """The MA baseline's budget: the recipe's seed length plus the MS pre-training steps."""
-    return ms_models(params)[params.study.recipe].seed_steps + params.ms_pretrain.steps
+    """The MA baseline's budget: K_VL, the MS pre-training steps, from the init, as the paper's MA
+    model pre-trained "from scratch" (README run ``ma_200k_vlpt``: 200k steps from BEiT, the MS
+    models' K_VL)."""
+    return params.ms_pretrain.steps
 
 
 def merged_id(ms_id: str, run: str, option: str = "") -> str:

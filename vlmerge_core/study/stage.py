@@ -68,8 +68,8 @@ def run_study_pretrain_stage(
 ) -> dict:
     """One pre-training run of the study: ``run="ma_baseline"`` or a key of ``study.ms_models``.
 
-    The MA baseline is MA pre-trained from the init for the recipe's whole budget (K_seed + K_VL steps,
-    the seed stage's settings); an MS model is pre-trained for ``ms_pretrain.steps`` from the seed
+    The MA baseline is MA pre-trained from the init for K_VL steps with the seed stage's settings (the
+    paper's MA model "from scratch"); an MS model is pre-trained for ``ms_pretrain.steps`` from the seed
     checkpoint of its ``seed_steps`` (the init for 0), every expert a copy of it. ``demo`` first builds
     missing upstream checkpoints at the params' scale (:mod:`vlmerge_core.study.demo`).
     """
