@@ -60,12 +60,9 @@ class CollectError(ValueError):
     """A metrics file the collection reads is missing a field; the message names file and field."""
 
 
-def _pct(x: Any) -> float:
-    """Metrics are stored as fractions in [0, 1] or already in points; the tables use points."""
-    if x is None:
-        return math.nan
-    x = float(x)
-    return x
+def _num(x: Any) -> float:
+    """A metric value (already in points) as a float; a missing one (``None``) is NaN."""
+    return math.nan if x is None else float(x)
 
 
 def finetune_rows(doc: dict[str, Any], src: str) -> list[dict[str, Any]]:
@@ -105,9 +102,9 @@ def finetune_rows(doc: dict[str, Any], src: str) -> list[dict[str, Any]]:
                     "metric": name,
                     "is_main": name == main,
                     "ft_seed": seed,
-                    "value": _pct(value),
-                    "ci_low": _pct(lo),
-                    "ci_high": _pct(hi),
+                    "value": _num(value),
+                    "ci_low": _num(lo),
+                    "ci_high": _num(hi),
                 }
             )
         if rec.get("val_last_gain") is not None:
@@ -118,7 +115,7 @@ def finetune_rows(doc: dict[str, Any], src: str) -> list[dict[str, Any]]:
                     "metric": "val_last_gain",
                     "is_main": False,
                     "ft_seed": seed,
-                    "value": _pct(rec["val_last_gain"]),
+                    "value": _num(rec["val_last_gain"]),
                     "ci_low": math.nan,
                     "ci_high": math.nan,
                 }
