@@ -60,3 +60,11 @@ def test_missing_chance_and_e0(chance):
     ]
     assert _validity(rows, chance)["nlvr2"].status == "not run"
     assert e0_validity(Study()) == {}
+
+
+def test_chance_check_is_one_sided(chance):
+    """Chance is the majority-class predictor: below it passes (a random head), above it fails."""
+    below = _validity(_replace(study_rows(), "untrained", "vqa", [10.0]), chance)["vqa"]
+    assert below.checks["chance"] == "pass" and "-15.0" in below.details["chance"]
+    above = _validity(_replace(study_rows(), "untrained", "vqa", [40.0]), chance)["vqa"]
+    assert above.checks["chance"] == "fail"
