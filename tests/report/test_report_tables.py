@@ -9,6 +9,7 @@ import pandas as pd
 from conftest import frame, merged, study_rows
 
 from vlmerge_core.report.published import load_published
+from vlmerge_core.report.schema import METRIC_ORDER
 from vlmerge_core.report.tableio import tex_escape, to_latex, to_markdown, write_table
 from vlmerge_core.report.tables import (
     PAPER_ROW,
@@ -125,3 +126,11 @@ def test_writers(tmp_path):
 def test_multiindex_markdown(results):
     md = to_markdown(table_e3(results))
     assert md.splitlines()[0].startswith("| variant / row")
+
+
+def test_e5_table_keeps_the_papers_metrics_only(results):
+    """Auxiliary fields (pessimistic recalls, convergence) stay in the metrics files, not in E5."""
+    rows = results[results["task"] == "coco"].head(1).assign(metric="r_mean_pessimistic")
+    df = table_e5(pd.concat([results, rows]))
+    metrics = {m for _, m in df.columns}
+    assert metrics <= set(METRIC_ORDER) and "r_mean_pessimistic" not in metrics
