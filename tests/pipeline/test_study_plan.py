@@ -125,3 +125,28 @@ def test_clean_copy_ignores_outputs_and_run_metadata(tmp_path):
     (tmp_path / "broken.ipynb").write_text("{not json")
     with pytest.raises(NotebookError, match="broken.ipynb"):
         clean_notebook(tmp_path / "broken.ipynb", tmp_path / "d.ipynb")
+
+
+def test_checkpoints_for_picks_the_option_and_the_task_group():
+    """The study's lookup is the merge stage's (record_for_task), over the records of one option."""
+    from vlmerge_core.merge.methods.registry import MergeError
+    from vlmerge_core.study.stage import checkpoints_for
+
+    recs = [
+        {"run": "regmean_alpha1", "option": "", "group": "vqa", "tasks": ["vqa"], "path": "m/rv.st"},
+        {"run": "regmean_alpha1", "option": "", "group": "retrieval", "tasks": ["coco"], "path": "m/rr.st"},
+        {
+            "run": "regmean_alpha1",
+            "option": "gram_nopad",
+            "group": "vqa",
+            "tasks": ["vqa"],
+            "path": "m/nv.st",
+        },
+    ]
+    assert checkpoints_for(recs, "regmean_alpha1", "", ["vqa", "coco"]) == {
+        "vqa": "m/rv.st",
+        "coco": "m/rr.st",
+    }
+    assert checkpoints_for(recs, "regmean_alpha1", "gram_nopad", ["vqa"]) == {"vqa": "m/nv.st"}
+    with pytest.raises(MergeError, match="coco"):
+        checkpoints_for(recs, "regmean_alpha1", "gram_nopad", ["coco"])

@@ -4,7 +4,8 @@
 - :func:`run_merge_stage`: every method and knob of ``params.merge`` on one MS checkpoint, one
   merged checkpoint per task group for a task-dependent merge (:mod:`vlmerge_core.merge.grid`),
   written as ``<out_dir>/<run_name>[__<group>].safetensors`` with an index ``<out_dir>/merges.json``.
-- :func:`checkpoint_for_task`: which of those checkpoints a task is evaluated with.
+- :func:`record_for_task` / :func:`checkpoint_for_task`: which of those checkpoints a task is
+  evaluated with.
 - :func:`make_demo_checkpoints`: a pico central (MA) model, a noisy MS copy and its Gram matrices, so
   that the notebook runs without any training (smoke default).
 """
@@ -34,6 +35,7 @@ __all__ = [
     "merge_all",
     "method_grid",
     "random_batches",
+    "record_for_task",
     "run_gram_stage",
     "run_jobs",
     "run_merge_stage",
@@ -253,10 +255,29 @@ def run_merge_stage(
     return result
 
 
+def record_for_task(records: Sequence[Mapping[str, Any]], run_name: str, task: str) -> Mapping[str, Any]:
+    """The merge record of ``run_name`` whose checkpoint ``task`` is evaluated with (the record of its
+    task group for a task-dependent merge, the single record otherwise).
+
+    Raises:
+        MergeError: no record of ``run_name`` covers ``task`` (names both).
+    """
+    runs = [r for r in records if r["run"] == run_name]
+    if not runs:
+        known = sorted({r["run"] for r in records})
+        raise MergeError(f"no merge named {run_name!r}; merged: {', '.join(known)}")
+    for r in runs:
+        if task in r["tasks"]:
+            return r
+    raise MergeError(
+        f"{run_name}: no merged checkpoint for task {task!r} (groups: {[r['group'] for r in runs]})"
+    )
+
+
 def checkpoint_for_task(
     records_or_out_dir: Sequence[Mapping[str, Any]] | str | Path, run_name: str, task: str
 ) -> Path:
-    """The merged checkpoint of ``run_name`` that ``task`` is evaluated with.
+    """The merged checkpoint of ``run_name`` that ``task`` is evaluated with (:func:`record_for_task`).
 
     Args:
         records_or_out_dir: the ``merges`` records of :func:`run_merge_stage`, or its ``out_dir``
@@ -271,16 +292,7 @@ def checkpoint_for_task(
         records = read_json(resolve(records_or_out_dir) / INDEX)["merges"]
     else:
         records = records_or_out_dir
-    runs = [r for r in records if r["run"] == run_name]
-    if not runs:
-        known = sorted({r["run"] for r in records})
-        raise MergeError(f"no merge named {run_name!r}; merged: {', '.join(known)}")
-    for r in runs:
-        if task in r["tasks"]:
-            return resolve(r["path"])
-    raise MergeError(
-        f"{run_name}: no merged checkpoint for task {task!r} (groups: {[r['group'] for r in runs]})"
-    )
+    return resolve(record_for_task(records, run_name, task)["path"])
 
 
 def random_batches(cfg: Any, n: int, batch_size: int = 8, rng_seed: int = 0) -> list[dict[str, torch.Tensor]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -191,18 +192,17 @@ def run_merge_grid_stage(
     return out
 
 
-def checkpoints_for(records: list[dict], run: str, option: str) -> dict[str, str]:
-    """Task -> merged checkpoint of one merge (``"*"`` when one file serves every task)."""
-    out: dict[str, str] = {}
-    for rec in records:
-        if rec.get("run") == run and rec.get("option", "") == option:
-            for task in rec.get("tasks") or ["*"]:
-                out[task] = rec["path"]
-    if not out:
-        raise FileNotFoundError(
-            f"no merged checkpoint for {run} (option {option or 'none'}) in the merge records"
-        )
-    return out
+def checkpoints_for(records: list[dict], run: str, option: str, tasks: Sequence[str]) -> dict[str, str]:
+    """Task -> merged checkpoint (as recorded, from the repo root) of one merge and option, for each
+    of ``tasks``: the lookup of :func:`~vlmerge_core.merge.stage.record_for_task`.
+
+    Raises:
+        MergeError: no record of ``run`` with ``option`` covers a task.
+    """
+    from vlmerge_core.merge.stage import record_for_task
+
+    mine = [r for r in records if r.get("option", "") == option]
+    return {task: record_for_task(mine, run, task)["path"] for task in tasks}
 
 
 # ----------------------------------------------------------------------------------------- fine-tuning
@@ -270,7 +270,7 @@ def run_evaluate_stage(
     for job in jobs:
         ckpts = None
         if job.kind == "merged":
-            ckpts = checkpoints_for(records, job.info["run"], job.info.get("option", ""))
+            ckpts = checkpoints_for(records, job.info["run"], job.info.get("option", ""), job.tasks)
         elif not job.info["checkpoint"].startswith("random:"):
             _need(job.info["checkpoint"], f"checkpoint of {job.model_id}")
         epochs = 0 if job.kind == "untrained" else None
