@@ -194,6 +194,7 @@ class FinetuneConfig:
     real_paths: dict[str, str] = _f(factory=dict)  # task -> local dataset root; "tokenizer" -> tokenizer file
     train_subsample: int = _f(4000, lo=0)  # at most this many training examples per task; 0 = all
     eval_subsample: int = _f(0, lo=0)  # at most this many val/test examples per task; 0 = all
+    val_every: int = _f(1, lo=1)  # validate every this many epochs and after the last; best validated kept
     betas: list[float] = _f(factory=lambda: [0.9, 0.98])  # AdamW betas (official beta_2 = 0.98)
     vqa_min_answer_count: int = _f(9, lo=1)  # real VQAv2: answers kept in the vocabulary (official: 9)
 

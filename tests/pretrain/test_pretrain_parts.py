@@ -11,7 +11,7 @@ from vlmerge_core.config import PretrainConfig
 from vlmerge_core.model import MS_VARIANTS, MultiwayTransformer
 from vlmerge_core.pretrain import objectives, stage_configs
 from vlmerge_core.pretrain.batches import build_pretrain_data, make_global_batch, stream_indices
-from vlmerge_core.pretrain.optim import lr_factor, make_optimizer
+from vlmerge_core.pretrain.optim import adamw, lr_factor, make_optimizer
 
 
 def test_stage_configs(smoke_params):
@@ -111,3 +111,18 @@ def test_losses_under_bf16_autocast(smoke_params, smoke_world):
         parts = objectives.compute_losses(model, batch, losses, objectives.Shard(0, 8, 8))
     sum(parts.values()).backward()
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in parts.values())
+
+
+def test_adamw_is_fused_on_cpu_and_matches_the_per_tensor_update():
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    fused = adamw([{"params": a, "weight_decay": 0.1}], 1e-2, (0.9, 0.98))
+    plain = torch.optim.AdamW([{"params": b, "weight_decay": 0.1}], lr=1e-2, betas=(0.9, 0.98), eps=1e-8)
+    assert fused.defaults["fused"] and fused.defaults["eps"] == 1e-8
+    for _ in range(3):
+        for params, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            ((params[0] ** 2).sum() + params[1].sum()).backward()
+            opt.step()
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b))

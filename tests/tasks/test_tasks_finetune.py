@@ -186,3 +186,19 @@ def test_nlvr2_pairing_concatenates_left_and_right(pico_ma, ft_cfg, smoke_world)
         right = pico_ma.forward_fused(images_to_tensor(s["images"][s["right"][:3]]), ids, mask)["cls"]
         want = task.head(torch.cat([left, right], dim=-1))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_val_every_validates_every_kth_epoch_and_the_last(pico_ma, ft_cfg, smoke_world):
+    cfg = dataclasses.replace(ft_cfg, epochs=5, val_every=2)
+    m = finetune_task("imagenet", pico_ma, cfg, smoke_world)
+    c = m["curve"]
+    assert c["val_epoch"] == [0, 2, 4, 5] and c["val_step"] == [0, 4, 8, 10] and m["steps"] == 10
+    # the kept model is one of the validated epochs; the gain spans the last interval (epoch 4 -> 5)
+    assert m["best_epoch"] in (2, 4, 5)
+    assert m["val_last_gain"] == pytest.approx(c["val_select"][-1] - c["val_select"][-2])
+    # validating less does not change training: the loss curve is that of val_every 1
+    every = finetune_task("imagenet", pico_ma, dataclasses.replace(cfg, val_every=1), smoke_world)
+    assert every["curve"]["val_epoch"] == [0, 1, 2, 3, 4, 5]
+    assert every["curve"]["loss"] == pytest.approx(c["loss"])
+    with pytest.raises(ParamsError, match="val_every"):
+        task_config(FinetuneConfig(overrides={"vqa": {"val_every": 0}}), "vqa")

@@ -6,9 +6,11 @@ on every parameter but biases and norms, task heads at ``lr * head_lr_mult`` (``
 official code, x10 for VQA), optional layer-wise LR decay (BEiT, Bao et al. 2022: block ``i`` of ``L``
 gets ``lr * decay^(L - i)``, embeddings ``decay^(L + 1)``), linear warm-up over ``warmup_frac`` of the
 steps then linear decay to 0 (``get_polynomial_decay_schedule_with_warmup`` with power 1). The
-model is evaluated on ``val`` before training (epoch 0, for the curve) and after every epoch; the
-backbone and head with the best selection metric over the trained epochs (epoch 0 when ``epochs`` is
-0) are kept in memory and evaluated on ``test``, keeping the per-example outcomes for the bootstrap.
+model is evaluated on ``val`` before training (epoch 0, for the curve), after every ``val_every``-th
+epoch and after the last one (the official code validates every epoch: ``val_every`` 1); the
+backbone and head with the best selection metric over the validated trained epochs (epoch 0 when
+``epochs`` is 0) are kept in memory and evaluated on ``test``, keeping the per-example outcomes for
+the bootstrap.
 Data order comes from a generator seeded with ``rng_seed``; evaluation runs in ``eval()`` mode under
 ``torch.no_grad()``.
 """
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig, ParamsError, section_from_dict
+from vlmerge_core.pretrain.optim import adamw
 from vlmerge_core.tasks.metrics import Outcomes
 
 log = logging.getLogger(__name__)
@@ -144,7 +147,8 @@ def evaluate(task: FinetuneTask, model: nn.Module, split: str) -> dict[str, floa
 
 
 def last_gain(val_select: list[float]) -> float:
-    """Points the val selection metric gained in the last epoch (NaN without a trained epoch)."""
+    """Points the val selection metric gained since the previous validation (``val_every`` epochs
+    before the last; NaN without a trained epoch)."""
     return val_select[-1] - val_select[-2] if len(val_select) >= 2 else math.nan
 
 
@@ -156,7 +160,8 @@ def run_finetune(model: nn.Module, task: FinetuneTask, cfg: FinetuneConfig) -> d
         g, "curve": {"step", "loss", "val_epoch", "val_step", "val_select"}, "steps": n,
         "train_seconds": t}``. The curve's val points start at epoch 0 (before fine-tuning);
         ``best_epoch`` 0 is the model before any fine-tuning (used when ``epochs`` is 0);
-        ``val_last_gain`` is the last epoch's gain of the val selection metric (NaN for 0 epochs).
+        ``val_last_gain`` is the val selection metric's gain over the last validation interval (NaN
+        for 0 epochs).
     """
     t0 = time.perf_counter()
     n = task.n_train
@@ -165,7 +170,7 @@ def run_finetune(model: nn.Module, task: FinetuneTask, cfg: FinetuneConfig) -> d
     groups = param_groups(model, task.head, cfg)
     for g in groups:
         g["lr"] = cfg.lr * g["lr_scale"]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8)
+    opt = adamw(groups, cfg.lr, tuple(cfg.betas))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear(total, int(cfg.warmup_frac * total)))
     gen = torch.Generator().manual_seed(cfg.rng_seed)
     curve: dict[str, list] = {"step": [], "loss": [], "val_epoch": [], "val_step": [], "val_select": []}
@@ -193,6 +198,8 @@ def run_finetune(model: nn.Module, task: FinetuneTask, cfg: FinetuneConfig) -> d
             step += 1
             curve["step"].append(step)
             curve["loss"].append(loss.item())
+        if epoch % cfg.val_every and epoch != cfg.epochs:
+            continue
         val = evaluate(task, model, "val")
         curve["val_epoch"].append(epoch)
         curve["val_step"].append(step)
