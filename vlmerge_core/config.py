@@ -194,6 +194,7 @@ class FinetuneConfig:
     real_paths: dict[str, str] = _f(factory=dict)  # task -> local dataset root; "tokenizer" -> tokenizer file
     train_subsample: int = _f(4000, lo=0)  # at most this many training examples per task; 0 = all
     eval_subsample: int = _f(0, lo=0)  # at most this many val/test examples per task; 0 = all
+    val_subsample: int = _f(0, lo=0)  # at most this many val examples (model selection); 0 = eval_subsample
     val_every: int = _f(1, lo=1)  # validate every this many epochs and after the last; best validated kept
     betas: list[float] = _f(factory=lambda: [0.9, 0.98])  # AdamW betas (official beta_2 = 0.98)
     vqa_min_answer_count: int = _f(9, lo=1)  # real VQAv2: answers kept in the vocabulary (official: 9)
@@ -223,6 +224,7 @@ class StudyConfig:
     e1_methods: list[str] = _f(factory=lambda: ["interpolation", "arithmetic"])  # merges of every MS model
     sweep_tasks: list[str] = _f(factory=lambda: ["vqa", "coco", "nlvr2"])  # tasks of the E2 knob sweeps
     ft_seeds: list[int] = _f(factory=lambda: [0, 1, 2])  # fine-tuning seeds of E0, E5 and E1's end points
+    single_seed_tasks: list[str] = _f(factory=list)  # tasks of the one-seed rows; empty = finetune.tasks
     options: list[str] = _f(factory=lambda: ["used_experts", "gram_nopad"])  # E6 merge options (recipe)
     workers: int = _f(2, lo=1)  # fine-tuning processes run side by side, one torch thread each
 

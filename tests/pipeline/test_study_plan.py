@@ -62,7 +62,9 @@ def test_claim_rows_get_every_ft_seed(micro):
     seeds = tuple(micro.study.ft_seeds)
     for key in (micro.study.recipe, micro.study.naive):
         jobs = plan.evaluate_jobs(micro, key)
-        assert jobs[0].kind == "ms" and jobs[0].ft_seeds == seeds and "E5" in jobs[0].experiments
+        # the recipe's unmerged row carries E3's drop; the naive model's unmerged row no claim
+        ms_seeds = seeds if key == micro.study.recipe else seeds[:1]
+        assert jobs[0].kind == "ms" and jobs[0].ft_seeds == ms_seeds and "E5" in jobs[0].experiments
         e1 = [j for j in jobs if "E1" in j.experiments and j.kind == "merged"]
         assert e1 and all(j.ft_seeds == seeds and set(j.tasks) == set(micro.finetune.tasks) for j in e1)
     testbed = plan.testbed_jobs(micro)
@@ -150,3 +152,21 @@ def test_checkpoints_for_picks_the_option_and_the_task_group():
     assert checkpoints_for(recs, "regmean_alpha1", "gram_nopad", ["vqa"]) == {"vqa": "m/nv.st"}
     with pytest.raises(MergeError, match="coco"):
         checkpoints_for(recs, "regmean_alpha1", "gram_nopad", ["coco"])
+
+
+def test_one_seed_rows_run_the_single_seed_tasks(micro):
+    import dataclasses
+
+    study = dataclasses.replace(micro.study, single_seed_tasks=["coco", "imagenet"])
+    p = dataclasses.replace(micro, study=study)
+    for key in plan.ms_models(p):
+        for job in plan.evaluate_jobs(p, key):
+            if len(job.ft_seeds) == 1:
+                assert set(job.tasks) <= {"coco", "imagenet"}, job.model_id
+            else:  # claim rows keep every task
+                assert job.tasks == tuple(p.finetune.tasks), job.model_id
+    # the testbed (E0) is untouched: every task
+    assert all(j.tasks == tuple(p.finetune.tasks) for j in plan.testbed_jobs(p))
+    bad = dataclasses.replace(micro, study=dataclasses.replace(micro.study, single_seed_tasks=["glue"]))
+    with pytest.raises(ParamsError, match="single_seed_tasks"):
+        plan.evaluate_jobs(bad, micro.study.recipe)

@@ -193,12 +193,26 @@ def test_val_every_validates_every_kth_epoch_and_the_last(pico_ma, ft_cfg, smoke
     m = finetune_task("imagenet", pico_ma, cfg, smoke_world)
     c = m["curve"]
     assert c["val_epoch"] == [0, 2, 4, 5] and c["val_step"] == [0, 4, 8, 10] and m["steps"] == 10
-    # the kept model is one of the validated epochs; the gain spans the last interval (epoch 4 -> 5)
+    # the kept model is one of the validated epochs; the gain is per epoch over the last interval
     assert m["best_epoch"] in (2, 4, 5)
     assert m["val_last_gain"] == pytest.approx(c["val_select"][-1] - c["val_select"][-2])
+    six = finetune_task("imagenet", pico_ma, dataclasses.replace(cfg, epochs=6), smoke_world)
+    assert six["curve"]["val_epoch"] == [0, 2, 4, 6]
+    assert six["val_last_gain"] == pytest.approx(
+        (six["curve"]["val_select"][-1] - six["curve"]["val_select"][-2]) / 2
+    )
     # validating less does not change training: the loss curve is that of val_every 1
     every = finetune_task("imagenet", pico_ma, dataclasses.replace(cfg, val_every=1), smoke_world)
     assert every["curve"]["val_epoch"] == [0, 1, 2, 3, 4, 5]
     assert every["curve"]["loss"] == pytest.approx(c["loss"])
     with pytest.raises(ParamsError, match="val_every"):
         task_config(FinetuneConfig(overrides={"vqa": {"val_every": 0}}), "vqa")
+
+
+def test_val_subsample_cuts_the_val_set_only(smoke_params):
+    from vlmerge_core.tasks.base import subsample_size
+
+    cfg = dataclasses.replace(smoke_params.finetune, train_subsample=40, eval_subsample=30, val_subsample=20)
+    assert [subsample_size(cfg, s) for s in ("train", "val", "test")] == [40, 20, 30]
+    cfg = dataclasses.replace(cfg, val_subsample=0)  # 0: val follows eval_subsample
+    assert subsample_size(cfg, "val") == 30

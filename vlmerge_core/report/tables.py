@@ -54,7 +54,7 @@ def table_e0(
             "random init (ft)": v.random.fmt(),
             "best pre-trained (ft)": f"{v.best_pretrained_cell.fmt()} {v.best_pretrained}".strip(),
             "gap": v.gap.fmt(signed=True),
-            "last val gain": v.last_gain.fmt(2),
+            "last val gain / epoch": v.last_gain.fmt(2),
             **{f"{c} check": v.checks[c] for c in CHECKS},
             "valid stand-in": v.status,
         }

@@ -69,7 +69,7 @@ Per task, on its main metric (issue 11's bar, computed in `vlmerge_core/report/v
    than {{ n["e0.bar.pretrain_sd"] }} pooled standard deviations of the fine-tuning seeds;
 3. **ceiling**: the best fine-tuned model scores below {{ n["e0.bar.ceiling"] }} of the metric's 0-100 range;
 4. **converged**: the best pre-trained model's validation metric gained at most
-   {{ n["e0.bar.converge_points"] }} points over its last validation interval (`finetune.val_every` epochs).
+   {{ n["e0.bar.converge_points"] }} points per epoch over its last validation interval (`finetune.val_every` epochs).
 
 Valid stand-ins: {{ n["e0.valid"] }}. Not valid: {{ n["e0.not_valid"] }}.
 
@@ -159,7 +159,7 @@ comparable with the paper, not magnitudes.</p>
 <li>chance: untrained within {{ n["e0.bar.chance_points"] }} points (or {{ n["e0.bar.chance_sd"] }} spreads) of chance;</li>
 <li>pre-training: best pre-trained above random init by more than {{ n["e0.bar.pretrain_sd"] }} pooled seed sds;</li>
 <li>ceiling: best model below {{ n["e0.bar.ceiling"] }} of the 0-100 range;</li>
-<li>converged: validation gain over the last validation interval at most {{ n["e0.bar.converge_points"] }} points.</li>
+<li>converged: validation gain per epoch over the last validation interval at most {{ n["e0.bar.converge_points"] }} points.</li>
 </ol>
 <p>Valid stand-ins: {{ n["e0.valid"] }}. Not valid: {{ n["e0.not_valid"] }}.</p>
 {{ html.e0_validity | safe }}

@@ -13,8 +13,8 @@ A task is a valid stand-in when all four checks pass on its main metric:
    fine-tuning seeds (needs >= 2 seeds of each);
 3. **no ceiling**: the best fine-tuned model scores below ``ceiling`` % of the metric's 0-100 range;
 4. **converged**: the best pre-trained model's val metric gained at most ``converge_points`` points
-   over its last validation interval (``val_last_gain``: the last ``finetune.val_every`` epochs),
-   averaged over fine-tuning seeds.
+   per epoch over its last validation interval (``val_last_gain``; the interval is
+   ``finetune.val_every`` epochs), averaged over fine-tuning seeds.
 
 Each check is ``pass``, ``fail`` or ``not run``; the task is ``valid`` (all pass), ``invalid`` (any
 fails), ``incomplete`` (none fails, some not run) or ``not run`` (no E0 rows).
@@ -43,7 +43,7 @@ class ValidityBar:
     chance_sd: float = 3.0  # ... or within this many of its own spreads, whichever is larger
     pretrain_sd: float = 3.0  # best pre-trained above random init by > this many pooled seed sds
     ceiling: float = 95.0  # best model below this % of the metric range
-    converge_points: float = 1.0  # val metric gained at most this over the last validation interval
+    converge_points: float = 1.0  # val metric gained at most this per epoch over the last val interval
 
 
 @dataclass
@@ -130,7 +130,9 @@ def _task_validity(task: str, metric: str, study: Study, bar: ValidityBar) -> Ta
             out.last_gain = next(iter(aggregate(conv).values()))
             ok = out.last_gain.mean <= bar.converge_points
             out.checks["converged"] = "pass" if ok else "fail"
-            out.details["converged"] = f"last val gain {out.last_gain.mean:.2f} vs {bar.converge_points:g}"
+            out.details["converged"] = (
+                f"last val gain {out.last_gain.mean:.2f} per epoch vs {bar.converge_points:g}"
+            )
     return out
 
 

@@ -16,7 +16,9 @@ The grid:
   the recipe model by every method and knob of ``merge`` (E2, E6) and by the options of
   ``study.options`` (E6);
 - fine-tuning of every model on ``finetune.tasks`` (E2 sweeps on ``study.sweep_tasks``) with
-  ``study.ft_seeds`` for the rows that carry claims (E0, E5 and E1's end points), one seed elsewhere.
+  ``study.ft_seeds`` for the rows that carry claims (E0, E5 and E1's end points: the MA baseline, the
+  recipe model unmerged and merged, the naive merges), one seed elsewhere; the one-seed rows only on
+  ``study.single_seed_tasks`` when it is set (the micro study: the tasks E0 marks valid).
 """
 
 from __future__ import annotations
@@ -260,6 +262,15 @@ def evaluate_jobs(params: Params, model_id: str, runs: str = RUNS) -> list[Finet
     tasks = tuple(params.finetune.tasks)
     claims = model_id in (recipe, naive)
     seeds = tuple(params.study.ft_seeds) if claims else tuple(params.study.ft_seeds[:1])
+    unknown = sorted(set(params.study.single_seed_tasks) - set(tasks))
+    if unknown:
+        raise ParamsError(f"study.single_seed_tasks: {unknown} not in finetune.tasks {list(tasks)}")
+    single = set(params.study.single_seed_tasks or tasks)
+
+    def one_seed(jtasks: tuple[str, ...], jseeds: tuple[int, ...]) -> tuple[str, ...]:
+        """A one-seed row runs only the tasks of ``study.single_seed_tasks``."""
+        return tuple(t for t in jtasks if t in single) if len(jseeds) == 1 else jtasks
+
     if m.variant != "all":  # E3 compares the variants on the sweep tasks (the budget of the micro study)
         tasks = tuple(t for t in tasks if t in params.study.sweep_tasks)
     base = {"seed_steps": m.seed_steps, "variant": m.variant, "ms_id": model_id}
@@ -270,12 +281,13 @@ def evaluate_jobs(params: Params, model_id: str, runs: str = RUNS) -> list[Finet
         tag.append("E3")
     if claims:
         tag.append("E5")
+    ms_seeds = seeds if model_id == recipe else seeds[:1]  # the naive model's unmerged row carries no claim
     jobs = [
         FinetuneJob(
             f"ms_{model_id}",
             "ms",
-            tasks,
-            seeds,
+            one_seed(tasks, ms_seeds),
+            ms_seeds,
             tuple(tag) + ("E2",) * (model_id == recipe),
             {**base, "checkpoint": ms_ckpt(model_id, runs)},
         )
@@ -286,6 +298,7 @@ def evaluate_jobs(params: Params, model_id: str, runs: str = RUNS) -> list[Finet
         in_e1 = (job.method, _key(job.params)) in e1 and not job.option
         jtasks = tasks if in_e1 or job.option else tuple(t for t in tasks if t in params.study.sweep_tasks)
         jseeds = seeds if in_e1 else seeds[:1]
+        jtasks = one_seed(jtasks, jseeds)
         knob, value = _knob(job.method, job.params)
         jobs.append(
             FinetuneJob(

@@ -266,19 +266,25 @@ def run_evaluate_stage(
         _model(params, model_id)
         jobs = plan.evaluate_jobs(params, model_id, runs_dir)
         records = read_json(_need(merge_metrics, "merge records"))["records"] if merge_metrics else []
-    units = []
-    for job in jobs:
+    units, owners = [], []  # one unit per (job, fine-tuning seed, task): ~10 s each, so the workers
+    for k, job in enumerate(jobs):  # stay busy to the end of the stage
         ckpts = None
         if job.kind == "merged":
             ckpts = checkpoints_for(records, job.info["run"], job.info.get("option", ""), job.tasks)
         elif not job.info["checkpoint"].startswith("random:"):
             _need(job.info["checkpoint"], f"checkpoint of {job.model_id}")
         epochs = 0 if job.kind == "untrained" else None
-        units += [(params_file, profile, job, seed, world_dir, ckpts, epochs) for seed in job.ft_seeds]
+        for seed in job.ft_seeds:
+            for task in job.tasks:
+                one = dataclasses.replace(job, tasks=(task,))
+                units.append(
+                    (params_file, profile, one, seed, world_dir, ckpts and {task: ckpts[task]}, epochs)
+                )
+                owners.append(k)
     done = _run_units(units, params.study.workers)
     docs = []
-    for job in jobs:  # one document per job, records in (task, seed) order
-        parts = [doc for (_, _, j, *_), doc in zip(units, done) if j is job]
+    for k, job in enumerate(jobs):  # one document per job, records in (task, seed) order
+        parts = [doc for owner, doc in zip(owners, done) if owner == k]
         recs = sorted(
             (r for d in parts for r in d["records"]), key=lambda r: (job.tasks.index(r["task"]), r["ft_seed"])
         )
@@ -289,7 +295,8 @@ def run_evaluate_stage(
 
 
 def _unit(args: tuple) -> dict:
-    """One (job, fine-tuning seed) of a stage; in a worker process it uses one torch thread."""
+    """One (job, fine-tuning seed) of a stage, on the job's tasks; in a worker process it uses one
+    torch thread."""
     params_file, profile, job, seed, world_dir, ckpts, epochs = args
     return _finetune(
         params_file, profile, dataclasses.replace(job, ft_seeds=(seed,)), world_dir, ckpts, epochs

@@ -47,7 +47,13 @@ def subsample(n: int, k: int, split: str, rng_seed: int) -> np.ndarray:
 
 
 def subsample_size(cfg: FinetuneConfig, split: str) -> int:
-    return cfg.train_subsample if split == "train" else cfg.eval_subsample
+    """How many examples of ``split`` a task keeps (0 = all): the val set, used only to pick the
+    epoch, may be cut further than the test set (``val_subsample``)."""
+    if split == "train":
+        return cfg.train_subsample
+    if split == "val" and cfg.val_subsample:
+        return cfg.val_subsample
+    return cfg.eval_subsample
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -146,10 +146,12 @@ def evaluate(task: FinetuneTask, model: nn.Module, split: str) -> dict[str, floa
     return evaluate_outcomes(task, model, split).metrics()
 
 
-def last_gain(val_select: list[float]) -> float:
-    """Points the val selection metric gained since the previous validation (``val_every`` epochs
-    before the last; NaN without a trained epoch)."""
-    return val_select[-1] - val_select[-2] if len(val_select) >= 2 else math.nan
+def last_gain(val_select: list[float], val_epoch: list[int]) -> float:
+    """Points per epoch the val selection metric gained over the last validation interval (from the
+    previous validation to the last; NaN without a trained epoch)."""
+    if len(val_select) < 2:
+        return math.nan
+    return (val_select[-1] - val_select[-2]) / (val_epoch[-1] - val_epoch[-2])
 
 
 def run_finetune(model: nn.Module, task: FinetuneTask, cfg: FinetuneConfig) -> dict[str, Any]:
@@ -160,8 +162,8 @@ def run_finetune(model: nn.Module, task: FinetuneTask, cfg: FinetuneConfig) -> d
         g, "curve": {"step", "loss", "val_epoch", "val_step", "val_select"}, "steps": n,
         "train_seconds": t}``. The curve's val points start at epoch 0 (before fine-tuning);
         ``best_epoch`` 0 is the model before any fine-tuning (used when ``epochs`` is 0);
-        ``val_last_gain`` is the val selection metric's gain over the last validation interval (NaN
-        for 0 epochs).
+        ``val_last_gain`` is the val selection metric's gain per epoch over the last validation
+        interval (NaN for 0 epochs).
     """
     t0 = time.perf_counter()
     n = task.n_train
@@ -216,7 +218,7 @@ def run_finetune(model: nn.Module, task: FinetuneTask, cfg: FinetuneConfig) -> d
         "test": test.metrics(),
         "test_outcomes": test,
         "best_epoch": best_epoch,
-        "val_last_gain": last_gain(curve["val_select"]),
+        "val_last_gain": last_gain(curve["val_select"], curve["val_epoch"]),
         "curve": curve,
         "steps": step,
         "train_seconds": time.perf_counter() - t0,
