@@ -295,8 +295,8 @@ def run_evaluate_stage(
 
 
 def _unit(args: tuple) -> dict:
-    """One (job, fine-tuning seed) of a stage, on the job's tasks; in a worker process it uses one
-    torch thread."""
+    """One (job, fine-tuning seed, task) of a stage (the job carries the one task); in a worker
+    process it uses one torch thread."""
     params_file, profile, job, seed, world_dir, ckpts, epochs = args
     return _finetune(
         params_file, profile, dataclasses.replace(job, ft_seeds=(seed,)), world_dir, ckpts, epochs
