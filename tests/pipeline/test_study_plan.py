@@ -170,3 +170,18 @@ def test_one_seed_rows_run_the_single_seed_tasks(micro):
     bad = dataclasses.replace(micro, study=dataclasses.replace(micro.study, single_seed_tasks=["glue"]))
     with pytest.raises(ParamsError, match="single_seed_tasks"):
         plan.evaluate_jobs(bad, micro.study.recipe)
+
+
+def test_units_are_submitted_costliest_first_and_returned_in_plan_order(micro):
+    from vlmerge_core.study.stage import _unit_cost, lpt_order
+
+    assert lpt_order([1.0, 5.0, 2.0, 5.0]) == [1, 3, 2, 0]  # ties keep their order
+    import dataclasses
+
+    over = {"text": {"epochs": 16}, "vqa": {"epochs": 12}, "nlvr2": {"epochs": 3}, "ade20k": {"train_subsample": 0}}
+    ft = dataclasses.replace(micro.finetune, epochs=8, train_subsample=1000, overrides=over)
+    p = dataclasses.replace(micro, finetune=ft)
+    # the whole training set (0) > text (16 epochs) > VQA (12) > COCO (8) > NLVR2 (3) > untrained (0 epochs)
+    tasks = ("ade20k", "text", "vqa", "coco", "nlvr2")
+    costs = [_unit_cost(p, t, None) for t in tasks] + [_unit_cost(p, "vqa", 0)]
+    assert lpt_order(costs[::-1]) == [5, 4, 3, 2, 1, 0]

@@ -281,7 +281,7 @@ def run_evaluate_stage(
                     (params_file, profile, one, seed, world_dir, ckpts and {task: ckpts[task]}, epochs)
                 )
                 owners.append(k)
-    done = _run_units(units, params.study.workers)
+    done = _run_units(units, params.study.workers, [_unit_cost(params, u[2].tasks[0], u[6]) for u in units])
     docs = []
     for k, job in enumerate(jobs):  # one document per job, records in (task, seed) order
         parts = [doc for owner, doc in zip(owners, done) if owner == k]
@@ -303,18 +303,40 @@ def _unit(args: tuple) -> dict:
     )
 
 
-def _run_units(units: list[tuple], workers: int) -> list[dict]:
-    """Run the units in order, or on ``workers`` spawned processes (one torch thread each); the results
-    are the same either way (every unit is seeded), only the wall time differs."""
+def _unit_cost(params: Params, task: str, epochs: int | None) -> float:
+    """A unit's relative cost for scheduling: its epochs (``finetune.overrides`` applied) times its
+    training-set cap. Only the order of submission depends on it, never a result."""
+    from vlmerge_core.tasks.engine import task_config
+
+    cfg = task_config(params.finetune, task)
+    n = cfg.train_subsample or 10**6  # 0: the whole training set, taken as large
+    return float((cfg.epochs if epochs is None else epochs) * n) + 1.0  # + evaluation
+
+
+def lpt_order(costs: Sequence[float]) -> list[int]:
+    """Indices of ``costs``, costliest first; equal costs keep their order (a stable sort)."""
+    return sorted(range(len(costs)), key=lambda i: -costs[i])
+
+
+def _run_units(units: list[tuple], workers: int, costs: list[float] | None = None) -> list[dict]:
+    """Run the units, in order or on ``workers`` spawned processes (one torch thread each), and return
+    their results in the order of ``units``. On workers the costliest units go first (longest
+    processing time first), so no worker is left with a long unit while the other idles at the end of
+    the stage. The results are the same either way (every unit is seeded); only the wall time differs."""
     if workers <= 1 or len(units) <= 1:
         return [_unit(u) for u in units]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    order = lpt_order(costs or [1.0] * len(units))
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
     ) as pool:
-        return list(pool.map(_unit, units))
+        out = list(pool.map(_unit, [units[i] for i in order]))
+    results: list[dict] = [{}] * len(units)
+    for i, res in zip(order, out):
+        results[i] = res
+    return results
 
 
 def _worker_init() -> None:
