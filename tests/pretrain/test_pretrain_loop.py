@@ -226,3 +226,36 @@ def test_resume_after_sigkill_is_exact(tmp_path, smoke_params, smoke_world, init
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_repeatable_on_cpu_switches_deterministic_kernels_for_threaded_cpu_runs_only():
+    from vlmerge_core.pretrain.distributed import repeatable_on_cpu
+
+    threads, before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.set_num_threads(2)
+        with repeatable_on_cpu("cpu"):
+            assert torch.are_deterministic_algorithms_enabled()
+        assert torch.are_deterministic_algorithms_enabled() == before  # restored
+        with repeatable_on_cpu("cuda:0"):  # a GPU keeps its own setting
+            assert torch.are_deterministic_algorithms_enabled() == before
+        torch.set_num_threads(1)  # one thread is deterministic already: no change, no cost
+        with repeatable_on_cpu("cpu"):
+            assert torch.are_deterministic_algorithms_enabled() == before
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_two_thread_runs_repeat_bitwise(tmp_path, smoke_params, smoke_world, init_ckpt):
+    """Two runs of the same stage on 2 threads give the same weights, bit for bit (issue 11: the
+    micro seed's rsum had moved from 292.5 to 291.6 between two runs of the same code)."""
+    threads = torch.get_num_threads()
+    cfg = _seed_cfg(smoke_params, steps=3, save_steps=[3], batch_size=128)  # big enough to go parallel
+    try:
+        torch.set_num_threads(2)
+        for k in (0, 1):
+            run_pretrain(cfg, smoke_params.model, smoke_world, tmp_path / f"r{k}", init=init_ckpt, stage="seed")
+    finally:
+        torch.set_num_threads(threads)
+    a, b = (load_safetensors(tmp_path / f"r{k}" / "last.safetensors")[0] for k in (0, 1))
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)

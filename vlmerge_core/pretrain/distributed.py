@@ -7,13 +7,22 @@ One process per device; ``torch.distributed`` is initialised from the ``env://``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_reduce_sum", "cleanup_distributed", "gather_with_grad", "init_distributed"]
+__all__ = [
+    "DistInfo",
+    "all_reduce_sum",
+    "cleanup_distributed",
+    "gather_with_grad",
+    "init_distributed",
+    "repeatable_on_cpu",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +63,33 @@ def init_distributed(device: str | None = None) -> DistInfo:
     if dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+@contextlib.contextmanager
+def repeatable_on_cpu(device: str | torch.device | None) -> Iterator[None]:
+    """Deterministic kernels while a multi-threaded CPU job runs; the previous setting is restored.
+
+    On two or more threads some CPU backward kernels (the word-embedding gradient among them) sum in
+    a thread-dependent order, so two runs of the same code and data differed (the micro seed's
+    zero-shot rsum 292.5 vs 291.6). With ``torch.use_deterministic_algorithms`` they repeat bitwise
+    at a given thread count. One thread is deterministic already and is left alone (no cost to the
+    study's one-thread fine-tunes), and so is a GPU (its deterministic mode needs
+    ``CUBLAS_WORKSPACE_CONFIG`` and is slower).
+
+    Args:
+        device: the job's device; ``None`` is CUDA when available, as in :func:`init_distributed`.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(device).type != "cpu" or torch.get_num_threads() < 2:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def cleanup_distributed() -> None:
