@@ -178,7 +178,12 @@ def test_units_are_submitted_costliest_first_and_returned_in_plan_order(micro):
     assert lpt_order([1.0, 5.0, 2.0, 5.0]) == [1, 3, 2, 0]  # ties keep their order
     import dataclasses
 
-    over = {"text": {"epochs": 16}, "vqa": {"epochs": 12}, "nlvr2": {"epochs": 3}, "ade20k": {"train_subsample": 0}}
+    over = {
+        "text": {"epochs": 16},
+        "vqa": {"epochs": 12},
+        "nlvr2": {"epochs": 3},
+        "ade20k": {"train_subsample": 0},
+    }
     ft = dataclasses.replace(micro.finetune, epochs=8, train_subsample=1000, overrides=over)
     p = dataclasses.replace(micro, finetune=ft)
     # the whole training set (0) > text (16 epochs) > VQA (12) > COCO (8) > NLVR2 (3) > untrained (0 epochs)

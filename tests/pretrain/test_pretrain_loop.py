@@ -254,7 +254,9 @@ def test_two_thread_runs_repeat_bitwise(tmp_path, smoke_params, smoke_world, ini
     try:
         torch.set_num_threads(2)
         for k in (0, 1):
-            run_pretrain(cfg, smoke_params.model, smoke_world, tmp_path / f"r{k}", init=init_ckpt, stage="seed")
+            run_pretrain(
+                cfg, smoke_params.model, smoke_world, tmp_path / f"r{k}", init=init_ckpt, stage="seed"
+            )
     finally:
         torch.set_num_threads(threads)
     a, b = (load_safetensors(tmp_path / f"r{k}" / "last.safetensors")[0] for k in (0, 1))
