@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -21,6 +23,7 @@ __all__ = [
     "cleanup_distributed",
     "gather_with_grad",
     "init_distributed",
+    "repeatable",
     "repeatable_on_cpu",
 ]
 
@@ -90,6 +93,17 @@ def repeatable_on_cpu(device: str | torch.device | None) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+def repeatable(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` under :func:`repeatable_on_cpu` for its ``device`` keyword (``None`` when absent)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with repeatable_on_cpu(kwargs.get("device")):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def cleanup_distributed() -> None:

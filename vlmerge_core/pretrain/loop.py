@@ -38,7 +38,7 @@ from vlmerge_core.model import (
 )
 from vlmerge_core.pretrain import objectives
 from vlmerge_core.pretrain.batches import build_pretrain_data, make_global_batch
-from vlmerge_core.pretrain.distributed import DistInfo, all_reduce_sum, init_distributed, repeatable_on_cpu
+from vlmerge_core.pretrain.distributed import DistInfo, all_reduce_sum, init_distributed, repeatable
 from vlmerge_core.pretrain.evaluate import evaluate_retrieval
 from vlmerge_core.pretrain.optim import load_optimizer_state, make_optimizer, optimizer_state_tensors, set_lr
 
@@ -206,6 +206,7 @@ def checkpoint_metrics(
     return out
 
 
+@repeatable
 def run_pretrain(
     cfg: PretrainConfig,
     model_cfg: ModelConfig,
@@ -233,22 +234,6 @@ def run_pretrain(
         The metrics (also written to ``out_dir/metrics.json`` on rank 0). A run on several CPU
         threads repeats bitwise (:func:`~vlmerge_core.pretrain.distributed.repeatable_on_cpu`).
     """
-    with repeatable_on_cpu(device):
-        return _run_pretrain(cfg, model_cfg, world, out_dir, init, stage, device=device, stop_at=stop_at)
-
-
-def _run_pretrain(
-    cfg: PretrainConfig,
-    model_cfg: ModelConfig,
-    world,
-    out_dir: str | Path,
-    init: str | Path | None = None,
-    stage: str = "seed",
-    *,
-    device: str | None = None,
-    stop_at: int | None = None,
-) -> dict:
-    """The body of :func:`run_pretrain`."""
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     info = init_distributed(device)
