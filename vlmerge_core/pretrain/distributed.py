@@ -95,15 +95,25 @@ def repeatable_on_cpu(device: str | torch.device | None) -> Iterator[None]:
         torch.use_deterministic_algorithms(before)
 
 
-def repeatable(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``fn`` under :func:`repeatable_on_cpu` for its ``device`` keyword (``None`` when absent)."""
+def _device_keyword(*args: Any, **kwargs: Any) -> Any:
+    return kwargs.get("device")
 
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        with repeatable_on_cpu(kwargs.get("device")):
-            return fn(*args, **kwargs)
 
-    return run
+def repeatable(
+    device_of: Callable[..., Any] = _device_keyword,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: run the function under :func:`repeatable_on_cpu` for the device that
+    ``device_of(*args, **kwargs)`` names (default: its ``device`` keyword, ``None`` when absent)."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with repeatable_on_cpu(device_of(*args, **kwargs)):
+                return fn(*args, **kwargs)
+
+        return run
+
+    return wrap
 
 
 def cleanup_distributed() -> None:

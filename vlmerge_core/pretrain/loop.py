@@ -206,7 +206,7 @@ def checkpoint_metrics(
     return out
 
 
-@repeatable
+@repeatable()
 def run_pretrain(
     cfg: PretrainConfig,
     model_cfg: ModelConfig,

@@ -332,11 +332,8 @@ def _run_units(units: list[tuple], workers: int, costs: list[float] | None = Non
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init
     ) as pool:
-        out = list(pool.map(_unit, [units[i] for i in order]))
-    results: list[dict] = [{}] * len(units)
-    for i, res in zip(order, out):
-        results[i] = res
-    return results
+        done = dict(zip(order, pool.map(_unit, [units[i] for i in order])))
+    return [done[i] for i in range(len(units))]
 
 
 def _worker_init() -> None:

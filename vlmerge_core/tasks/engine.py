@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig, ParamsError, section_from_dict
-from vlmerge_core.pretrain.distributed import repeatable_on_cpu
+from vlmerge_core.pretrain.distributed import repeatable
 from vlmerge_core.pretrain.optim import adamw
 from vlmerge_core.tasks.metrics import Outcomes
 
@@ -155,9 +155,11 @@ def last_gain(val_select: list[float], val_epoch: list[int]) -> float:
     return (val_select[-1] - val_select[-2]) / (val_epoch[-1] - val_epoch[-2])
 
 
+@repeatable(lambda model, *_, **__: next(model.parameters()).device)
 def run_finetune(model: nn.Module, task: FinetuneTask, cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune ``model`` (in place) and ``task.head``; return val/test metrics of the best epoch.
-    On several CPU threads the run repeats bitwise (:func:`repeatable_on_cpu`; one thread does anyway).
+    On several CPU threads the run repeats bitwise (:func:`~vlmerge_core.pretrain.distributed.repeatable_on_cpu`;
+    one thread does anyway).
 
     Returns:
         ``{"val": {...}, "test": {...}, "test_outcomes": Outcomes, "best_epoch": e, "val_last_gain":
@@ -167,12 +169,6 @@ def run_finetune(model: nn.Module, task: FinetuneTask, cfg: FinetuneConfig) -> d
         ``val_last_gain`` is the val selection metric's gain per epoch over the last validation
         interval (NaN for 0 epochs).
     """
-    with repeatable_on_cpu(next(model.parameters()).device):
-        return _run_finetune(model, task, cfg)
-
-
-def _run_finetune(model: nn.Module, task: FinetuneTask, cfg: FinetuneConfig) -> dict[str, Any]:
-    """The body of :func:`run_finetune`."""
     t0 = time.perf_counter()
     n = task.n_train
     steps_per_epoch = math.ceil(n / cfg.batch_size) if n else 0
