@@ -122,17 +122,9 @@ def test_section_from_dict():
         ({"model": {"image_size": 64}}, ["model.image_size", "data.image_size"]),
         ({"data": {"max_text_len": 40}}, ["data.max_text_len", "model.max_text_len"]),
         ({"model": {"mim_vocab": 32}}, ["data.mim_codebook_size", "model.mim_vocab"]),
-        (
-            {
-                "study": {
-                    "ms_models": {"x": {"variant": "all", "seed_steps": 250}},
-                    "recipe": "x",
-                    "naive": "x",
-                }
-            },
-            ["study.ms_models.x.seed_steps", "250", "seed_pretrain.save_steps"],
-        ),
-        ({"seed_pretrain": {"steps": 200}}, ["seed_pretrain.save_steps"]),
+        ({"study": {"recipe_seed": 250}}, ["study.recipe_seed", "250", "study.seed_lengths"]),
+        ({"study": {"pt_seeds": [0, 0]}}, ["study.pt_seeds"]),
+        ({"study": {"sweep_tasks": ["gqa"]}}, ["study.sweep_tasks", "gqa"]),
     ],
 )
 def test_cross_section_checks(tmp_path, data, words):

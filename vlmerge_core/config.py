@@ -60,8 +60,11 @@ class DataConfig:
     mim_patch: int = _f(8, lo=1)  # patch side of the MIM codebook (must equal model.patch_size)
     noise_std: float = _f(6.0, lo=0.0)  # Gaussian pixel noise of the rendered images
     vqa_per_image: int = _f(3, lo=1)  # VQA questions per scene
+    vqa_annotators: int = _f(10, lo=1)  # answers per question (VQAv2: 10), scored by the official table
+    vqa_agree: float = _f(0.85, lo=0.0, hi=1.0)  # chance that an annotator gives the ground-truth answer
     nlvr2_per_image: int = _f(1, lo=1)  # NLVR2 image pairs per scene of the split
     text_cls_per_image: int = _f(1, lo=1)  # text-classification sentences per scene of the split
+    text_label_noise: float = _f(0.1, lo=0.0, hi=1.0)  # text task: fraction of labels that are another class
     n_image_only: int = _f(3000, lo=1)  # unlabeled images (ImageNet-22k stand-in, MIM and codebook)
     n_corpus: int = _f(6000, lo=1)  # text-only corpus sentences (BookCorpus stand-in)
 
@@ -80,9 +83,14 @@ class ModelConfig:
     max_text_len: int = _f(24, lo=2)  # text positions
     ms_components: list[str] = _f(factory=list)  # per-modality parts; empty list = modality-agnostic
     layer_scale_init: float = _f(0.1, lo=0.0)  # gamma_1/gamma_2 init (official: 0.1); 0 = layer scale off
-    rel_pos_bias: bool = False  # BEiT shared relative position bias on image tokens
-    drop_path: float = _f(0.0, lo=0.0, hi=1.0)  # stochastic depth rate of the last block
+    rel_pos_bias: bool = True  # official relative position bias: 2-D image, 1-D text, text<->image buckets
+    abs_pos_embed: bool = False  # ours: absolute image and text position embeddings (official: none)
+    rel_pos_text_span: int = _f(0, lo=0)  # text positions of the bias table; 0 = max_text_len (official: 196)
+    token_types: int = _f(2, lo=2, hi=3)  # token-type rows: text, image (+ NLVR2's second image)
+    drop_path: float = _f(0.0, lo=0.0, hi=1.0)  # pre-training stochastic depth, linear from 0 (paper: 0.1)
+    text_dropout: float = _f(0.0, lo=0.0, hi=1.0)  # pre-training text-embedding dropout (paper: 0.1)
     mim_vocab: int = _f(64, lo=2)  # MIM head classes (must equal data.mim_codebook_size)
+    num_tags: int = _f(30, lo=1)  # image tags of the init's supervised stand-in (micro-world: object kinds)
     init_std: float = _f(0.1, lo=0.0)  # truncated-normal init std (0.1 for width 64; BEiT/ViT-B: 0.02)
 
     def __post_init__(self) -> None:
@@ -113,11 +121,13 @@ class PretrainConfig:
     batch_size: int = _f(128, lo=1)  # global batch size (summed over ranks and accumulation)
     grad_accum: int = _f(1, lo=1)  # gradient accumulation steps
     lr: float = _f(3e-3, lo=0.0)  # peak learning rate
-    weight_decay: float = _f(0.01, lo=0.0)  # AdamW weight decay (none on biases, norms, embeddings)
+    weight_decay: float = _f(0.01, lo=0.0)  # AdamW weight decay (the official no-decay list: biases, norms)
     betas: list[float] = _f(factory=lambda: [0.9, 0.98])  # AdamW betas
-    warmup_steps: int = _f(30, lo=0)  # linear warm-up
-    schedule: str = _f("cosine", choices=("cosine", "linear", "constant"))  # decay after warm-up
-    grad_clip: float = _f(1.0, lo=0.0)  # max gradient norm; 0 = off
+    warmup_frac: float = _f(0.1, lo=0.0, hi=1.0)  # linear warm-up over this fraction of the run's steps
+    schedule: str = _f(
+        "linear", choices=("cosine", "linear", "constant")
+    )  # decay after warm-up (official linear)
+    grad_clip: float = _f(0.0, lo=0.0)  # max gradient norm; 0 = off (official: no clipping)
     ckpt_every: int = _f(100, lo=1)  # atomic checkpoint interval in steps
     losses: dict[str, float] = _f(factory=dict)  # objective name -> weight
     mlm_prob: float = _f(0.25, lo=0.0, hi=1.0)  # MLM masking budget per caption (official vl_mlm_prob 0.25)
@@ -127,6 +137,11 @@ class PretrainConfig:
     mim_mask_ratio: float = _f(0.4, lo=0.0, hi=1.0)  # fraction of patches masked for MIM (BEiT: 0.4)
     log_every: int = _f(5, lo=1)  # loss-curve resolution in steps (mean over each window)
     caption_style: str = _f("coco", choices=("coco", "flickr", "both"))  # captions used as pairs
+    # ITM negatives: micro draws them uniformly (ViLT's ITM), as the official softmax hard negatives
+    # leave the micro ITM at its prior in every setting tried (README, departures); paper: official
+    itm_negatives: str = _f("uniform", choices=("official", "true_negatives", "uniform"))
+    # training image transform: micro keeps the ops of the official one that change no label at 32 px
+    augment: str = _f("photometric", choices=("official", "photometric", "none"))
     eval_batch_size: int = _f(256, lo=1)  # batch size of the zero-shot retrieval evaluation
 
 
@@ -135,27 +150,40 @@ class InitPretrainConfig(PretrainConfig):
     """The BEiT stand-in: image-only MIM (micro) or a local BEiT checkpoint (paper)."""
 
     beit_checkpoint: str = ""  # paper profile: local timm BEiT/ViT checkpoint; empty = run MIM
-    losses: dict[str, float] = _f(factory=lambda: {"mim": 1.0})  # image-only MIM (BEiT stand-in)
+    steps: int = _f(600, lo=0)  # MIM + tags steps of the micro init
+    losses: dict[str, float] = _f(
+        factory=lambda: {"mim": 1.0, "tags": 1.0}
+    )  # MIM + tags (BEiT pt22k_ft22k stand-in)
 
 
 @dataclass
 class SeedPretrainConfig(PretrainConfig):
-    steps: int = _f(600, lo=0)  # K_seed of the longest seed run (micro: ITC leaves its plateau at ~110)
-    save_steps: list[int] = _f(factory=lambda: [100, 300, 600])  # seed lengths K_seed kept as checkpoints
+    """The MA pre-training of the seed, the MA baseline and the compute-matched MA (the study sets each
+    run's ``steps``: every length is its own run with its own schedule)."""
+
+    steps: int = _f(100, lo=0)  # steps of a stand-alone run (`vlmerge pretrain seed`)
+    lr: float = _f(5e-3, lo=0.0)  # peak LR (micro: at 3e-3 the 100-step seed's ITM stays at 0.61)
+    save_steps: list[int] = _f(factory=list)  # extra checkpoints kept inside one run (curves only)
     losses: dict[str, float] = _f(factory=lambda: dict(VL_LOSSES))  # the paper's VL objectives
 
 
 @dataclass
 class MSPretrainConfig(PretrainConfig):
+    steps: int = _f(200, lo=0)  # K_VL: MS pre-training steps (and the MA baseline's)
+    lr: float = _f(5e-3, lo=0.0)  # peak LR, the seed stage's
     losses: dict[str, float] = _f(factory=lambda: dict(VL_LOSSES))  # the paper's VL objectives
 
 
 # ------------------------------------------------------------------------------------------ merging
 @dataclass
 class MergeConfig:
-    methods: list[str] = _f(factory=lambda: ["interpolation", "arithmetic", "regmean"])  # methods run
-    ratios: list[float] = _f(factory=lambda: [0.5], lo=0.0, hi=1.0)  # interpolation ratio r (v weight)
-    lambdas: list[float] = _f(factory=lambda: [0.5])  # modality-arithmetic lambda
+    methods: list[str] = _f(  # methods of the E2 sweep
+        factory=lambda: ["interpolation", "arithmetic", "arithmetic_formula", "regmean", "ties", "dare"]
+    )
+    ratios: list[float] = _f(
+        factory=lambda: [0.5, 0.25, 0.75], lo=0.0, hi=1.0
+    )  # interpolation ratio (v weight)
+    lambdas: list[float] = _f(factory=lambda: [0.75, 0.5])  # modality-arithmetic lambda (README example 0.75)
     regmean_alphas: list[float] = _f(factory=lambda: [1.0])  # RegMean off-diagonal scale alpha_R
     ties_densities: list[float] = _f(factory=lambda: [0.5])  # TIES kept fraction
     dare_drop_rates: list[float] = _f(factory=lambda: [0.5])  # DARE drop rate
@@ -174,30 +202,35 @@ class MergeConfig:
 @dataclass
 class FinetuneConfig:
     tasks: list[str] = _f(factory=lambda: ["vqa", "coco", "flickr", "nlvr2", "imagenet", "ade20k", "text"])
-    epochs: int = _f(2, lo=0)  # epochs per task (per-task overrides in `overrides`)
+    epochs: int = _f(8, lo=0)  # epochs per task (per-task overrides in `overrides`)
     batch_size: int = _f(32, lo=1)  # batch size
-    lr: float = _f(1e-3, lo=0.0)  # peak learning rate of the backbone
+    lr: float = _f(1e-4, lo=0.0)  # peak learning rate of the backbone
     head_lr_mult: float = _f(10.0, lo=0.0)  # LR multiplier of new task heads (paper: x10 for VQA)
     layer_decay: float = _f(1.0, lo=0.0, hi=1.0)  # layer-wise LR decay; 1 = off
     warmup_frac: float = _f(0.1, lo=0.0, hi=1.0)  # warm-up fraction of the steps
     weight_decay: float = _f(0.01, lo=0.0)  # AdamW weight decay
     rng_seed: int = _f(0, lo=0)  # RNG seed of fine-tuning (head init, data order, training subset)
     overrides: dict[str, dict[str, Any]] = _f(
-        factory=lambda: {  # task -> {field: value}
-            "vqa": {"lr": 3e-4, "head_lr_mult": 100.0},
-            "coco": {"batch_size": 64},
-            "flickr": {"batch_size": 64},
-            "nlvr2": {"lr": 3e-4, "train_subsample": 0, "epochs": 4},  # 3000 x 2 epochs: 53.8-55.4 from seed
-            "ade20k": {"epochs": 3, "batch_size": 16, "train_subsample": 0},
+        factory=lambda: {  # task -> {field: value}: the micro recipe (params.yaml says why)
+            "vqa": {"head_lr_mult": 100.0, "epochs": 16, "drop_path": 0.15},
+            "coco": {"batch_size": 64, "train_subsample": 500},
+            "flickr": {"batch_size": 64, "train_subsample": 500},
+            "nlvr2": {},
+            "ade20k": {"lr": 1e-3, "batch_size": 16},
+            "text": {"lr": 1e-3},
         }
     )
     real_paths: dict[str, str] = _f(factory=dict)  # task -> local dataset root; "tokenizer" -> tokenizer file
-    train_subsample: int = _f(4000, lo=0)  # at most this many training examples per task; 0 = all
+    train_subsample: int = _f(1000, lo=0)  # at most this many training examples per task; 0 = all
     eval_subsample: int = _f(0, lo=0)  # at most this many val/test examples per task; 0 = all
-    val_subsample: int = _f(0, lo=0)  # at most this many val examples (model selection); 0 = eval_subsample
-    val_every: int = _f(1, lo=1)  # validate every this many epochs and after the last; best validated kept
+    val_subsample: int = _f(250, lo=0)  # at most this many val examples (model selection); 0 = eval_subsample
+    val_every: int = _f(2, lo=1)  # validate every this many epochs and after the last; best validated kept
     betas: list[float] = _f(factory=lambda: [0.9, 0.98])  # AdamW betas (official beta_2 = 0.98)
     vqa_min_answer_count: int = _f(9, lo=1)  # real VQAv2: answers kept in the vocabulary (official: 9)
+    drop_path: float = _f(0.1, lo=0.0, hi=1.0)  # stochastic depth while fine-tuning (official 0.1; VQA 0.15)
+    text_dropout: float = _f(0.1, lo=0.0, hi=1.0)  # text-embedding dropout while fine-tuning (official 0.1)
+    augment: str = _f("photometric", choices=("official", "photometric", "none"))  # train image transform
+    freeze_backbone: bool = False  # linear probe: train the task head only, the backbone frozen in eval mode
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -210,23 +243,46 @@ class ReportConfig:
 
 
 # -------------------------------------------------------------------------------------------- study
-def _ms_grid() -> dict[str, dict[str, Any]]:
-    grid = {f"all_s{k}": {"variant": "all", "seed_steps": k} for k in (0, 100, 300, 600)}
-    grid.update({f"{v}_s600": {"variant": v, "seed_steps": 600} for v in ("attn", "ffn", "ln")})
-    return grid
+def _grid() -> dict[str, dict[str, Any]]:
+    """The E3/E4 models beside the recipe replicates: variants, MS RNG seeds, MS steps, LR."""
+    return {
+        "attn_s100_r0": {"variant": "attn"},
+        "ffn_s100_r0": {"variant": "ffn"},
+        "ln_s100_r0": {"variant": "ln"},
+        "all_s100_r0_m10": {"ms_seed": 10},
+        "all_s100_r0_k100": {"ms_steps": 100},
+        "all_s100_r0_lr0.5": {"lr_mult": 0.5},
+        "all_s100_r0_lr1.5": {"lr_mult": 1.5},
+    }
 
 
 @dataclass
 class StudyConfig:
-    ms_models: dict[str, dict[str, Any]] = _f(factory=_ms_grid)  # id -> {variant, seed_steps}: the MS grid
-    recipe: str = "all_s600"  # the recipe MS model (E2 sweeps, E5, E6); a key of ms_models
-    naive: str = "all_s0"  # the naive (no seed) MS model of E1/E5; a key of ms_models
-    e1_methods: list[str] = _f(factory=lambda: ["interpolation", "arithmetic"])  # merges of every MS model
-    sweep_tasks: list[str] = _f(factory=lambda: ["vqa", "coco", "nlvr2"])  # tasks of the E2 knob sweeps
-    ft_seeds: list[int] = _f(factory=lambda: [0, 1, 2])  # fine-tuning seeds of E0, E5 and E1's end points
-    single_seed_tasks: list[str] = _f(factory=list)  # tasks of the one-seed rows; empty = finetune.tasks
+    seed_lengths: list[int] = _f(
+        factory=lambda: [100, 150, 200, 300], lo=1
+    )  # K_seed of E1, each a separate run
+    recipe_seed: int = _f(
+        100, lo=1
+    )  # K_seed of the recipe (one of seed_lengths; paper ratio K_seed : K_VL = 1 : 2)
+    pt_seeds: list[int] = _f(
+        factory=lambda: [0, 1, 2], lo=0
+    )  # pre-training replicates (RNG seeds) of every claim row
+    ft_seed: int = _f(0, lo=0)  # the fine-tuning seed of every pre-trained model's fine-tunes
+    e0_ft_seeds: list[int] = _f(
+        factory=lambda: [0, 1, 2], lo=0
+    )  # fine-tuning seeds of random init and init (E0)
+    e1_methods: list[str] = _f(
+        factory=lambda: ["interpolation"]
+    )  # merges of every MS run; the first is the recipe's
+    recipe_methods: list[str] = _f(
+        factory=lambda: ["interpolation", "arithmetic", "regmean"]
+    )  # C5, every recipe replicate
+    grid: dict[str, dict[str, Any]] = _f(factory=_grid)  # E3/E4: id -> {variant, ms_seed, ms_steps, lr_mult}
+    sweep_tasks: list[str] = _f(factory=lambda: ["coco"])  # tasks of the E2 knob sweeps, E3 and E6
     options: list[str] = _f(factory=lambda: ["used_experts", "gram_nopad"])  # E6 merge options (recipe)
-    workers: int = _f(2, lo=1)  # fine-tuning processes run side by side, one torch thread each
+    workers: int = _f(
+        2, lo=1
+    )  # processes run side by side (pre-training, fine-tuning), one torch thread each
 
 
 @dataclass
@@ -264,25 +320,18 @@ class Params:
                     f"data.mim_codebook_size ({d.mim_codebook_size}) must equal "
                     f"model.mim_vocab ({m.mim_vocab})"
                 )
-        seed = self.seed_pretrain
-        kept = {0, *seed.save_steps}
-        for key, spec in self.study.ms_models.items():
-            k = spec.get("seed_steps") if isinstance(spec, dict) else None
-            if k not in kept:
-                raise ParamsError(
-                    f"study.ms_models.{key}.seed_steps: {k!r} is not kept by seed pre-training: use 0 "
-                    f"(the init) or one of seed_pretrain.save_steps {seed.save_steps}"
-                )
-        for role in ("recipe", "naive"):
-            if getattr(self.study, role) not in self.study.ms_models:
-                raise ParamsError(
-                    f"study.{role}: {getattr(self.study, role)!r} is not a key of study.ms_models"
-                )
-        too_long = [k for k in seed.save_steps if k > seed.steps]
-        if too_long:
+        st = self.study
+        if st.recipe_seed not in st.seed_lengths:
             raise ParamsError(
-                f"seed_pretrain.save_steps {too_long} exceed seed_pretrain.steps ({seed.steps})"
+                f"study.recipe_seed ({st.recipe_seed}) must be one of study.seed_lengths {st.seed_lengths}"
             )
+        if not st.pt_seeds or len(set(st.pt_seeds)) != len(st.pt_seeds):
+            raise ParamsError(f"study.pt_seeds: expected distinct RNG seeds, got {st.pt_seeds}")
+        if not st.e1_methods:
+            raise ParamsError("study.e1_methods: at least one method (the first is the recipe's merge)")
+        unknown = sorted(set(st.sweep_tasks) - set(self.finetune.tasks))
+        if unknown:
+            raise ParamsError(f"study.sweep_tasks: {unknown} not in finetune.tasks {self.finetune.tasks}")
 
 
 # ------------------------------------------------------------------------------------------- loader

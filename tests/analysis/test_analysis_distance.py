@@ -57,7 +57,8 @@ def test_total_flattens_all_parameters():
     assert tot["ssd"] == pytest.approx(1 - (1 / 7 + 5) / 6)
     assert tot["tssd"] == pytest.approx(tot["ssd"])  # k = 1 keeps everything
     assert tot["numel"] == 6 and d["blocks"]["0"]["l2"] == tot["l2"]
-    assert {r["metric"] for r in layer_table(d)} == {"l2", "cosine", "ssd", "tssd", "sign_conflict"}
+    assert tot["l2_rms"] == pytest.approx(tot["l2"] / math.sqrt(6))  # L2 per parameter
+    assert {r["metric"] for r in layer_table(d)} == {"l2", "l2_rms", "cosine", "ssd", "tssd", "sign_conflict"}
 
 
 def test_three_experts_and_no_central():
@@ -107,7 +108,7 @@ def test_layer_plot_and_grid():
 
     ms, central = _sd()
     fig = fig_layer_distances({"a": weight_distances(ms, central, vl_start=1)})
-    assert len(fig.axes) == 5
+    assert len(fig.axes) == 6
     grid = method_grid(MergeConfig(methods=["interpolation", "dare"], ratios=[0.25, 0.75]))
     assert [run_name(m, p) for m, p in grid] == [
         "interpolation_ratio0.25",

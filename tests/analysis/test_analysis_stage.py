@@ -36,7 +36,7 @@ def test_run_distance_stage(demo, tmp_path):
     assert [(r["metric"], r["scope"]) for r in written] == [(r["metric"], r["scope"]) for r in res["rows"]]
     assert written[0]["value"] == pytest.approx(res["rows"][0]["value"], abs=1e-6)  # rounded JSON
     raw = run_distance_stage(profile="smoke", ms_ckpt=str(demo["ms"]))
-    assert raw["total"]["ssd"] is None and {r["metric"] for r in raw["rows"]} == {"l2", "cosine"}
+    assert raw["total"]["ssd"] is None and {r["metric"] for r in raw["rows"]} == {"l2", "l2_rms", "cosine"}
 
 
 def test_distance_subcommand(demo, tmp_path, capsys):

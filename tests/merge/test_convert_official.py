@@ -148,14 +148,16 @@ def test_convert_lightning_checkpoint_loads(tmp_path, variant):
         pairs["transformer.blocks.1.attn.q_bias"] = "blocks.1.attn.q_bias"
     for src, dst in pairs.items():
         assert torch.equal(ours[dst], sd[src]), dst
+    # the official table as it is: image, text (T_0 = 196) and text<->image buckets
+    assert torch.equal(ours["rel_pos_bias.relative_position_bias_table"], sd["relative_position_bias_table"])
+    assert cfg.rel_pos_text_span == 196 and not cfg.abs_pos_embed and "pos_embed" not in ours
+    tt0 = sd["text_embeddings.token_type_embeddings.weight"][0]  # BERT's token type 0, before its LayerNorm
     assert torch.equal(
-        ours["rel_pos_bias.relative_position_bias_table"], sd["relative_position_bias_table"][:52]
+        ours["text_embed.word_embeddings.weight"], sd["text_embeddings.word_embeddings.weight"] + tt0
     )
-    tt0 = sd["text_embeddings.token_type_embeddings.weight"][0]
-    assert torch.equal(ours["text_embed.position_embeddings.weight"], tt0.expand(T, D))
-    assert torch.equal(ours["pos_embed"], torch.zeros(1, 17, D))
-    assert "temporal_relative_position_bias_table" in rep["dropped"]
-    assert rep["unused"] == ["text_embeddings.position_embeddings.weight"] and rep["initialised"] == []
+    assert "temporal_relative_position_bias_table" in rep["dropped"] and not rep["lossy"]
+    assert rep["unused"] == ["text_embeddings.position_embeddings.weight"]
+    assert sorted(rep["initialised"]) == ["heads.tags.bias", "heads.tags.weight"]  # ours: the init's tag head
     _, meta = load_safetensors(tmp_path / "out.safetensors")
     assert json.loads(meta["convert"])["dropped"] == rep["dropped"]
 
@@ -164,9 +166,7 @@ def test_refuses_unplaceable_tensors(tmp_path):
     sd = official_sd("all_moe")
     sd["vqa_classifier.0.weight"] = torch.zeros(4, D)
     torch.save(sd, tmp_path / "in.pt")
-    with pytest.raises(
-        ConvertError, match=r"relative_position_bias_table.*temporal.*vqa_classifier.0.weight"
-    ):
+    with pytest.raises(ConvertError, match=r"temporal_relative_position_bias_table.*vqa_classifier.0.weight"):
         convert_file(tmp_path / "in.pt", tmp_path / "out.safetensors")
     with pytest.raises(ConvertError, match="--vl-start"):
         torch.save(official_sd("ufo"), tmp_path / "ufo.pt")
@@ -230,3 +230,84 @@ def test_untrusted_pickle_is_refused(tmp_path, capsys):
         convert_file(tmp_path / "evil.pth", tmp_path / "o.safetensors")
     assert "must never run" not in capsys.readouterr().out
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def _to_official(model) -> dict[str, torch.Tensor]:
+    """Our model's weights in the official naming, as the official code would hold them (the inverse of
+    the converter: BERT's token-type row 0 split off the word embeddings, the table as it is)."""
+    inv = {
+        "patch_embed.proj.weight": "transformer.patch_embed.proj.weight",
+        "patch_embed.proj.bias": "transformer.patch_embed.proj.bias",
+        "cls_token": "transformer.cls_token",
+        "mask_token": "transformer.mask_token",
+        "norm.weight": "transformer.norm.weight",
+        "norm.bias": "transformer.norm.bias",
+        "text_embed.norm.weight": "text_embeddings.LayerNorm.weight",
+        "text_embed.norm.bias": "text_embeddings.LayerNorm.bias",
+        "token_type_embed.weight": "token_type_embeddings.weight",
+        "rel_pos_bias.relative_position_bias_table": "relative_position_bias_table",
+        "heads.pooler.dense.weight": "pooler.dense.weight",
+        "heads.pooler.dense.bias": "pooler.dense.bias",
+        "heads.itm.weight": "itm_score.fc.weight",
+        "heads.itm.bias": "itm_score.fc.bias",
+        "heads.mlm.transform.dense.weight": "mlm_score.transform.dense.weight",
+        "heads.mlm.transform.dense.bias": "mlm_score.transform.dense.bias",
+        "heads.mlm.transform.norm.weight": "mlm_score.transform.LayerNorm.weight",
+        "heads.mlm.transform.norm.bias": "mlm_score.transform.LayerNorm.bias",
+        "heads.mlm.decoder.weight": "mlm_score.decoder.weight",
+        "heads.mlm.bias": "mlm_score.bias",
+        "heads.mim.weight": "mim_score.weight",
+        "heads.mim.bias": "mim_score.bias",
+        "heads.itc_image.weight": "ifm_image_proj.fc.weight",
+        "heads.itc_text.weight": "ifm_text_proj.fc.weight",
+        "heads.itc_vl_image.weight": "ifm_vl_image_proj.fc.weight",
+        "heads.itc_vl_text.weight": "ifm_vl_text_proj.fc.weight",
+        "logit_scale": "logit_scale",
+        "logit_scale_vl": "logit_vl_scale",
+    }
+    ours = model.state_dict()
+    tt = torch.randn(2, ours["cls_token"].shape[-1])
+    sd = {"text_embeddings.token_type_embeddings.weight": tt}
+    sd["text_embeddings.word_embeddings.weight"] = ours["text_embed.word_embeddings.weight"] - tt[0]
+    sd["text_embeddings.position_embeddings.weight"] = torch.randn(model.cfg.max_text_len, tt.shape[1])
+    for k, v in ours.items():
+        if k.startswith("blocks."):
+            sd["transformer." + k] = v
+        elif k in inv:
+            sd[inv[k]] = v
+    return sd
+
+
+@pytest.mark.parametrize("variant", ["all_moe", "ufo"])
+def test_official_layout_converts_exactly(tmp_path, variant):
+    """An official-layout checkpoint (text relative position bias included, no video tables) converts
+    without allow_lossy, and the converted model computes what the same weights built directly do."""
+    import dataclasses
+
+    from vlmerge_core.config import ModelConfig
+    from vlmerge_core.model import MultiwayTransformer, load_model
+
+    comps = list(VARIANTS[variant])
+    cfg = ModelConfig(width=D, depth=L, heads=H, vl_start=VL, image_size=IMG, patch_size=P, vocab_size=V,
+                      max_text_len=T, mim_vocab=16, ms_components=comps)  # fmt: skip
+    torch.manual_seed(0)
+    direct = MultiwayTransformer(cfg).eval()
+    with torch.no_grad():
+        direct.rel_pos_bias.relative_position_bias_table.normal_()  # the text and cross buckets matter
+    torch.save({"state_dict": _to_official(direct)}, tmp_path / "official.ckpt")
+    rep = convert_file(tmp_path / "official.ckpt", tmp_path / "ours.safetensors", vl_start=VL)
+    assert (
+        not rep["lossy"]
+        and not rep["dropped"]
+        and sorted(rep["initialised"]) == ["heads.tags.bias", "heads.tags.weight"]
+    )
+    conv = load_model(tmp_path / "ours.safetensors").eval()
+    assert dataclasses.replace(conv.cfg, rel_pos_text_span=0) == cfg
+    images, ids = torch.randn(2, 3, IMG, IMG), torch.randint(0, V, (2, T))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, -2:] = False
+    for path in ("forward_fused", "forward_text"):
+        args = (images, ids, mask) if path == "forward_fused" else (ids, mask)
+        a, b = getattr(direct, path)(*args), getattr(conv, path)(*args)
+        torch.testing.assert_close(b["tokens"], a["tokens"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(conv.forward_image(images)["cls"], direct.forward_image(images)["cls"])

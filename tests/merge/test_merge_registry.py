@@ -31,7 +31,7 @@ def test_declarations_match_the_functions_and_the_params():
 
 
 def test_grid_and_run_names_come_from_the_registry():
-    cfg = MergeConfig(methods=list(METHODS), ratios=[0.25, 0.75], ties_densities=[0.2])
+    cfg = MergeConfig(methods=list(METHODS), ratios=[0.25, 0.75], lambdas=[0.5], ties_densities=[0.2])
     grid = method_grid(cfg)
     assert [run_name(m, p) for m, p in grid] == [
         "interpolation_ratio0.25",
@@ -54,7 +54,7 @@ def test_grid_and_run_names_come_from_the_registry():
 
 
 def test_task_dependent_merges_are_one_job_per_task_group():
-    grid = method_grid(MergeConfig(methods=["interpolation", "regmean"]))
+    grid = method_grid(MergeConfig(methods=["interpolation", "regmean"], ratios=[0.5]))
     jobs = merge_jobs(grid)
     assert [(j.method, j.group) for j in jobs] == [
         ("interpolation", "all"),

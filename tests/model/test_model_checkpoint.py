@@ -108,7 +108,10 @@ def test_load_timm_vit(tmp_path, pico):
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp_path / "vit.safetensors"))
-    model = MultiwayTransformer(dataclasses.replace(pico, vl_start=2)).eval()
+    vit_form = dataclasses.replace(
+        pico, vl_start=2, abs_pos_embed=True, rel_pos_bias=False
+    )  # ViT's positions
+    model = MultiwayTransformer(vit_form).eval()
     load_timm_into_v(model, tmp_path / "vit.safetensors")
     with torch.no_grad():
         model.token_type_embed.weight.zero_()

@@ -22,7 +22,9 @@ def _outputs(model, images, ids, mask):
 
 
 @pytest.mark.parametrize("variant", sorted(MS_VARIANTS))
-@pytest.mark.parametrize("extras", [{}, {"layer_scale_init": 0.1, "rel_pos_bias": True}])
+@pytest.mark.parametrize(
+    "extras", [{}, {"layer_scale_init": 0.0, "rel_pos_bias": False, "abs_pos_embed": True}]
+)
 def test_ms_with_equal_experts_equals_ma(pico, inputs, variant, extras):
     torch.manual_seed(0)
     ma = MultiwayTransformer(dataclasses.replace(pico, **extras)).eval()

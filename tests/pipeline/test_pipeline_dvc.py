@@ -80,16 +80,21 @@ def test_dvc_repro_smoke_whole_study(smoke_repo):
     for rel in (
         "metrics/data/stats.json",
         "metrics/finetune/testbed.json",
+        "metrics/finetune/evaluate.json",
         "metrics/study/results.csv",
+        "metrics/study/design.json",
         "metrics/study/distances.csv",
         "paper/REPORT.md",
         "paper/tables/e0_validity.md",
     ):
         assert (smoke_repo / rel).exists(), f"{rel} was not written"
-    for key in params.study.ms_models:
-        assert (smoke_repo / f"metrics/finetune/{key}.json").exists()
+    from vlmerge_core.study import plan
+
+    for key in plan.ms_runs(params):
+        assert (smoke_repo / f"metrics/merge/{key}.json").exists()
+        assert (smoke_repo / f"metrics/distance/{key}.json").exists()
     results = (smoke_repo / "metrics/study/results.csv").read_text()
-    assert "merged_" in results and "ma_baseline" in results
+    assert "merged_" in results and f"ma{params.ms_pretrain.steps}_r0" in results
 
     again = _run(["dvc", "repro"], smoke_repo)
     assert "Running stage" not in again, again[-2000:]
@@ -106,13 +111,13 @@ def test_dvc_repro_smoke_whole_study(smoke_repo):
     ran = [line for line in saved.splitlines() if line.startswith("Running stage")]
     assert ran == ["Running stage 'notebooks':"], ran
 
-    # one merge parameter: only the stages downstream of merging are stale
+    # one merge parameter: only the stages downstream of merging are stale (collect: the recipe's knob)
     text = (smoke_repo / "params.yaml").read_text().replace("ratios:\n  - 0.5", "ratios:\n  - 0.4", 1)
     if text == (smoke_repo / "params.yaml").read_text():
         text = (smoke_repo / "params.yaml").read_text().replace("ratios: [0.5]", "ratios: [0.4]", 1)
     (smoke_repo / "params.yaml").write_text(text)
     stale = _stale(smoke_repo)
-    assert stale and all(s.split("@")[0] in ("merge", "evaluate") for s in stale), stale
+    assert stale and all(s.split("@")[0] in ("merge", "evaluate", "collect") for s in stale), stale
     _run(["git", "checkout", "params.yaml"], smoke_repo)
 
     lock = (smoke_repo / "dvc.lock").read_text()

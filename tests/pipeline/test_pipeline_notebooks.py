@@ -42,7 +42,7 @@ def test_seed_ms_merge_finetune_chain(tmp_path, smoke_world):
         metrics_out=str(metrics / "pretrain_seed.json"),
         **common,
     )
-    seed = tmp_path / "seed" / "ckpt_step2.safetensors"
+    seed = tmp_path / "seed" / "last.safetensors"
     assert seed.exists() and json.loads((metrics / "pretrain_seed.json").read_text())["kind"] == "ma"
     _run(
         "02_pretrain.ipynb",

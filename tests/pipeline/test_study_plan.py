@@ -21,61 +21,77 @@ def micro():
     return load_params(profile="micro")
 
 
-def test_ms_models_and_roles(micro):
-    models = plan.ms_models(micro)
-    assert micro.study.recipe in models and micro.study.naive in models
-    assert models[micro.study.naive].seed_steps == 0
-    assert models[micro.study.naive].init_ckpt() == plan.init_ckpt()  # no seed: the init itself
-    recipe = models[micro.study.recipe]
-    assert recipe.central_ckpt() == plan.seed_ckpt(recipe.seed_steps)
-    assert plan.ma_baseline_steps(micro) == micro.ms_pretrain.steps  # the paper's MA "from scratch": K_VL
+def test_runs_and_roles(micro):
+    """Every length is its own MA run per RNG seed; one MA run serves as seed, MA baseline (K_VL) and
+    compute-matched MA (K_seed + K_VL) when the lengths coincide; MS runs start from their own seed."""
+    d = plan.design(micro)
+    assert d.ma_baseline_steps == micro.ms_pretrain.steps and d.ma_matched_steps == d.recipe_seed + d.k_vl
+    ma = plan.ma_runs(micro)
+    lengths = {*d.seed_lengths, d.ma_baseline_steps, d.ma_matched_steps}
+    assert set(ma) == {f"ma{k}_r{r}" for k in lengths for r in d.pt_seeds}
+    ms = plan.ms_runs(micro)
+    for r in d.pt_seeds:
+        naive, recipe = ms[f"all_s0_r{r}"], ms[f"all_s{d.recipe_seed}_r{r}"]
+        assert naive.init_ckpt() == plan.init_ckpt() and naive.seed() is None  # no seed: the init itself
+        assert recipe.central_ckpt() == plan.MARun(d.recipe_seed, r).ckpt() and recipe.ms_seed == r
+    assert plan.recipe_ids(micro) == [f"all_s{d.recipe_seed}_r{r}" for r in d.pt_seeds]
+    grid = [m for m in ms.values() if m.role == "grid"]
+    assert len(grid) + len(d.pt_seeds) >= 10  # C3's E4 grid at the recipe's seed length
+    assert all(m.seed_steps == d.recipe_seed and m.pt_seed == d.pt_seeds[0] for m in grid)
 
 
 def test_bad_grid_entries_are_refused(micro):
     d = to_dict(micro)
     bad = copy.deepcopy(d)
-    bad["study"]["ms_models"]["all_s7"] = {"variant": "all", "seed_steps": 7}
-    with pytest.raises(ParamsError, match=r"study\.ms_models\.all_s7\.seed_steps"):
-        params_from_dict(bad)
+    bad["study"]["grid"]["x"] = {"variant": "wide"}
+    with pytest.raises(ParamsError, match=r"study\.grid\.x\.variant"):
+        plan.check(params_from_dict(bad))
     bad = copy.deepcopy(d)
-    bad["study"]["recipe"] = "nope"
-    with pytest.raises(ParamsError, match=r"study\.recipe"):
-        params_from_dict(bad)
+    bad["study"]["grid"]["x"] = {"seed_steps": 7}
+    with pytest.raises(ParamsError, match=r"study\.grid\.x.*seed_steps"):
+        plan.check(params_from_dict(bad))
     bad = copy.deepcopy(d)
-    bad["study"]["ms_models"]["x"] = {"variant": "wide", "seed_steps": 0}
-    with pytest.raises(ParamsError, match="variant"):
-        plan.ms_models(params_from_dict(bad))
+    bad["study"]["recipe_methods"] = ["interpolation", "magic"]
+    with pytest.raises(ParamsError, match="magic"):
+        plan.check(params_from_dict(bad))
 
 
-def test_merge_jobs_recipe_sweeps_every_method_and_option(micro):
-    jobs = plan.merge_jobs(micro, micro.study.recipe)
-    methods = {j.method for j in jobs if not j.option}
-    assert methods == set(micro.merge.methods)
-    assert {j.option for j in jobs} == {"", *micro.study.options}
-    e2 = [j for j in jobs if "E2" in j.experiments]
-    assert len(e2) >= len(micro.merge.methods)
-    other = next(k for k in plan.ms_models(micro) if k not in (micro.study.recipe, micro.study.naive))
-    assert {j.method for j in plan.merge_jobs(micro, other)} == set(micro.study.e1_methods)
+def test_merge_jobs_by_role(micro):
+    st = micro.study
+    r0, r1 = plan.recipe_ids(micro)[:2]
+    jobs = plan.merge_jobs(micro, r0)
+    assert {j.method for j in jobs if not j.option} == set(micro.merge.methods)  # E2 sweep
+    assert {j.option for j in jobs} == {"", *st.options}  # E6
+    every = {j.method for j in jobs if j.tasks == tuple(micro.finetune.tasks)}
+    assert every == set(st.recipe_methods)  # C5's methods on every task
+    other = {(j.method, j.tasks) for j in plan.merge_jobs(micro, r1)}
+    assert other == {(m, tuple(micro.finetune.tasks)) for m in st.recipe_methods}
+    e1 = plan.merge_jobs(micro, f"all_s{st.seed_lengths[-1]}_r0")
+    assert [j.method for j in e1] == list(st.e1_methods) and all("E4" in j.experiments for j in e1)
+    variant = plan.merge_jobs(micro, next(k for k, v in st.grid.items() if v.get("variant") == "attn"))
+    sweep = tuple(t for t in micro.finetune.tasks if t in st.sweep_tasks)
+    assert {(j.method, j.tasks) for j in variant if j.method != st.e1_methods[0]} == {
+        (m, sweep) for m in st.recipe_methods if m != st.e1_methods[0]
+    }
 
 
-def test_claim_rows_get_every_ft_seed(micro):
-    seeds = tuple(micro.study.ft_seeds)
-    for key in (micro.study.recipe, micro.study.naive):
-        jobs = plan.evaluate_jobs(micro, key)
-        # the recipe's unmerged row carries E3's drop; the naive model's unmerged row no claim
-        ms_seeds = seeds if key == micro.study.recipe else seeds[:1]
-        assert jobs[0].kind == "ms" and jobs[0].ft_seeds == ms_seeds and "E5" in jobs[0].experiments
-        e1 = [j for j in jobs if "E1" in j.experiments and j.kind == "merged"]
-        assert e1 and all(j.ft_seeds == seeds and set(j.tasks) == set(micro.finetune.tasks) for j in e1)
+def test_every_pretrained_unit_is_fine_tuned_once(micro):
+    """Replicates replace fine-tuning seeds: every pre-trained model gets study.ft_seed only; random init
+    and init (no pre-training replicates) get study.e0_ft_seeds."""
+    st, d = micro.study, plan.design(micro)
     testbed = plan.testbed_jobs(micro)
-    kinds = [j.kind for j in testbed]
-    assert kinds[:3] == ["untrained", "random", "init"] and kinds[-1] == "ma_baseline"
-    assert all(j.ft_seeds == seeds for j in testbed[1:]) and len(seeds) >= 3
-    ids = [j.model_id for j in testbed]
-    assert (
-        f"seed{min(micro.seed_pretrain.save_steps)}" in ids
-        and f"seed{max(micro.seed_pretrain.save_steps)}" in ids
-    )
+    assert [j.kind for j in testbed[:3]] == ["untrained", "random", "init"]
+    assert all(j.ft_seeds == tuple(st.e0_ft_seeds) for j in testbed[1:3])
+    ma = [j for j in testbed if j.kind == "ma"]
+    assert {j.model_id for j in ma} == {
+        f"ma{k}_r{r}" for k in (d.recipe_seed, d.ma_baseline_steps, d.ma_matched_steps) for r in d.pt_seeds
+    }
+    jobs = plan.evaluate_jobs(micro)
+    assert all(j.ft_seeds == (st.ft_seed,) for j in ma + jobs)
+    ms = {j.model_id for j in jobs if j.kind == "ms"}
+    assert {f"ms_{i}" for i in plan.recipe_ids(micro) + plan.naive_ids(micro)} <= ms
+    merged = {j.model_id for j in jobs if j.kind == "merged"}
+    assert len(merged) == len(set(merged))
 
 
 def test_finetune_rows_follow_the_contract():
@@ -85,6 +101,10 @@ def test_finetune_rows_follow_the_contract():
             "kind": "merged",
             "seed_steps": 3,
             "variant": "all",
+            "pt_seed": 2,
+            "pt_steps": 200,
+            "ms_seed": 2,
+            "lr_mult": 1.0,
             "method": "ties",
             "knob": "density",
             "knob_value": 0.5,
@@ -94,17 +114,23 @@ def test_finetune_rows_follow_the_contract():
         "records": [
             {
                 "task": "vqa",
-                "ft_seed": 1,
+                "ft_seed": 0,
                 "main_metric": "vqa_score",
                 "val_last_gain": 0.4,
                 "metrics": {"vqa_score": 40.0, "note": "x"},
+                "val": {"vqa_score": 41.0},
                 "ci": {"vqa_score": [38.0, 42.0]},
             }
         ],
     }
     rows = finetune_rows(doc, "f.json")
-    assert [r["metric"] for r in rows] == ["vqa_score", "val_last_gain"]
+    assert [(r["metric"], r["split"]) for r in rows] == [
+        ("vqa_score", "test"),
+        ("vqa_score", "val"),
+        ("val_last_gain", "val"),
+    ]
     assert rows[0]["is_main"] and rows[0]["ci_low"] == 38.0 and rows[0]["experiments"] == "E2"
+    assert rows[1]["value"] == 41.0 and rows[0]["pt_seed"] == 2 and rows[0]["pt_steps"] == 200
     with pytest.raises(CollectError, match="f.json"):
         finetune_rows({"model": {"kind": "ms"}, "records": []}, "f.json")
 
@@ -121,7 +147,7 @@ def test_clean_copy_ignores_outputs_and_run_metadata(tmp_path):
     nb["metadata"]["language_info"] = {"name": "python", "version": "3.11.7"}
     (tmp_path / "saved.ipynb").write_text(json.dumps(nb))
     assert clean_notebook(tmp_path / "saved.ipynb", tmp_path / "b.ipynb").read_bytes() == a
-    nb["cells"][1]["source"] = "model_id = 'other'\n"  # a code change does count
+    nb["cells"][1]["source"] = "which = 'other'\n"  # a code change does count
     (tmp_path / "edited.ipynb").write_text(json.dumps(nb))
     assert clean_notebook(tmp_path / "edited.ipynb", tmp_path / "c.ipynb").read_bytes() != a
     (tmp_path / "broken.ipynb").write_text("{not json")
@@ -154,26 +180,9 @@ def test_checkpoints_for_picks_the_option_and_the_task_group():
         checkpoints_for(recs, "regmean_alpha1", "gram_nopad", ["coco"])
 
 
-def test_one_seed_rows_run_the_single_seed_tasks(micro):
-    import dataclasses
-
-    study = dataclasses.replace(micro.study, single_seed_tasks=["coco", "imagenet"])
-    p = dataclasses.replace(micro, study=study)
-    for key in plan.ms_models(p):
-        for job in plan.evaluate_jobs(p, key):
-            if len(job.ft_seeds) == 1:
-                assert set(job.tasks) <= {"coco", "imagenet"}, job.model_id
-            else:  # claim rows keep every task
-                assert job.tasks == tuple(p.finetune.tasks), job.model_id
-    # the testbed (E0) is untouched: every task
-    assert all(j.tasks == tuple(p.finetune.tasks) for j in plan.testbed_jobs(p))
-    bad = dataclasses.replace(micro, study=dataclasses.replace(micro.study, single_seed_tasks=["glue"]))
-    with pytest.raises(ParamsError, match="single_seed_tasks"):
-        plan.evaluate_jobs(bad, micro.study.recipe)
-
-
 def test_units_are_submitted_costliest_first_and_returned_in_plan_order(micro):
-    from vlmerge_core.study.stage import _unit_cost, lpt_order
+    from vlmerge_core.study.stage import _unit_cost
+    from vlmerge_core.study.workers import lpt_order
 
     assert lpt_order([1.0, 5.0, 2.0, 5.0]) == [1, 3, 2, 0]  # ties keep their order
     import dataclasses

@@ -18,7 +18,7 @@ def test_stage_configs(smoke_params):
     cfg, mc = stage_configs(smoke_params, "ms", "attn")
     assert cfg is smoke_params.ms_pretrain and mc.ms_components == MS_VARIANTS["attn"]
     assert stage_configs(smoke_params, "seed")[1].ms_components == []
-    assert smoke_params.init_pretrain.losses == {"mim": 1.0}
+    assert smoke_params.init_pretrain.losses == {"mim": 1.0, "tags": 1.0}
     assert smoke_params.seed_pretrain.losses == {"mlm": 1.0, "itc": 0.5, "itc_vl": 0.5, "itm": 1.0}
     with pytest.raises(KeyError, match="variant"):
         stage_configs(smoke_params, "ms", "both")
@@ -32,7 +32,7 @@ def test_stream_is_a_permutation_per_epoch_and_pure():
 
 
 def test_lr_schedule(smoke_params):
-    cfg = dataclasses.replace(smoke_params.seed_pretrain, steps=10, warmup_steps=2, schedule="cosine")
+    cfg = dataclasses.replace(smoke_params.seed_pretrain, steps=10, warmup_frac=0.2, schedule="cosine")
     f = [lr_factor(s, cfg) for s in range(10)]
     assert (
         f[0] == 0.5
@@ -46,20 +46,33 @@ def test_lr_schedule(smoke_params):
 
 
 def test_no_decay_groups(pico_cfg):
-    model = MultiwayTransformer(dataclasses.replace(pico_cfg, layer_scale_init=0.1, rel_pos_bias=True))
+    """The official no-decay rule (``vilt_utils.set_schedule``): a name containing "bias" or one of the
+    listed norm names is not decayed; embeddings, layer scales, logit scales are; so are per-expert
+    norm weights (``norm1.v.weight``), which the official list does not name."""
+    model = MultiwayTransformer(dataclasses.replace(pico_cfg, layer_scale_init=0.1, ms_components=["norm1"]))
     decay, rest = make_optimizer(model, PretrainConfig()).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     dec = {names[id(p)] for p in decay["params"]}
-    assert "blocks.0.attn.qkv.weight" in dec and "heads.itm.weight" in dec
     for n in (
-        "blocks.0.attn.q_bias",
-        "blocks.0.norm1.weight",
-        "pos_embed",
+        "blocks.0.attn.qkv.weight",
+        "heads.itm.weight",
         "text_embed.word_embeddings.weight",
         "blocks.0.gamma_1",
         "logit_scale",
-        "rel_pos_bias.relative_position_bias_table",
         "token_type_embed.weight",
+        "cls_token",
+        "blocks.0.norm1.v.weight",
+    ):
+        assert n in dec, n
+    for n in (
+        "blocks.0.attn.q_bias",
+        "blocks.0.norm2.weight",
+        "blocks.0.norm1.v.bias",
+        "norm.weight",
+        "text_embed.norm.weight",
+        "heads.mlm.transform.norm.weight",
+        "rel_pos_bias.relative_position_bias_table",
+        "heads.itm.bias",
     ):
         assert n not in dec, n
     assert decay["weight_decay"] > 0 and rest["weight_decay"] == 0
@@ -87,13 +100,21 @@ def test_losses_are_finite_and_differentiable(smoke_params, smoke_world):
     assert abs(parts["itc"].item() - torch.log(torch.tensor(8.0)).item()) < 0.5
 
 
-def test_hard_negatives_exclude_positives():
+def test_hard_negative_modes():
+    """official: only the positive pair is excluded (another caption of the same image may be drawn);
+    true_negatives: the same image and identical captions too; uniform: every other pair alike."""
     sim = torch.eye(4) * 10
     image_index = torch.tensor([0, 0, 1, 2])
     ids = torch.arange(4)[:, None].repeat(1, 3)
-    neg_txt, neg_img = objectives._hard_negatives(sim, image_index, ids, seed=0)
+    w_off, _ = objectives.hard_negative_weights(sim, image_index, ids, "official")
+    assert torch.all(w_off.diagonal() == 0) and w_off[0, 1] > 0  # the image's other caption stays
+    neg_txt, neg_img = objectives._hard_negatives(sim, image_index, ids, seed=0, mode="true_negatives")
     for i in range(4):
         assert image_index[neg_txt[i]] != image_index[i] and image_index[neg_img[i]] != image_index[i]
+    w_uni, _ = objectives.hard_negative_weights(sim, image_index, ids, "uniform")
+    assert torch.equal(w_uni, 1 - torch.eye(4))
+    with pytest.raises(ValueError, match="itm_negatives"):
+        objectives.hard_negative_weights(sim, image_index, ids, "hardest")
 
 
 def test_losses_under_bf16_autocast(smoke_params, smoke_world):

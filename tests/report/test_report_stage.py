@@ -1,5 +1,6 @@
-"""The paper stage end to end on a small synthetic study: every artefact written, byte-identical on a
-rebuild, verdicts in the summary, numbers in prose only from the generated macros."""
+"""The paper stage end to end on a small synthetic study (the new contract: replicates, design.json,
+val and test rows, an E4 grid): every artefact written, byte-identical on a rebuild, verdicts in the
+summary, the README's generated Markdown, numbers in prose only from the generated macros."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from vlmerge_core.report.templates import REPORT_HTML, REPORT_MD
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("paper")
     study = make_study(root / "study", tasks=("vqa", "coco"), n_ft_seeds=2)
+    assert (study / "design.json").exists()
     outs = [run_paper_stage(profile="smoke", metrics_dir=str(study), out_dir=str(root / d),
                             metrics_out=str(root / f"{d}.json")) for d in ("a", "b")]  # fmt: skip
     return root, outs
@@ -39,8 +41,8 @@ def test_every_artefact_is_written(built):
         for ext in exts:
             assert f"{art.kind}s/{art.name}.{ext}" in files
     for name in ("REPORT.md", "report.html", "generated/numbers.tex", "generated/numbers.json",
-                 "generated/numbers.md", "generated/summary.json", "published/published.csv",
-                 "tables/claim_c1.md"):  # fmt: skip
+                 "generated/numbers.md", "generated/summary.json", "generated/verdicts.md", "generated/e0.md",
+                 "published/published.csv", "tables/claim_c1.md"):  # fmt: skip
         assert name in files, name
     assert set(summary["artefacts"].values()) == {"built"}
     assert summary["config"] == {
@@ -63,6 +65,10 @@ def test_summary_and_report(built):
     root, (summary, _) = built
     assert set(summary["verdicts"]) == {"C1", "C2", "C3", "C4", "C5"}
     assert summary["verdicts"]["C1"]["verdict"] == "reproduced"  # the synthetic study's seed effect
+    assert (
+        summary["verdicts"]["C5"]["parts"]["architecture"]["verdict"] == "inconclusive"
+    )  # n = 1 per variant
+    assert set(summary["verdicts"]["C2"]["parts"]) == {"vs MA baseline (paper's)", "vs compute-matched MA"}
     assert json.loads((root / "a.json").read_text())["verdicts"] == summary["verdicts"]
     report = (root / "a" / "REPORT.md").read_text()
     numbers = json.loads((root / "a" / "generated" / "numbers.json").read_text())
@@ -79,6 +85,24 @@ def test_summary_and_report(built):
     assert f"\\newcommand{{\\{macro_name('c1.vqa.gain')}}}" in tex
     html = (root / "a" / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and 'src="figures/e1_seed.png"' in html
+    assert "<li><b>inconclusive</b>: every measured task is inconclusive" in html
+
+
+def test_generated_markdown_for_the_readme(built):
+    """verdicts.md and e0.md come from the metrics only, and the rule below the verdicts is the code's."""
+    from vlmerge_core.report.outcomes import rule_markdown
+
+    root, (summary, _) = built
+    verdicts = (root / "a" / "generated" / "verdicts.md").read_text()
+    assert verdicts.startswith("<!-- generated") and verdicts.endswith(rule_markdown())
+    for cid, v in summary["verdicts"].items():
+        assert f"| {cid}  " in verdicts or f"| {cid} " in verdicts
+        assert v["verdict"] in verdicts
+    e0 = (root / "a" / "generated" / "e0.md").read_text()
+    assert "| VQA " in e0 and "valid stand-in" in e0
+    assert (root / "a" / "tables" / "e0_validity.md").read_text() in e0
+    report = (root / "a" / "REPORT.md").read_text()
+    assert rule_markdown() in report
 
 
 def test_templates_type_no_numbers():
@@ -100,7 +124,8 @@ def test_missing_metrics_are_not_run(tmp_path):
     assert summary["artefacts"]["figure:f1_framework"] == "built"
     assert (tmp_path / "p" / "tables" / "e1_seed.md").read_text().count("not run") == 1
     assert (tmp_path / "p" / "tables" / "claim_c1.md").read_text().count("not run") == 1
-    assert "results.csv" in (tmp_path / "p" / "REPORT.md").read_text()
+    report = (tmp_path / "p" / "REPORT.md").read_text()
+    assert "results.csv" in report and "design.json" in report
 
 
 def test_macro_names():

@@ -1,58 +1,78 @@
-"""E0 validity: issue 11's four checks per task, each pass / fail / not run, computed from the rows."""
+"""E0 validity: issue 11's four checks per task, each pass / fail / not run, computed from the rows; the
+converged check covers the best pre-trained backbone and every claim row."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import frame, runs, study_rows
+from conftest import DESIGN, frame, row, study_rows
 
 from vlmerge_core.report.load import Study
 from vlmerge_core.report.validity import e0_validity
 
 
-def _replace(rows, model_id, task, values, metric=None):
-    out = [
-        r
-        for r in rows
-        if not (r["model_id"] == model_id and r["task"] == task and (metric is None or r["metric"] == metric))
-    ]
-    kind = next(r for r in rows if r["model_id"] == model_id)["kind"]
-    return out + runs(model_id, kind, task, values, exps="E0;E1;E2;E3;E5" if kind == "ma_baseline" else "E0",
-                      metric=metric, ci=(values[0] - 2, values[0] + 2) if kind == "untrained" else (float("nan"),) * 2)  # fmt: skip
+def _replace(rows, model_prefix, task, value, metric=None):
+    """Rows with every replicate / seed of ``model_prefix`` on ``task`` (and ``metric``) set to ``value``."""
+    return [{**r, "value": value} if r["model_id"].startswith(model_prefix) and r["task"] == task
+            and (metric is None and r["is_main"] or r["metric"] == metric) else r for r in rows]  # fmt: skip
 
 
-def _validity(rows, chance):
-    return e0_validity(Study(results=frame(rows), chance=chance))
+def _validity(rows, chance, design=DESIGN):
+    return e0_validity(Study(results=frame(rows), chance=chance, design=design))
 
 
 def test_valid_task_shows_every_check(chance):
     v = _validity(study_rows(), chance)["vqa"]
     assert v.status == "valid" and set(v.checks.values()) == {"pass"}
-    assert v.best_pretrained == "MA baseline" and v.gap.mean == pytest.approx(21.0)
-    assert v.pooled_sd == pytest.approx(1.0) and "3 sd = 3.0" in v.details["pretraining"]
+    assert v.best_pretrained == "MA K=300" and v.best_pretrained_cell.n == 3  # units: replicates
+    assert v.gap.mean == pytest.approx(63.8333 - 41.0, abs=1e-3)
+    assert (
+        "MA baseline (paper's) 0.20" in v.details["converged"]
+        and "MS (unmerged, no seed) 0.30" in v.details["converged"]
+    )
 
 
 @pytest.mark.parametrize(
-    "model_id, values, metric, check",
+    "prefix, value, metric, check",
     [
-        ("untrained", [40.0], None, "chance"),  # far above chance
-        ("random", [60.0, 62.0, 64.0], None, "pretraining"),  # pre-training within noise of random init
-        ("ma_baseline", [96.0, 97.0, 98.0], None, "ceiling"),
-        ("ma_baseline", [4.0, 5.0, 6.0], "val_last_gain", "converged"),  # still climbing
+        ("untrained", 40.0, None, "chance"),  # far above chance
+        ("random", 63.0, None, "pretraining"),  # pre-training within noise of random init
+        ("ma300", 96.0, None, "ceiling"),
+        ("ma300", 4.0, "val_last_gain", "converged"),  # the best backbone still climbing
     ],
 )
-def test_each_check_can_fail(chance, model_id, values, metric, check):
-    val = _validity(_replace(study_rows(), model_id, "vqa", values, metric), chance)
+def test_each_check_can_fail(chance, prefix, value, metric, check):
+    rows = _replace(study_rows(), prefix, "vqa", value, metric)
+    if prefix == "random":  # keep a spread
+        rows = [{**r, "value": r["value"] + r["ft_seed"]} if r["model_id"] == "random" and r["task"] == "vqa" else r
+                for r in rows]  # fmt: skip
+    val = _validity(rows, chance)
     assert val["vqa"].checks[check] == "fail" and val["vqa"].status == "invalid"
     assert val["nlvr2"].status == "valid"
 
 
+def test_converged_covers_the_claim_rows(chance):
+    """The best backbone converged, but the naive merge was still climbing: not converged, and said."""
+    rows = study_rows()
+    for r in range(3):
+        kw = dict(k=0, variant="all", pt_seed=r, pt_steps=200, ms_seed=r, lr_mult=1.0, method="interpolation",
+                  knob="ratio", kv=0.5, exps="E1;E4;E5", split="val", metric="val_last_gain")  # fmt: skip
+        rows.append(row(f"merged_all_s0_r{r}_interpolation_ratio0.5", "merged", "vqa", 2.5, **kw))
+    v = _validity(rows, chance)["vqa"]
+    assert v.checks["converged"] == "fail" and v.not_converged == ["naive merge"]
+    assert "above the bar: naive merge" in v.details["converged"]
+    assert _validity(rows, chance, design=None)["vqa"].checks["converged"] == "pass"  # roles unknown
+
+
 def test_single_seed_cannot_show_pretraining_matters(chance):
-    v = _validity(_replace(study_rows(), "random", "vqa", [41.0]), chance)["vqa"]
+    rows = [
+        r for r in study_rows() if not (r["model_id"] == "random" and r["ft_seed"] > 0 and r["task"] == "vqa")
+    ]
+    v = _validity(rows, chance)["vqa"]
     assert v.checks["pretraining"] == "not run" and v.status == "incomplete"
 
 
 def test_missing_chance_and_e0(chance):
-    v = e0_validity(Study(results=frame(study_rows())))["vqa"]
+    v = e0_validity(Study(results=frame(study_rows()), design=DESIGN))["vqa"]
     assert v.checks["chance"] == "not run" and v.status == "incomplete"
     rows = [r for r in study_rows() if r["experiments"] != "E0" or r["task"] != "nlvr2"]
     rows = [
@@ -64,7 +84,7 @@ def test_missing_chance_and_e0(chance):
 
 def test_chance_check_is_one_sided(chance):
     """Chance is the majority-class predictor: below it passes (a random head), above it fails."""
-    below = _validity(_replace(study_rows(), "untrained", "vqa", [10.0]), chance)["vqa"]
+    below = _validity(_replace(study_rows(), "untrained", "vqa", 10.0), chance)["vqa"]
     assert below.checks["chance"] == "pass" and "-15.0" in below.details["chance"]
-    above = _validity(_replace(study_rows(), "untrained", "vqa", [40.0]), chance)["vqa"]
+    above = _validity(_replace(study_rows(), "untrained", "vqa", 40.0), chance)["vqa"]
     assert above.checks["chance"] == "fail"

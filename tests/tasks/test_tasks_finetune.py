@@ -90,15 +90,17 @@ def test_warmup_linear_schedule():
 def test_every_task_runs_and_writes_metrics(task, pico_ma, ft_cfg, smoke_world, tmp_path):
     m = finetune_task(task, pico_ma, ft_cfg, smoke_world, out_dir=tmp_path, n_bootstrap=50)
     assert m["task"] == task and m["main"] == m[m["main_metric"]] and m["best_epoch"] in (0, 1)
-    assert 0.0 <= m["main"] <= 100.0 and m["steps"] == 2 and m["n_train"] == 32
-    assert f"val_{m['select_metric']}" in m and len(m["curve"]["loss"]) == 2
+    items = 32 * (smoke_world.config.captions_per_image if task in ("coco", "flickr") else 1)
+    assert 0.0 <= m["main"] <= 100.0 and m["n_train"] == items  # retrieval: every caption an item
+    assert m["steps"] == -(-items // ft_cfg.batch_size) * ft_cfg.epochs
+    assert f"val_{m['select_metric']}" in m and len(m["curve"]["loss"]) == m["steps"]
     # a bootstrap interval for every test metric, around the point estimate
     lo, hi = m["ci"][m["main_metric"]]
     assert lo <= m["main"] + 1e-9 and m["main"] <= hi + 1e-9
     assert set(m["ci"]) <= set(m) and all(len(v) == 2 for v in m["ci"].values())
     # val at epoch 0 (before training) and after the epoch: the last epoch's gain
     c = m["curve"]
-    assert c["val_epoch"] == [0, 1] and c["val_step"] == [0, 2]
+    assert c["val_epoch"] == [0, 1] and c["val_step"] == [0, m["steps"]]
     assert m["val_last_gain"] == pytest.approx(c["val_select"][1] - c["val_select"][0])
     on_disk = json.loads((tmp_path / f"{task}.json").read_text())
     assert on_disk["main"] == pytest.approx(m["main"], abs=1e-5)

@@ -3,7 +3,9 @@
 Over the modality vectors ``tau^m = W^m - W0`` (``W0`` the central/seed weights), stacked as the
 rows of ``T`` (shape ``[M, D]``, one row per expert, the parameter flattened):
 
-- **L2** ``||tau^a - tau^b||_2`` (= ``||W^a - W^b||_2``) and **cosine dissimilarity**
+- **L2** ``||tau^a - tau^b||_2`` (= ``||W^a - W^b||_2``), and **L2 per parameter** ``l2_rms`` =
+  ``L2 / sqrt(D)`` (the root-mean-square difference, comparable across parameter counts: the LN
+  variant's 1,024 norm parameters and the full model's 200k), and **cosine dissimilarity**
   ``1 - cos(tau^a, tau^b)``, for every pair of experts; the headline value is the mean over pairs
   (the ``v``-``l`` pair when there are two experts);
 - **SSD** (soft sign dissimilarity) ``1 - mean_j |sum_m T[m, j]| / sum_m |T[m, j]|`` over the
@@ -33,7 +35,7 @@ from vlmerge_core.merge.methods import MergeError, topk_mask
 from vlmerge_core.merge.unify import plan_groups
 from vlmerge_core.model.experts import EXPERTS
 
-METRICS = ("l2", "cosine", "ssd", "tssd", "sign_conflict")
+METRICS = ("l2", "l2_rms", "cosine", "ssd", "tssd", "sign_conflict")
 
 
 def infer_vl_start(keys: Sequence[str]) -> int:
@@ -72,6 +74,7 @@ def row_metrics(
         pairs[f"{names[a]}-{names[b]}"] = {"l2": float((ra - rb).norm()), "cosine": cos}
     out: dict[str, Any] = {"experts": list(names), "numel": int(rows.shape[1]), "pairs": pairs}
     out["l2"] = sum(p["l2"] for p in pairs.values()) / len(pairs) if pairs else None
+    out["l2_rms"] = out["l2"] / rows.shape[1] ** 0.5 if out["l2"] is not None and rows.shape[1] else None
     coss = [p["cosine"] for p in pairs.values()]
     out["cosine"] = sum(coss) / len(coss) if coss and None not in coss else None
     if centred:

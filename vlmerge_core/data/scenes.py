@@ -49,6 +49,16 @@ def image_label(objects: list[dict]) -> int:
     return SHAPES.index(big[0]["shape"]) * len(COLOURS) + COLOURS.index(big[0]["colour"])
 
 
+def kind_tags(scenes: list[Scene]) -> np.ndarray:
+    """Multi-hot float32 [N, NUM_IMAGE_CLASSES]: which object kinds (shape, colour) each scene holds
+    (the tags of the init's supervised stand-in; index as :func:`image_label`)."""
+    out = np.zeros((len(scenes), NUM_IMAGE_CLASSES), dtype=np.float32)
+    for i, scene in enumerate(scenes):
+        for o in scene["objects"]:
+            out[i, SHAPES.index(o["shape"]) * len(COLOURS) + COLOURS.index(o["colour"])] = 1.0
+    return out
+
+
 def scene_key(scene: Scene) -> tuple:
     """The discrete scene graph (no pixel jitter): two scenes with the same key are the same scene."""
     return tuple(sorted((o["shape"], o["colour"], o["size"], o["row"], o["col"]) for o in scene["objects"]))

@@ -54,6 +54,7 @@ _PURPOSE = {
     "nlvr2": 5,
     "text_cls": 6,
     "corpus": 7,
+    "text_noise": 8,
 }
 
 
@@ -109,20 +110,25 @@ def _nlvr2(rng: np.random.Generator, scenes: list[dict], n: int) -> list[dict]:
     return out
 
 
-def _text_cls(rng: np.random.Generator, n: int, max_objects: int, size: int, taken: set[str]) -> list[dict]:
-    """``n`` sentences, balanced over (kind, label), none of them in ``taken`` (other splits)."""
-    cells = [(k, lab) for k in grammar.TEXT_KINDS for lab in (0, 1)]
+def _text_cls(
+    rng: np.random.Generator, n: int, split: str, taken: set[str], noise: float, noise_rng: np.random.Generator
+) -> list[dict]:
+    """``n`` sentences balanced over the colours, none of them in ``taken`` (other splits); synonyms
+    name the colours outside the training split (:func:`grammar.text_cls_item`). A fraction ``noise``
+    of the labels, drawn from ``noise_rng``, is another class (annotator error, as in every GLUE set:
+    it keeps the best accuracy below the ceiling); ``kind`` keeps the sentence's true colour."""
     out = []
-    for c in rng.permutation(np.arange(n) % len(cells)).tolist():
-        kind, label = cells[c]
+    for c in rng.permutation(np.arange(n) % len(grammar.TEXT_LABELS)).tolist():
+        shape = grammar.TEXT_LABELS[c]
         for _ in range(10_000):
-            scene = sample_scene(rng, max_objects, size)
-            text, plain = _alt(rng, grammar.text_cls_item, scene, label, kind)
+            (text, label), (plain, _) = _alt(rng, grammar.text_cls_item, shape, split != "train")
             if text not in taken and plain not in taken:
                 break
         else:
             raise ValueError("text_cls: cannot draw a sentence unseen in other splits; lower the split sizes")
-        out.append({"text": (text, plain), "label": int(label), "kind": kind})
+        if noise_rng.random() < noise:
+            label = (label + 1 + int(noise_rng.integers(len(grammar.TEXT_LABELS) - 1))) % len(grammar.TEXT_LABELS)
+        out.append({"text": (text, plain), "label": int(label), "kind": shape})
     return out
 
 
@@ -131,9 +137,15 @@ def _caption(rng: np.random.Generator, scene: dict, style: str) -> tuple[str, st
     return full, plain, compact
 
 
-def _vqa(rng: np.random.Generator, i: int, scene: dict) -> dict:
+def _vqa(rng: np.random.Generator, i: int, scene: dict, annotators: int, agree: float, max_objects: int) -> dict:
+    """A question with its ground truth ``answer`` and ``annotators`` human-like answers: each the truth
+    with probability ``agree``, else another answer of the same question type (VQAv2's ten answers,
+    from which the official soft scores are computed)."""
     (q, a, t), (plain, _, _) = _alt(rng, grammar.vqa_item, scene)
-    return {"image": i, "question": (q, plain), "answer": a, "qtype": t}
+    others = [x for x in grammar.answers_of_type(t, max_objects) if x != a]
+    answers = [a if rng.random() < agree or not others else others[int(rng.integers(len(others)))]
+               for _ in range(annotators)]  # fmt: skip
+    return {"image": i, "question": (q, plain), "answer": a, "answers": answers, "qtype": t}
 
 
 def _draw(cfg: DataConfig) -> dict[str, Any]:
@@ -163,13 +175,20 @@ def _draw(cfg: DataConfig) -> dict[str, Any]:
     for split in ("test", "val", "train"):
         rng = _rng(cfg.rng_seed, split, "vqa")
         d["vqa"][split] = [
-            _vqa(rng, i, sc) for i, sc in enumerate(scenes[split]) for _ in range(cfg.vqa_per_image)
+            _vqa(rng, i, sc, cfg.vqa_annotators, cfg.vqa_agree, M)
+            for i, sc in enumerate(scenes[split])
+            for _ in range(cfg.vqa_per_image)
         ]
         d["nlvr2"][split] = _nlvr2(
             _rng(cfg.rng_seed, split, "nlvr2"), scenes[split], cfg.nlvr2_per_image * sizes[split]
         )
         d["text_cls"][split] = _text_cls(
-            _rng(cfg.rng_seed, split, "text_cls"), cfg.text_cls_per_image * sizes[split], M, S, taken
+            _rng(cfg.rng_seed, split, "text_cls"),
+            cfg.text_cls_per_image * sizes[split],
+            split,
+            taken,
+            cfg.text_label_noise,
+            _rng(cfg.rng_seed, split, "text_noise"),
         )
         taken |= {t for x in d["text_cls"][split] for t in x["text"]}
     rng = _rng(cfg.rng_seed, "corpus", "corpus")

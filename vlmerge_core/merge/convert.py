@@ -14,13 +14,14 @@ Mapping (official -> ours): ``transformer.blocks.*`` -> ``blocks.*`` (same inner
 ``token_type_embeddings`` -> ``token_type_embed``, ``pooler.dense`` / ``itm_score.fc`` /
 ``mlm_score`` / ``mim_score`` / ``ifm_*_proj.fc`` -> ``heads.*``, ``logit_vl_scale`` -> ``logit_scale_vl``.
 Exact rewrites: the official text embedding adds no absolute position (``position_embedding_type=
-"rel_pos"``) but BERT's token-type row 0, so our ``position_embeddings`` rows all hold that row
-(the unused official position table is dropped and listed); the official model has no absolute image
-position embedding, so ``pos_embed`` is zero; a BEiT shared table ``transformer.rel_pos_bias`` [R, H]
-is tiled to our [R, H*L]. Lossy rewrites, only with ``allow_lossy``: the top-level VLMo table keeps
-its image rows (our model has no text relative position bias), extra token-type rows and tensors
-with no place (task heads, the DALL-E tokenizer, video tables) are dropped. Every rewrite is listed
-in the output metadata (``convert``). Derived index buffers are skipped.
+"rel_pos"``) but BERT's token-type row 0 before its LayerNorm, so that row is added to every word
+embedding (the unused official position table is listed); the top-level table
+``relative_position_bias_table`` [R_img + 2 T_0 + 2, H L] is ours as it is, with ``T_0`` (the
+official ``max_text_len_of_initckpt``) kept as ``rel_pos_text_span``; a third token type (NLVR2) is
+kept (``token_types`` 3); a BEiT shared table ``transformer.rel_pos_bias`` [R, H] fills the image rows
+of every block. Lossy rewrites, only with ``allow_lossy``: a non-zero absolute ``pos_embed`` and
+tensors with no place (task heads, the DALL-E tokenizer, video tables) are dropped. Every rewrite is
+listed in the output metadata (``convert``). Derived index buffers are skipped.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ _DIRECT = {
     "transformer.patch_embed.proj.bias": "patch_embed.proj.bias",
     "transformer.cls_token": "cls_token",
     "transformer.mask_token": "mask_token",
-    "transformer.pos_embed": "pos_embed",
     "transformer.norm.weight": "norm.weight",
     "transformer.norm.bias": "norm.bias",
     "text_embeddings.word_embeddings.weight": "text_embed.word_embeddings.weight",
@@ -246,11 +246,22 @@ def infer_config(
             grid = math.isqrt(sd["transformer.pos_embed"].shape[1] - 1)
         elif beit is not None:
             grid = _grid_from_rows(beit.shape[0])
-        elif table is not None:
-            grid = _grid_from_rows(table.shape[0] - 2 * MAX_TEXT_LEN_OF_INITCKPT - 2)
+        elif table is not None:  # T_0 is the official 196, or the text length of the checkpoint
+            spans = [MAX_TEXT_LEN_OF_INITCKPT]
+            if "text_embeddings.position_embeddings.weight" in sd:
+                spans.append(sd["text_embeddings.position_embeddings.weight"].shape[0])
+            grid = next((g for t in spans if (g := _grid_from_rows(table.shape[0] - 2 * t - 2))), None)
         if grid is None:
             raise ConvertError("cannot infer the image size from the shapes: give --image-size")
         image_size = grid * patch
+    span = 0
+    if table is not None:
+        n_img = (2 * (image_size // patch) - 1) ** 2 + 3
+        span, rem = divmod(table.shape[0] - n_img - 2, 2)
+        if rem or span <= 0:
+            raise ConvertError(
+                f"relative_position_bias_table has {table.shape[0]} rows: not {n_img} image rows + 2 T_0 + 2"
+            )
     cfg: dict[str, Any] = {
         "width": width,
         "depth": depth,
@@ -261,12 +272,17 @@ def infer_config(
         "patch_size": patch,
         "ms_components": comps,
         "rel_pos_bias": table is not None or beit is not None,
+        "rel_pos_text_span": span,
         "layer_scale_init": 0.1 if "transformer.blocks.0.gamma_1" in sd else 0.0,
     }
+    if "token_type_embeddings.weight" in sd:
+        cfg["token_types"] = sd["token_type_embeddings.weight"].shape[0]
     if "text_embeddings.word_embeddings.weight" in sd:
         cfg["vocab_size"] = sd["text_embeddings.word_embeddings.weight"].shape[0]
     if "text_embeddings.position_embeddings.weight" in sd:
         cfg["max_text_len"] = sd["text_embeddings.position_embeddings.weight"].shape[0]
+        if span and cfg["max_text_len"] > span:
+            cfg["rel_pos_text_span"] = cfg["max_text_len"]
     if "mim_score.weight" in sd:
         cfg["mim_vocab"] = sd["mim_score.weight"].shape[0]
     return cfg
@@ -304,24 +320,25 @@ def convert_state_dict(
             out[f"blocks.{m.group(1)}.{m.group(2)}"] = v
         elif k in _DIRECT:
             out[_DIRECT[k]] = v
-        elif k == "text_embeddings.position_embeddings.weight":
-            rec["unused"].append(k)  # position_embedding_type="rel_pos": never added in the official forward
+        elif k in (
+            "text_embeddings.position_embeddings.weight",
+            "transformer.rel_pos_bias.relative_position_bias_table",
+        ):
+            if k.startswith(
+                "text_"
+            ):  # position_embedding_type="rel_pos": never added in the official forward
+                rec["unused"].append(k)
         elif k == "text_embeddings.token_type_embeddings.weight":
-            pass  # folded into the position table below
-        elif k == "transformer.rel_pos_bias.relative_position_bias_table":
-            out["rel_pos_bias.relative_position_bias_table"] = v.repeat(1, depth)
-            rec["exact"].append(f"{k}: shared [R, H] table tiled to [R, H*L]")
-        elif k == "relative_position_bias_table" and allow_lossy:
-            rows = (2 * (cfg.image_size // cfg.patch_size) - 1) ** 2 + 3
-            out["rel_pos_bias.relative_position_bias_table"] = v[:rows].clone()
-            rec["lossy"].append(
-                f"{k}: kept the {rows} image rows of {v.shape[0]} (no text relative bias here)"
-            )
-        elif k == "token_type_embeddings.weight" and v.shape[0] > 2 and allow_lossy:
-            out["token_type_embed.weight"] = v[:2].clone()
-            rec["lossy"].append(f"{k}: kept rows 0-1 of {v.shape[0]} (NLVR2's third type dropped)")
-        elif k == "token_type_embeddings.weight" and v.shape[0] == 2:
+            pass  # folded into the word embeddings below
+        elif k == "relative_position_bias_table":
+            out["rel_pos_bias.relative_position_bias_table"] = v
+            rec["exact"].append(f"{k}: the official table, as it is (text span {cfg.rel_pos_text_span})")
+        elif k == "token_type_embeddings.weight":
             out["token_type_embed.weight"] = v
+        elif k == "transformer.pos_embed" and not bool(v.abs().max() > 0):
+            rec["unused"].append(k)  # all zeros: the official model adds no absolute image position
+        elif k == "transformer.pos_embed" and allow_lossy:
+            rec["lossy"].append(f"{k}: a non-zero absolute position embedding dropped (ours has none)")
         elif allow_lossy:
             rec["dropped"].append(k)
         else:
@@ -332,15 +349,21 @@ def convert_state_dict(
             f"{' ...' if len(bad) > 20 else ''}; pass --allow-lossy to drop them"
         )
     tt = sd.get("text_embeddings.token_type_embeddings.weight")
-    if "text_embed.word_embeddings.weight" in out:
-        row = tt[0].float() if tt is not None else torch.zeros(cfg.width)
-        out["text_embed.position_embeddings.weight"] = row.expand(cfg.max_text_len, -1).clone()
-        rec["exact"].append(
-            "text_embed.position_embeddings: every row = BERT token-type row 0 (no absolute position)"
+    if "text_embed.word_embeddings.weight" in out and tt is not None:
+        out["text_embed.word_embeddings.weight"] = out["text_embed.word_embeddings.weight"] + tt[0].to(
+            out["text_embed.word_embeddings.weight"].dtype
         )
-    if "pos_embed" not in out and "cls_token" in out:
-        out["pos_embed"] = torch.zeros(1, 1 + (cfg.image_size // cfg.patch_size) ** 2, cfg.width)
-        rec["exact"].append("pos_embed: zeros (the official model has no absolute image position embedding)")
+        rec["exact"].append(
+            "text_embed.word_embeddings: + BERT token-type row 0 (added to every token before the LayerNorm)"
+        )
+    beit = sd.get("transformer.rel_pos_bias.relative_position_bias_table")
+    if beit is not None and "rel_pos_bias.relative_position_bias_table" not in out:
+        table = MultiwayTransformer(cfg).rel_pos_bias.relative_position_bias_table.detach().clone()
+        table[: beit.shape[0]] = beit.repeat(1, depth)
+        out["rel_pos_bias.relative_position_bias_table"] = table
+        rec["exact"].append(
+            "transformer.rel_pos_bias: BEiT's shared [R, H] table in the image rows of every block"
+        )
     torch.manual_seed(0)
     fresh = MultiwayTransformer(cfg).state_dict()
     for k, v in fresh.items():

@@ -4,6 +4,8 @@
 - ``itm``: 2-way image-text matching classifier on the pooled feature (VLMo, Bao et al. 2022).
 - ``mlm``: BERT prediction head (dense, GELU, LayerNorm, decoder + bias; Devlin et al. 2019).
 - ``mim``: linear classifier over the MIM codebook (BEiT, Bao et al. 2022).
+- ``tags``: linear multi-label tagger on the image [CLS] (the init's supervised stand-in for BEiT's
+  ImageNet-22k fine-tuning; ``num_tags`` outputs).
 - ``itc_*``: bias-free projections of the [CLS] features for image-text contrastive learning, one
   pair for the unimodal ``v``/``l`` path and one for the ``vl`` path (VLMo; official ``IFMHead``).
 """
@@ -54,12 +56,13 @@ class PretrainHeads(nn.Module):
         mim_vocab: MIM codebook size (MIM classes).
     """
 
-    def __init__(self, dim: int, vocab_size: int, mim_vocab: int) -> None:
+    def __init__(self, dim: int, vocab_size: int, mim_vocab: int, num_tags: int = 30) -> None:
         super().__init__()
         self.pooler = Pooler(dim)
         self.itm = nn.Linear(dim, 2)
         self.mlm = MLMHead(dim, vocab_size)
         self.mim = nn.Linear(dim, mim_vocab)
+        self.tags = nn.Linear(dim, num_tags)
         self.itc_image = nn.Linear(dim, dim, bias=False)
         self.itc_text = nn.Linear(dim, dim, bias=False)
         self.itc_vl_image = nn.Linear(dim, dim, bias=False)

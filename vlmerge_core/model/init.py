@@ -78,7 +78,8 @@ def init_multiway_weights(model: nn.Module) -> None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     for p in (model.cls_token, model.pos_embed, model.mask_token):
-        trunc_normal_(p, std=std)
+        if p is not None:
+            trunc_normal_(p, std=std)
     rescale_residual_(model)
 
 
@@ -154,7 +155,6 @@ def load_timm_into_v(
     """
     sd = _read_timm(timm_state_dict_or_path)
     own = dict(model.named_parameters())
-    H = model.cfg.heads
     done: list[str] = []
 
     def put(ours_ma: str, value: torch.Tensor, src: str) -> None:
@@ -167,6 +167,9 @@ def load_timm_into_v(
 
     for key, value in sd.items():
         if key in ("cls_token", "pos_embed") or key.startswith("patch_embed.proj."):
+            if key == "pos_embed" and model.pos_embed is None:
+                log.info("load_timm_into_v: %s skipped (the model has no absolute positions)", key)
+                continue
             if key == "pos_embed" and value.shape != model.pos_embed.shape:
                 raise ValueError(
                     f"load_timm_into_v: pos_embed {tuple(value.shape)} does not fit "
@@ -190,14 +193,14 @@ def load_timm_into_v(
                 put(f"blocks.{i}.attn.q_bias", q, key)
                 put(f"blocks.{i}.attn.v_bias", v, key)
             elif rest == "attn.relative_position_bias_table":
-                if model.rel_pos_bias is None:
-                    raise ValueError(f"load_timm_into_v: {key} needs a model with rel_pos_bias=True")
-                table = model.rel_pos_bias.relative_position_bias_table
-                _copy_(table[:, i * H : (i + 1) * H], value, f"rel_pos_bias[{i}]", key)
+                _put_image_bias(model, value, [i], key)
                 done.append("rel_pos_bias.relative_position_bias_table")
             elif (ours := _timm_block_map(rest)) is not None:
                 put(f"blocks.{i}.{ours}", value, key)
-    if "pos_embed" not in sd and model.rel_pos_bias is not None:
+        elif key == "rel_pos_bias.relative_position_bias_table":  # BEiT's shared table: every block
+            _put_image_bias(model, value, range(len(model.blocks)), key)
+            done.append("rel_pos_bias.relative_position_bias_table")
+    if "pos_embed" not in sd and model.pos_embed is not None:
         with torch.no_grad():  # BEiT has no absolute positions: positions come from the bias
             model.pos_embed.zero_()
     if not any(k.endswith((".gamma_1", ".gamma_2")) for k in sd):
@@ -208,6 +211,22 @@ def load_timm_into_v(
                 done.append(name)
     log.info("load_timm_into_v: set %d tensors", len(done))
     return done
+
+
+def _put_image_bias(model: nn.Module, value: torch.Tensor, blocks, src: str) -> None:
+    """A BEiT table [R_img, H] into the image rows of the given blocks' columns of our table (the
+    text and text<->image rows keep their init, as the official ``modify_checkpoint_beit``)."""
+    if model.rel_pos_bias is None:
+        raise ValueError(f"load_timm_into_v: {src} needs a model with rel_pos_bias=True")
+    table, H = model.rel_pos_bias.relative_position_bias_table, model.cfg.heads
+    n_img = model.rel_pos_bias.text2image  # image rows come first
+    if tuple(value.shape) != (n_img, H):
+        raise ValueError(
+            f"load_timm_into_v: {src} {tuple(value.shape)} does not fit the image buckets ({n_img}, {H}) "
+            "(image/patch size or heads differ)"
+        )
+    for i in blocks:
+        _copy_(table[:n_img, i * H : (i + 1) * H], value, f"rel_pos_bias[block {i}]", src)
 
 
 def _read_timm(src: Mapping[str, torch.Tensor] | str | Path) -> dict[str, torch.Tensor]:

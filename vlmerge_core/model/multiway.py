@@ -9,16 +9,20 @@ Routing (VLMo, Bao et al. 2022; the official vl-merging code, Sung et al. 2023):
   keeps ``l`` (or ``vl``).
 
 In MA every expert name maps to the same shared module, so MA and MS differ only in parameters.
-Image tokens carry token type 1 and text tokens type 0 (as the official code); the fused "cls" is
-``heads.pooler`` over the first *text* token ([CLS] of the caption), as VLMo pools.
+Image tokens carry token type 1 and text tokens type 0 (as the official code; NLVR2's second image
+gets a third type, :meth:`MultiwayTransformer.add_token_type`); the fused "cls" is ``heads.pooler``
+over the first *text* token ([CLS] of the caption), as VLMo pools. Positions come from the official
+relative position bias alone (:mod:`vlmerge_core.model.embeddings`); absolute position embeddings
+are an option (``abs_pos_embed``), off by default as in the official model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
-from timm.layers import PatchEmbed
+from timm.layers import DropPath, PatchEmbed
 from torch import nn
 
 from vlmerge_core.config import ModelConfig
@@ -48,12 +52,17 @@ class MultiwayTransformer(nn.Module):
         self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, 3, D)
         self.num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, D))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, D)) if cfg.abs_pos_embed else None
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D))
-        self.text_embed = TextEmbeddings(cfg.vocab_size, cfg.max_text_len, D)
-        self.token_type_embed = nn.Embedding(2, D)  # 0 = text, 1 = image
+        self.text_embed = TextEmbeddings(
+            cfg.vocab_size, cfg.max_text_len, D, cfg.text_dropout, cfg.abs_pos_embed
+        )
+        self.token_type_embed = nn.Embedding(cfg.token_types, D)  # 0 text, 1 image (2: NLVR2's second image)
         grid = cfg.image_size // cfg.patch_size
-        self.rel_pos_bias = RelativePositionBias(grid, cfg.heads, L) if cfg.rel_pos_bias else None
+        span = cfg.rel_pos_text_span or cfg.max_text_len
+        self.rel_pos_bias = (
+            RelativePositionBias(grid, cfg.max_text_len, cfg.heads, L, span) if cfg.rel_pos_bias else None
+        )
         rates = [cfg.drop_path * i / max(L - 1, 1) for i in range(L)]
         self.blocks = nn.ModuleList(
             MultiwayBlock(
@@ -68,7 +77,7 @@ class MultiwayTransformer(nn.Module):
             for i in range(L)
         )
         self.norm = nn.LayerNorm(D, eps=1e-6)
-        self.heads = PretrainHeads(D, cfg.vocab_size, cfg.mim_vocab)
+        self.heads = PretrainHeads(D, cfg.vocab_size, cfg.mim_vocab, cfg.num_tags)
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
         self.logit_scale_vl = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
         from vlmerge_core.model.init import init_multiway_weights
@@ -85,8 +94,36 @@ class MultiwayTransformer(nn.Module):
         """Expert names of block ``i``."""
         return list(self.blocks[i].experts)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the parameters (float inputs are cast to it)."""
+        return self.cls_token.dtype
+
+    def set_dropout(self, drop_path: float, text_dropout: float) -> None:
+        """Set the stochastic depth (linear from 0 to ``drop_path`` over the blocks, as the official
+        ``dpr``) and the text-embedding dropout, e.g. for fine-tuning a pre-trained model."""
+        L = len(self.blocks)
+        for i, blk in enumerate(self.blocks):
+            rate = drop_path * i / max(L - 1, 1)
+            blk.drop_path = DropPath(rate) if rate > 0 else nn.Identity()
+        self.text_embed.dropout = nn.Dropout(text_dropout) if text_dropout > 0 else nn.Identity()
+
+    def add_token_type(self) -> int:
+        """Append a token type initialised from type 1 (image), as the official NLVR2 set-up does for
+        the second image (``token_type_embeddings`` grown to 3 rows, row 2 = row 1); returns its index."""
+        old = self.token_type_embed
+        new = nn.Embedding(old.num_embeddings + 1, old.embedding_dim).to(old.weight.device, old.weight.dtype)
+        with torch.no_grad():
+            new.weight[: old.num_embeddings] = old.weight
+            new.weight[old.num_embeddings] = old.weight[1]
+        self.token_type_embed = new
+        self.cfg = dataclasses.replace(self.cfg, token_types=new.num_embeddings)  # saved checkpoints say so
+        return old.num_embeddings
+
     # ------------------------------------------------------------------------------- embeddings
-    def embed_image(self, images: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def embed_image(
+        self, images: torch.Tensor, patch_mask: torch.Tensor | None = None, token_type: int = 1
+    ) -> torch.Tensor:
         """Images [B, 3, H, W] -> tokens [B, 1+N, D]; masked patches (True) become ``mask_token``."""
         x = self.patch_embed(images)  # (B, N, D)
         B, N, D = x.shape
@@ -94,52 +131,58 @@ class MultiwayTransformer(nn.Module):
             w = patch_mask.unsqueeze(-1).to(x.dtype)  # (B, N, 1)
             x = x * (1 - w) + self.mask_token.to(x.dtype) * w
         x = torch.cat([self.cls_token.expand(B, -1, -1).to(x.dtype), x], dim=1)  # (B, 1+N, D)
-        return x + self.pos_embed + self.token_type_embed.weight[1]
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        return x + self.token_type_embed.weight[token_type]
 
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids [B, T] -> tokens [B, T, D]."""
         return self.text_embed(ids) + self.token_type_embed.weight[0]
 
-    def _image_bias(self, i: int) -> torch.Tensor | None:
-        return None if self.rel_pos_bias is None else self.rel_pos_bias(i)  # (H, 1+N, 1+N)
-
     # ------------------------------------------------------------------------- block sequences
+    def _biases(self, kind: str, T: int = 0) -> list[torch.Tensor | None]:
+        """Per block, the relative position bias of an ``image``, ``text`` or ``fused`` sequence."""
+        if self.rel_pos_bias is None:
+            return [None] * len(self.blocks)
+        if kind == "image":
+            return self.rel_pos_bias.image()
+        return self.rel_pos_bias.text(T) if kind == "text" else self.rel_pos_bias.fused(T)
+
     def run_image(self, x: torch.Tensor, start: int, end: int, top: str = "v") -> torch.Tensor:
         """Image tokens [B, 1+N, D] through blocks ``start..end-1`` (``v`` below vl_start, else ``top``)."""
+        rel = self._biases("image")
         for i in range(start, end):
             expert = "v" if i < self.vl_start else top
-            x = self.blocks[i](x, expert, attention_bias(None, self._image_bias(i), x.dtype))
+            x = self.blocks[i](x, expert, attention_bias(None, rel[i], x.dtype))
         return x
 
     def run_text(
         self, x: torch.Tensor, mask: torch.Tensor, start: int, end: int, top: str = "l"
     ) -> torch.Tensor:
         """Text tokens [B, T, D] through blocks ``start..end-1``; padded keys (mask False) are masked."""
-        bias = attention_bias(mask.bool(), None, x.dtype)  # (B, 1, 1, T) or None
+        rel = self._biases("text", x.shape[1])
         for i in range(start, end):
+            bias = attention_bias(mask.bool(), rel[i], x.dtype)  # (B|1, H|1, T|1, T) or None
             x = self.blocks[i](x, "l" if i < self.vl_start else top, bias)
         return x
 
     def run_fused(self, img: torch.Tensor, txt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Concatenate image [B, 1+N, D] and text [B, T, D] tokens; blocks ``vl_start..L-1`` with ``vl``."""
         x = torch.cat([img, txt], dim=1)  # (B, M+T, D), M = 1+N
-        M = img.shape[1]
         key_mask = torch.cat(
             [torch.ones(img.shape[:2], dtype=torch.bool, device=img.device), mask.bool()], dim=1
         )  # (B, M+T)
+        rel = self._biases("fused", txt.shape[1])  # text->image and image->text have one bucket each
         for i in range(self.vl_start, len(self.blocks)):
-            rel = self._image_bias(i)
-            if rel is not None:  # the bias applies to image-image pairs only
-                full = rel.new_zeros(rel.shape[0], x.shape[1], x.shape[1])  # (H, M+T, M+T)
-                full[:, :M, :M] = rel
-                rel = full
-            x = self.blocks[i](x, "vl", attention_bias(key_mask, rel, x.dtype))
+            x = self.blocks[i](x, "vl", attention_bias(key_mask, rel[i], x.dtype))
         return x
 
     # ---------------------------------------------------------------------- bottoms and tops
-    def image_bottom(self, images: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def image_bottom(
+        self, images: torch.Tensor, patch_mask: torch.Tensor | None = None, token_type: int = 1
+    ) -> torch.Tensor:
         """Embedded images through the blocks below ``vl_start`` (``v``): [B, 1+N, D]."""
-        return self.run_image(self.embed_image(images, patch_mask), 0, self.vl_start)
+        return self.run_image(self.embed_image(images, patch_mask, token_type), 0, self.vl_start)
 
     def text_bottom(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Embedded text through the blocks below ``vl_start`` (``l``): [B, T, D]."""
@@ -192,15 +235,19 @@ class MultiwayTransformer(nn.Module):
         return self.text_top(self.text_bottom(ids, mask), mask, top)
 
     def forward_fused(
-        self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+        self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, image_token_type: int = 1
     ) -> dict[str, torch.Tensor]:
         """Image-text path: separate ``v``/``l`` below ``vl_start``, the concatenation through ``vl`` above.
+
+        Args:
+            image_token_type: token type of the image (1; NLVR2's second image: 2).
 
         Returns:
             ``tokens`` [B, 1+N+T, D] (image first), ``image_tokens``, ``text_tokens`` and ``cls``:
             ``heads.pooler`` over the first text token (VLMo's pooled feature, for ITM and VQA).
         """
-        return self.fused_top(self.image_bottom(images), self.text_bottom(ids, mask), mask)
+        img = self.image_bottom(images, token_type=image_token_type)
+        return self.fused_top(img, self.text_bottom(ids, mask), mask)
 
     def forward(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Same as :meth:`forward_fused`."""

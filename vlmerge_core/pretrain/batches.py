@@ -50,12 +50,13 @@ class PretrainData:
 
     tokenizer: object
     continuation: torch.Tensor | None = None  # Bool [V]: WordPiece "##" pieces (whole-word masking)
-    pair_images: torch.Tensor | None = None  # float [Ni, 3, H, W]
+    pair_images: np.ndarray | None = None  # uint8 [Ni, H, W, 3] (augmented and normalised per batch)
     pair_image_index: torch.Tensor | None = None  # Long [P] image of each caption
     pair_ids: torch.Tensor | None = None  # Long [P, T]
     pair_mask: torch.Tensor | None = None  # Bool [P, T]
     io_images: torch.Tensor | None = None  # float [M, 3, H, W] image-only set
     io_codes: torch.Tensor | None = None  # Long [M, N] MIM targets
+    io_tags: torch.Tensor | None = None  # float [M, K] multi-hot object kinds (the init's supervised tags)
     txt_ids: torch.Tensor | None = None  # Long [C, T] text-only corpus
     txt_mask: torch.Tensor | None = None  # Bool [C, T]
 
@@ -76,7 +77,7 @@ def build_pretrain_data(
     T = model_cfg.max_text_len
     if active & set(PAIR_LOSSES):
         caps = world.captions("train", style)
-        data.pair_images = image_to_tensor(world.images("train"))
+        data.pair_images = np.ascontiguousarray(world.images("train"))
         data.pair_image_index = torch.tensor([i for i, per in enumerate(caps) for _ in per])
         data.pair_ids, data.pair_mask = encode_text(tok, [t for per in caps for t in per], T)
     if "mim" in active:
@@ -92,6 +93,16 @@ def build_pretrain_data(
                 for i in range(0, len(data.io_images), 1024)
             ]
         )
+    if "tags" in active:
+        from vlmerge_core.data.scenes import kind_tags
+
+        if data.io_images is None:
+            data.io_images = image_to_tensor(world.image_only())
+        data.io_tags = torch.from_numpy(kind_tags(world.scenes("image_only"))).float()
+        if data.io_tags.shape[1] != model_cfg.num_tags:
+            raise ValueError(
+                f"world has {data.io_tags.shape[1]} tags but model.num_tags is {model_cfg.num_tags}"
+            )
     if "text_mlm" in active:
         data.txt_ids, data.txt_mask = encode_text(tok, world.text_corpus(), T)
     return data
@@ -108,11 +119,13 @@ def make_global_batch(
 ) -> dict[str, torch.Tensor]:
     """The global micro-batch ``micro`` of optimisation step ``step`` (``size`` rows per source).
 
-    All randomness (order, MLM masking, MIM patch masks) derives from ``(cfg.rng_seed, step, micro)``,
+    All randomness (order, augmentation (``cfg.augment``, :mod:`vlmerge_core.data.augment`), MLM
+    masking, MIM patch masks) derives from ``(cfg.rng_seed, step, micro)``,
     so the batch is the same on every rank and after a resume. MLM masks whole words
     (:func:`~vlmerge_core.data.loaders.whole_word_mask`) unless ``cfg.whole_word_masking`` is off.
     """
-    from vlmerge_core.data.loaders import mask_tokens, whole_word_mask
+    from vlmerge_core.data.augment import augment_images
+    from vlmerge_core.data.loaders import image_to_tensor, mask_tokens, whole_word_mask
 
     def mlm_mask(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if cfg.whole_word_masking:
@@ -126,22 +139,27 @@ def make_global_batch(
         idx = stream_indices(len(data.pair_ids), size * A, step, seed, STREAMS["pairs"])
         idx = idx[micro * size : (micro + 1) * size]
         img_index = data.pair_image_index[idx]
+        images = augment_images(data.pair_images[img_index.numpy()], cfg.augment, g)
         out.update(
-            images=data.pair_images[img_index],
+            images=image_to_tensor(images),
             image_index=img_index,
             ids=data.pair_ids[idx],
             mask=data.pair_mask[idx],
         )
         if "mlm" in losses:
             out["mlm_ids"], out["mlm_labels"] = mlm_mask(out["ids"], out["mask"])
-    if "mim" in losses:
+    if losses & {"mim", "tags"}:
         idx = stream_indices(len(data.io_images), size * A, step, seed, STREAMS["image_only"])
         idx = idx[micro * size : (micro + 1) * size]
+        out["io_images"] = data.io_images[idx]
+    if "mim" in losses:
         n_mask = max(1, round(cfg.mim_mask_ratio * n_patches))
         order = torch.rand(size, n_patches, generator=g).argsort(dim=1)
         patch_mask = torch.zeros(size, n_patches, dtype=torch.bool)
         patch_mask.scatter_(1, order[:, :n_mask], True)
-        out.update(io_images=data.io_images[idx], io_codes=data.io_codes[idx], patch_mask=patch_mask)
+        out.update(io_codes=data.io_codes[idx], patch_mask=patch_mask)
+    if "tags" in losses:
+        out["io_tags"] = data.io_tags[idx]
     if "text_mlm" in losses:
         idx = stream_indices(len(data.txt_ids), size * A, step, seed, STREAMS["text_only"])
         idx = idx[micro * size : (micro + 1) * size]

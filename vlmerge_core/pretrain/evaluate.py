@@ -71,7 +71,7 @@ def evaluate_retrieval(
     n_img = len(world.images(split))
     text_image = torch.tensor([i % n_img for i, per in enumerate(caps) for _ in per])
     ids, mask = encode_text(world.tokenizer(), [t for per in caps for t in per], model.cfg.max_text_len)
-    images = image_to_tensor(world.images(split)).to(model.pos_embed.dtype)
+    images = image_to_tensor(world.images(split)).to(model.dtype)
     fi = torch.cat(
         [
             F.normalize(

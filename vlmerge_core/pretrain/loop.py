@@ -267,7 +267,7 @@ def run_pretrain(
     resumed_from = step
     data = build_pretrain_data(world, model_cfg, losses, cfg.caption_style)
     cuda = str(info.device).startswith("cuda")
-    module = objectives.LossModule(model, losses, shard, info.device)
+    module = objectives.LossModule(model, losses, shard, info.device, cfg.itm_negatives)
     if info.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -306,9 +306,6 @@ def run_pretrain(
                 )
         opt.step()
         opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, objectives.MAX_LOGIT_SCALE)
-            model.logit_scale_vl.clamp_(0, objectives.MAX_LOGIT_SCALE)
         for n, v in zip(names, step_losses.tolist()):
             history[n].append(v)
         step += 1

@@ -13,7 +13,6 @@ is the global mean; contrastive logits use the features of all ranks (gathered w
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +32,8 @@ __all__ = [
     "mim_loss",
 ]
 
-LOSS_NAMES = ("mlm", "itc", "itc_vl", "itm", "mim", "text_mlm")
-MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp of the learnable temperature
+LOSS_NAMES = ("mlm", "itc", "itc_vl", "itm", "mim", "tags", "text_mlm")
+ITM_NEGATIVES = ("official", "true_negatives", "uniform")  # PretrainConfig.itm_negatives
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +62,8 @@ def contrastive_loss(
     Args:
         img: L2-normalised image features of the local rows [b, D].
         txt: L2-normalised text features of the local rows [b, D].
-        logit_scale: log of the inverse temperature (init log(1/0.07), clamped at log 100).
+        logit_scale: log of the inverse temperature (init log(1/0.07); not clamped, as the official
+            ``compute_ifm``, whose clamp is commented out).
         shard: the local rows.
 
     Returns:
@@ -71,7 +71,7 @@ def contrastive_loss(
         similarities times the inverse temperature, the official ``ifm_i2t_logits``).
     """
     all_img, all_txt = gather_with_grad(img), gather_with_grad(txt)  # (G, D)
-    scale = logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+    scale = logit_scale.exp()
     target = torch.arange(shard.lo, shard.hi, device=img.device)
     i2t = scale * _f32(img) @ _f32(all_txt).T  # (b, G)
     t2i = scale * _f32(txt) @ _f32(all_img).T  # (b, G)
@@ -80,43 +80,55 @@ def contrastive_loss(
 
 
 def hard_negative_weights(
-    logits: torch.Tensor, image_index: torch.Tensor, ids: torch.Tensor
+    logits: torch.Tensor, image_index: torch.Tensor, ids: torch.Tensor, mode: str = "official"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sampling weights of the ITM hard negatives (VLMo, Bao et al. 2022, §2.2; ALBEF, Li et al. 2021).
+    """Sampling weights of the ITM negatives (VLMo, Bao et al. 2022, §2.2; ALBEF, Li et al. 2021).
 
-    As the official ``compute_itm_hardneg``: ``softmax`` over each row of the temperature-scaled
-    contrastive logits (``ifm_i2t_logits`` / ``ifm_t2i_logits``, which include
-    ``logit_scale.exp()``), with the positive pair zeroed. Here also every pair that is not a true
-    negative (the same image, or the very same caption) is zeroed; a row left without weight falls
-    back to uniform over the true negatives.
+    Modes (:data:`ITM_NEGATIVES`):
+
+    - ``official``: as ``compute_itm_hardneg``, ``softmax`` over each row of the temperature-scaled
+      contrastive logits (``ifm_i2t_logits`` / ``ifm_t2i_logits``, which include
+      ``logit_scale.exp()``) with the diagonal (the positive pair) zeroed;
+    - ``true_negatives`` (ours): the same, and every other pair that is not a true negative (the
+      same image, or the very same caption) zeroed too; a row left without weight falls back to
+      uniform over the true negatives;
+    - ``uniform`` (ours): every other pair with equal weight (random negatives, no mining).
 
     Args:
         logits: global image-to-text logits [G, G] (``scale * cos``).
         image_index: Long [G], the image of each pair.
         ids: Long [G, T], the caption of each pair.
+        mode: one of :data:`ITM_NEGATIVES`.
 
     Returns:
         (text weights per image [G, G], image weights per text [G, G]), rows not normalised.
     """
+    if mode not in ITM_NEGATIVES:
+        raise ValueError(f"itm_negatives must be one of {list(ITM_NEGATIVES)}, got {mode!r}")
     G = logits.shape[0]
+    eye = torch.eye(G, dtype=torch.bool, device=logits.device)
+    if mode == "uniform":
+        w = (~eye).float()
+        return w, w.clone()
+    w_i2t = F.softmax(_f32(logits), dim=1).masked_fill(eye, 0.0)  # (G images, G texts)
+    w_t2i = F.softmax(_f32(logits).T, dim=1).masked_fill(eye, 0.0)  # (G texts, G images)
+    if mode == "official":
+        return w_i2t, w_t2i
     image_index, ids = image_index.to(logits.device), ids.to(logits.device)
     same = (image_index[:, None] == image_index[None, :]) | (ids[:, None, :] == ids[None, :, :]).all(-1)
-    w_i2t = F.softmax(_f32(logits), dim=1).masked_fill(same, 0.0)  # (G images, G texts)
-    w_t2i = F.softmax(_f32(logits).T, dim=1).masked_fill(same.T, 0.0)  # (G texts, G images)
+    w_i2t, w_t2i = w_i2t.masked_fill(same, 0.0), w_t2i.masked_fill(same.T, 0.0)
     fallback = (~same).float()  # uniform over the true negatives (or over all others if none)
-    fallback = torch.where(
-        fallback.sum(1, keepdim=True) > 0, fallback, 1.0 - torch.eye(G, device=logits.device)
-    )
+    fallback = torch.where(fallback.sum(1, keepdim=True) > 0, fallback, (~eye).float())
     w_i2t = torch.where(w_i2t.sum(1, keepdim=True) > 0, w_i2t, fallback)
     w_t2i = torch.where(w_t2i.sum(1, keepdim=True) > 0, w_t2i, fallback.T)
     return w_i2t, w_t2i
 
 
 def _hard_negatives(
-    logits: torch.Tensor, image_index: torch.Tensor, ids: torch.Tensor, seed: int
+    logits: torch.Tensor, image_index: torch.Tensor, ids: torch.Tensor, seed: int, mode: str = "official"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample a hard negative text per image and image per text (:func:`hard_negative_weights`)."""
-    w_i2t, w_t2i = hard_negative_weights(logits, image_index, ids)
+    """Sample a negative text per image and image per text (:func:`hard_negative_weights`)."""
+    w_i2t, w_t2i = hard_negative_weights(logits, image_index, ids, mode)
     g = torch.Generator(device="cpu").manual_seed(seed)
     neg_txt = torch.multinomial(w_i2t.cpu(), 1, generator=g).squeeze(1)  # (G,) text per image
     neg_img = torch.multinomial(w_t2i.cpu(), 1, generator=g).squeeze(1)  # (G,) image per text
@@ -141,14 +153,18 @@ def itm_loss(
     txt_h: torch.Tensor,
     logits: torch.Tensor,
     shard: Shard,
+    negatives: str = "official",
 ) -> torch.Tensor:
     """Image-text matching with hard negatives (VLMo §2.2; ALBEF, Li et al. 2021).
 
     For each local pair: the positive, the caption with a hard-negative image, and the image with a
     hard-negative caption, each fused and classified by ``heads.itm`` over the pooled feature. The
-    negatives are drawn from the softmax of ``logits``, the temperature-scaled global ITC logits.
+    negatives are drawn from the softmax of ``logits``, the temperature-scaled global ITC logits
+    (``negatives``: see :func:`hard_negative_weights`).
     """
-    neg_txt, neg_img = _hard_negatives(logits, batch["image_index"], batch["ids"], int(batch["itm_seed"]))
+    neg_txt, neg_img = _hard_negatives(
+        logits, batch["image_index"], batch["ids"], int(batch["itm_seed"]), negatives
+    )
     neg_txt, neg_img = neg_txt[shard.lo : shard.hi], neg_img[shard.lo : shard.hi]
     mask = _local(batch, "mask", shard).to(txt_h.device)
     img_neg = _pick(
@@ -197,12 +213,26 @@ def mim_loss(
     return F.cross_entropy(_f32(logits), codes[patch_mask], reduction="sum") / max(global_count, 1)
 
 
+def tags_loss(model, images: torch.Tensor, tags: torch.Tensor, global_count: int) -> torch.Tensor:
+    """Supervised multi-label image tagging on the ``v`` path's [CLS]: binary cross-entropy summed over
+    the tags, averaged over images (``global_count`` = images of the global batch).
+
+    The stand-in for the supervised half of the paper's init, ``beit_base_patch16_224_pt22k_ft22k``
+    (BEiT MIM on ImageNet-22k, then fine-tuned on its 21k labels): the micro-world's image-only set
+    is labelled with the object kinds (shape, colour) each image contains.
+    """
+    logits = model.heads.tags(model.forward_image(images)["cls"])  # (b, K)
+    bce = F.binary_cross_entropy_with_logits(_f32(logits), tags.to(logits.dtype), reduction="sum")
+    return bce / max(global_count, 1)
+
+
 def compute_losses(
     model,
     batch: dict[str, torch.Tensor],
     losses: dict[str, float],
     shard: Shard,
     device: str | torch.device = "cpu",
+    itm_negatives: str = "official",
 ) -> dict[str, torch.Tensor]:
     """Every active loss (weight > 0) on the local rows of a global micro-batch.
 
@@ -213,7 +243,7 @@ def compute_losses(
     unknown = set(losses) - set(LOSS_NAMES)
     if unknown:
         raise KeyError(f"unknown loss name(s) {sorted(unknown)}; expected some of {list(LOSS_NAMES)}")
-    dtype = model.pos_embed.dtype  # float inputs follow the model's dtype (float64 in exactness tests)
+    dtype = model.dtype  # float inputs follow the model's dtype (float64 in exactness tests)
     loc = {
         k: _local(batch, k, shard).to(device, dtype=dtype if batch[k].is_floating_point() else None)
         for k in batch
@@ -237,7 +267,7 @@ def compute_losses(
                 out[name] = loss
             logits = lg if logits is None else logits
         if "itm" in active:
-            out["itm"] = itm_loss(model, batch, img_h, txt_h, logits, shard)
+            out["itm"] = itm_loss(model, batch, img_h, txt_h, logits, shard, itm_negatives)
         if "mlm" in active:
             txt_m = model.text_bottom(loc["mlm_ids"], loc["mask"])
             tokens = model.fused_top(img_h, txt_m, loc["mask"])["text_tokens"]  # (b, T, D)
@@ -246,6 +276,9 @@ def compute_losses(
     if "mim" in active:
         count = int(batch["patch_mask"].sum())
         out["mim"] = mim_loss(model, loc["io_images"], loc["patch_mask"], loc["io_codes"], count)
+    if "tags" in active:
+        count = int(batch["io_tags"].shape[0])
+        out["tags"] = tags_loss(model, loc["io_images"], loc["io_tags"], count)
     if "text_mlm" in active:
         tokens = model.forward_text(loc["txt_mlm_ids"], loc["txt_mask"])["tokens"]
         count = int((batch["txt_mlm_labels"] != MLM_IGNORE_INDEX).sum())
@@ -262,9 +295,11 @@ class LossModule(torch.nn.Module):
         losses: dict[str, float],
         shard: Shard,
         device: str | torch.device = "cpu",
+        itm_negatives: str = "official",
     ) -> None:
         super().__init__()
         self.model, self.losses, self.shard, self.device = model, dict(losses), shard, device
+        self.itm_negatives = itm_negatives
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return compute_losses(self.model, batch, self.losses, self.shard, self.device)
+        return compute_losses(self.model, batch, self.losses, self.shard, self.device, self.itm_negatives)

@@ -1,7 +1,10 @@
 """AdamW with weight-decay groups, the warm-up + decay schedule, and optimizer state as tensors.
 
-Weight decay (Loshchilov & Hutter 2019) applies to the matrices only: biases, norms, embeddings,
-layer scales, relative position bias and logit scales are not decayed (as BEiT/VLMo/CLIP).
+Weight decay (Loshchilov & Hutter 2019) follows the official ``vilt_utils.set_schedule``: a parameter
+is not decayed when its name contains one of :data:`NO_DECAY` (so every bias, ``q_bias``/``v_bias``,
+the relative position bias table, and shared LayerNorm weights), everything else is (embeddings,
+layer scales, logit scales, and, as in the official code, the per-expert LayerNorm weights
+``norm1.v.weight`` …, which the list does not name).
 The schedule is a pure function of the step. The state is saved as flat safetensors tensors plus JSON (no pickle), for exact resume.
 """
 
@@ -21,26 +24,36 @@ __all__ = [
     "make_optimizer",
     "set_lr",
     "no_decay",
+    "warmup_steps",
     "optimizer_state_tensors",
     "load_optimizer_state",
 ]
 
-_NO_DECAY_NAMES = (
-    "cls_token",
-    "pos_embed",
-    "mask_token",
-    "token_type_embed",
-    "text_embed.",
-    "relative_position_bias_table",
-    "logit_scale",
-    "gamma_1",
-    "gamma_2",
+# the official list (``vilt_utils.set_schedule``), matched as substrings of the parameter name; our
+# names keep the official suffixes (``norm1.weight``, ``norm.weight`` of the text embeddings' and MLM
+# head's LayerNorm, ``relative_position_bias_table``), so the same list selects the same tensors
+NO_DECAY = (
+    "bias",
+    "LayerNorm.bias",
+    "LayerNorm.weight",
+    "norm.bias",
+    "norm.weight",
+    "norm1.bias",
+    "norm1.weight",
+    "norm2.bias",
+    "norm2.weight",
+    "norm.v.bias",
+    "norm.v.weight",
+    "norm.l.bias",
+    "norm.l.weight",
+    "norm.vl.bias",
+    "norm.vl.weight",
 )
 
 
-def no_decay(name: str, p: torch.Tensor) -> bool:
-    """True for parameters that get no weight decay (biases, norms, embeddings, gammas, scales)."""
-    return p.ndim <= 1 or any(k in name for k in _NO_DECAY_NAMES)
+def no_decay(name: str, p: torch.Tensor | None = None) -> bool:
+    """True for parameters that get no weight decay: the official substring rule (:data:`NO_DECAY`)."""
+    return any(k in name for k in NO_DECAY)
 
 
 def adamw(groups: list[dict[str, Any]], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
@@ -64,14 +77,20 @@ def make_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
     return adamw(groups, cfg.lr, tuple(cfg.betas))
 
 
+def warmup_steps(cfg: PretrainConfig) -> int:
+    """The run's warm-up: ``warmup_frac`` of its steps, rounded (each run length its own schedule)."""
+    return int(round(cfg.warmup_frac * cfg.steps))
+
+
 def lr_factor(step: int, cfg: PretrainConfig) -> float:
     """Multiplier of the peak LR at ``step``: linear warm-up, then cosine/linear decay to 0 or constant."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
+    warm = warmup_steps(cfg)
+    if warm and step < warm:
+        return (step + 1) / warm
     if cfg.schedule == "constant":
         return 1.0
-    span = max(cfg.steps - cfg.warmup_steps, 1)
-    progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    span = max(cfg.steps - warm, 1)
+    progress = min(max(step - warm, 0) / span, 1.0)
     if cfg.schedule == "linear":
         return 1.0 - progress
     return 0.5 * (1.0 + math.cos(math.pi * progress))

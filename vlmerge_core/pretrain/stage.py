@@ -37,6 +37,7 @@ def run_pretrain_stage(
     steps: int = 0,
     resume: bool = True,
     rng_seed: int = -1,
+    lr_mult: float = 1.0,
     threads: int = 0,
 ) -> dict:
     """Resolve the parameters, open (or generate) the world, and run one pre-training stage.
@@ -56,6 +57,7 @@ def run_pretrain_stage(
         resume: continue from ``out_dir``'s train state if there is one; False deletes the run files
             of ``out_dir`` first (train state, checkpoints, metrics) and starts over.
         rng_seed: when >= 0, overrides the stage's ``rng_seed`` (init, data order, masking, negatives).
+        lr_mult: multiplies the stage's peak learning rate.
         threads: when > 0, ``torch.set_num_threads(threads)`` first (0 keeps torch's default).
 
     Returns:
@@ -70,9 +72,11 @@ def run_pretrain_stage(
     if steps > 0:
         keep = [s for s in getattr(cfg, "save_steps", []) if s <= steps]
         extra = {"save_steps": keep} if hasattr(cfg, "save_steps") else {}
-        cfg = dataclasses.replace(cfg, steps=steps, warmup_steps=min(cfg.warmup_steps, steps), **extra)
+        cfg = dataclasses.replace(cfg, steps=steps, **extra)
     if rng_seed >= 0:
         cfg = dataclasses.replace(cfg, rng_seed=rng_seed)
+    if lr_mult != 1.0:
+        cfg = dataclasses.replace(cfg, lr=cfg.lr * lr_mult)
     world = ensure_world(params.data, world_dir or None)
     if not resume:
         clear_run(resolve(out_dir))
@@ -144,3 +148,15 @@ def checkpoints_table(metrics: dict):
 
     rows = {int(k): rec["summary"] for k, rec in (metrics.get("checkpoints") or {}).items()}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("step").sort_index()
+
+
+def runs_table(runs: dict[str, dict]):
+    """One row per run of a study pre-training stage: steps, zero-shot val rsum, end losses."""
+    import pandas as pd
+
+    rows = {
+        rid: {"steps": m.get("steps"), "rsum": (m.get("summary") or {}).get("rsum"),
+              **{f"{n} end": v for n, v in (m.get("loss_end") or {}).items()}}
+        for rid, m in runs.items()
+    }  # fmt: skip
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("run").round(3)

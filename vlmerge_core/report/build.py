@@ -14,20 +14,30 @@ from typing import Any
 
 import pandas as pd
 
+from vlmerge_core.report.e0 import table_e0, table_e0_scores, table_e0_zeroshot
+from vlmerge_core.report.e1 import table_e1
+from vlmerge_core.report.e2 import table_e2
+from vlmerge_core.report.e3 import table_e3, table_orderings
+from vlmerge_core.report.e4 import e4_correlations, e4_points, table_e4
+from vlmerge_core.report.e5 import table_e5
+from vlmerge_core.report.e6 import table_methods
 from vlmerge_core.report.figstyle import not_run_figure, save_figure
-from vlmerge_core.report.figures import fig_e1_seed, fig_e2_methods, fig_e4_layers, fig_e4_scatter
+from vlmerge_core.report.figures import fig_e1_seed, fig_e2_methods
+from vlmerge_core.report.figures_e4 import fig_e4_layers, fig_e4_scatter
 from vlmerge_core.report.framework import fig_framework
 from vlmerge_core.report.load import Study
 from vlmerge_core.report.tableio import not_run_table, write_table
-from vlmerge_core.report.tables import (
-    table_e0,
-    table_e0_scores,
-    table_e0_zeroshot,
-    table_e1,
-    table_e2,
-    table_orderings,
-)
-from vlmerge_core.report.tables_main import table_e3, table_e4, table_e5, table_methods
+
+
+def e4_context(study: Study, context: dict[str, Any]) -> tuple[pd.DataFrame, dict]:
+    """The E4 points and correlations of ``context`` (``points``, ``corr``), computed when absent."""
+    if context.get("corr") is None or context.get("points") is None:
+        pts = e4_points(study.results, study.distances, study.design)
+        context["points"], context["corr"] = (
+            pts,
+            e4_correlations(pts, context["n_bootstrap"], context["rng_seed"]),
+        )
+    return context["points"], context["corr"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,7 @@ class Artefact:
         name: file stem under ``tables/`` or ``figures/``.
         kind: ``table`` or ``figure``.
         caption: what it shows, in words.
-        needs: study files it reads (``results``, ``chance``, ``distances``, ``pretrain``).
+        needs: study files it reads (``results``, ``chance``, ``distances``, ``pretrain``, ``design``).
         experiments: experiment ids of which at least one must have rows (empty: none needed).
         make: ``(study, context) -> DataFrame | Figure``.
     """
@@ -68,32 +78,31 @@ ARTEFACTS: tuple[Artefact, ...] = (
     Artefact("F1", "f1_framework", "figure", "the framework of the study (schematic, redrawn)", (), (),
              lambda s, c: fig_framework()),
     Artefact("E0", "e0_validity", "table", "is the micro-world a valid stand-in? (issue 11's four checks per task)",
-             ("results",), ("E0",), lambda s, c: table_e0(s.results, s.chance)),
-    Artefact("E0", "e0_scores", "table", "every E0 model fine-tuned on every task (main metric)", ("results",),
-             ("E0",), lambda s, c: table_e0_scores(s.results)),
+             ("results",), ("E0",), lambda s, c: table_e0(s)),
+    Artefact("E0", "e0_scores", "table", "every E0 model fine-tuned on every task (main metric; mean ± sd (units))",
+             ("results",), ("E0",), lambda s, c: table_e0_scores(s.results)),
     Artefact("E0", "e0_zeroshot", "table", "zero-shot retrieval of each pre-trained model (one evaluation each: no spread in pretrain.csv)", ("pretrain",), (),
              lambda s, c: table_e0_zeroshot(s.pretrain)),
-    Artefact("E1", "e1_seed", "figure", "merged score vs K_seed, with the MS and MA baselines as lines",
-             ("results",), ("E1",), lambda s, c: fig_e1_seed(s.results)),
-    Artefact("E1", "e1_seed", "table", "merged score vs K_seed per method, MS and MA baselines", ("results",),
-             ("E1",), lambda s, c: table_e1(s.results)),
-    Artefact("E2", "e2_methods", "figure", "merged score vs each method's knob, MS and MA as lines", ("results",),
-             ("E2",), lambda s, c: fig_e2_methods(s.results)),
-    Artefact("E2", "e2_methods", "table", "best of each merge method (its best knob) vs MS and MA; E6 rows ours",
-             ("results",), ("E2",), lambda s, c: table_e2(s.results)),
+    Artefact("E1", "e1_seed", "figure", "recipe merge vs K_seed: replicates, mean and 95 % t-interval; MS markers, both MA controls as bands",
+             ("results", "design"), ("E1",), lambda s, c: fig_e1_seed(s.results, s.design)),
+    Artefact("E1", "e1_seed", "table", "E1 merges per K_seed, MS and both MA controls (mean ± sd (replicates)); drop from merging", ("results", "design"),
+             ("E1",), lambda s, c: table_e1(s.results, s.design)),
+    Artefact("E2", "e2_methods", "figure", "merged score vs each swept knob (test, val), the knob picked on val starred", ("results", "design"),
+             ("E2",), lambda s, c: fig_e2_methods(s.results, s.design)),
+    Artefact("E2", "e2_methods", "table", "each merge method at its knob picked on validation (test score) vs MS and both MA controls; E6 rows ours",
+             ("results", "design"), ("E2",), lambda s, c: table_e2(s.results, s.design)),
     Artefact("E2", "e2_e3_orderings", "table", "measured ordering of methods and variants vs the paper's",
-             ("results",), ("E2", "E3"), lambda s, c: table_orderings(s.results)),
-    Artefact("E3", "e3_architecture", "table", "drop from merging per architecture variant", ("results",),
+             ("results", "design"), ("E2", "E3"), lambda s, c: table_orderings(s.results, s.design)),
+    Artefact("E3", "e3_architecture", "table", "drop from merging per architecture variant and merge method (MS - that merge, paired by replicate)", ("results",),
              ("E3",), lambda s, c: table_e3(s.results)),
-    Artefact("E4", "e4_distances", "figure", "merged score (the recipe's merge setting) vs each total distance, a fit per task",
-             ("results", "distances"), ("E4",), lambda s, c: fig_e4_scatter(s.results, s.distances)),
-    Artefact("E4", "e4_layers", "figure", "rank correlation of per-block distances with the merged score",
-             ("results", "distances"), ("E4",), lambda s, c: fig_e4_layers(s.results, s.distances)),
-    Artefact("E4", "e4_correlations", "table", "rank correlations of each distance with the merged score (one merge per MS model, 95 % CI)",
-             ("results", "distances"), ("E4",),
-             lambda s, c: table_e4(s.results, s.distances, c["n_bootstrap"], c["rng_seed"], c.get("corr"))),
-    Artefact("E5", "e5_main", "table", "main results: MA, MS, naive and recipe merges; gains beside the paper's",
-             ("results",), ("E5", "E1"), lambda s, c: table_e5(s.results, c["published"])),
+    Artefact("E4", "e4_distances", "figure", "merged score (the recipe's merge) vs each total distance over the E4 grid, rho and permutation p per panel",
+             ("results", "distances", "design"), ("E4",), lambda s, c: fig_e4_scatter(*e4_context(s, c))),
+    Artefact("E4", "e4_layers", "figure", "rank correlation of per-block distances with the merged score (E4 grid)",
+             ("results", "distances", "design"), ("E4",), lambda s, c: fig_e4_layers(s.results, s.distances, s.design)),
+    Artefact("E4", "e4_correlations", "table", "Spearman rho of each distance with the merged score over the E4 grid (permutation p), partial rho given K_seed over E1 + E4",
+             ("results", "distances", "design"), ("E4",), lambda s, c: table_e4(e4_context(s, c)[1])),
+    Artefact("E5", "e5_main", "table", "main results: recipe and naive merges, MS, the paper's MA baseline and the compute-matched MA; gains beside the paper's",
+             ("results", "design"), ("E5", "E1"), lambda s, c: table_e5(s.results, s.design, c["published"])),
     Artefact("E6", "e6_merge_forms", "table", "which merge form each number used (official in-place vs formula)",
              ("results",), (), lambda s, c: table_methods(s.results)),
 )  # fmt: skip
@@ -101,7 +110,7 @@ ARTEFACTS: tuple[Artefact, ...] = (
 
 def missing_reason(art: Artefact, study: Study) -> str:
     """Why ``art`` cannot be built from ``study`` (empty when it can)."""
-    absent = [f"{n}.csv" for n in art.needs if not study.has(n)]
+    absent = [("design.json" if n == "design" else f"{n}.csv") for n in art.needs if not study.has(n)]
     if absent:
         return f"{', '.join(absent)} missing or empty"
     if art.experiments and not any(len(study.experiment(e)) for e in art.experiments):

@@ -21,7 +21,14 @@ from vlmerge_core.report.schema import METHODS, TASKS
 PALETTE = sns.color_palette("colorblind", 10).as_hex()  # a list: no global seaborn state is set
 METHOD_COLORS = {m: PALETTE[i] for i, m in enumerate(METHODS)}
 TASK_COLORS = {t: PALETTE[i] for i, t in enumerate(TASKS)}
-BASELINE_COLORS = {"ms": "#555555", "ma_baseline": "#000000"}
+# claim rows drawn as references: the unmerged MS models and both MA controls
+BASELINE_COLORS = {
+    "ms_recipe": "#555555",
+    "ms_naive": "#999999",
+    "ma_baseline": "#000000",
+    "ma_matched": PALETTE[3],
+}
+BASELINE_STYLES = {"ms_recipe": "--", "ms_naive": "--", "ma_baseline": ":", "ma_matched": "-."}
 PNG_DPI = 200
 # fixed metadata: no creation dates, no software version, so a rebuild changes no byte
 PDF_METADATA: dict[str, Any] = {"CreationDate": None, "ModDate": None, "Creator": None, "Producer": None}

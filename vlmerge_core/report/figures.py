@@ -1,8 +1,8 @@
-"""Figures of E1 (score vs K_seed), E2 (score vs each method's knob) and E4 (distances vs score).
+"""Figures of E1 (score vs K_seed) and E2 (score vs each method's knob, picked on validation).
 
-Each ``fig_<name>`` takes the collected metrics frames and returns a pyplot-free ``Figure`` in the
-paper style; error bars are the spread of :class:`~vlmerge_core.report.stats.Cell` (seed sd, or the
-sd implied by the bootstrap interval of a single run).
+Each ``fig_<name>`` takes the collected metrics and the design and returns a pyplot-free ``Figure`` in
+the paper style. Replicates are drawn as points, their mean with its 95 % t-interval as error bars;
+reference rows (MS, both MA controls) as lines with their t-interval as a band.
 """
 
 from __future__ import annotations
@@ -11,32 +11,20 @@ import math
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 
 from vlmerge_core.plotting import subplots
-from vlmerge_core.report.figstyle import BASELINE_COLORS, color, not_run_figure, styled
-from vlmerge_core.report.load import rows_of
-from vlmerge_core.report.schema import DISTANCE_METRICS, METHOD_NAMES, TASK_NAMES, TASKS, order_key
-from vlmerge_core.report.select import (
-    get,
-    main_cells,
-    main_metrics,
-    method_rank,
-    models,
-    primary_merge,
-    seed_label,
-    with_setting,
-)
-from vlmerge_core.report.stats import Cell, mean_of, rank_correlation
-from vlmerge_core.report.tables_main import e4_points
+from vlmerge_core.report.design import ROLE_NAMES, Design, role_rows
+from vlmerge_core.report.e1 import e1_recipe
+from vlmerge_core.report.e2 import best_of_methods
+from vlmerge_core.report.figstyle import BASELINE_COLORS, BASELINE_STYLES, color, not_run_figure, styled
+from vlmerge_core.report.schema import METHOD_NAMES, TASK_NAMES
+from vlmerge_core.report.select import main_metrics, seed_label, unit_values
+from vlmerge_core.report.stats import t_interval
 
 
-def _err(cells: list[Cell]) -> np.ndarray:
-    return np.array([0.0 if math.isnan(c.spread) else c.spread for c in cells])
-
-
-def _grid(n: int, cols: int, w: float = 1.9, h: float = 1.6) -> tuple[Figure, np.ndarray]:
+def grid(n: int, cols: int, w: float = 1.9, h: float = 1.6) -> tuple[Figure, np.ndarray]:
+    """A figure with ``n`` panels in rows of ``cols`` (spare axes switched off)."""
     cols = max(1, min(cols, n))
     rows = max(1, math.ceil(n / cols))
     fig, axes = subplots(rows, cols, w * cols, h * rows)
@@ -45,159 +33,92 @@ def _grid(n: int, cols: int, w: float = 1.9, h: float = 1.6) -> tuple[Figure, np
     return fig, axes
 
 
-def _baseline(ax, cell: Cell, name: str, kind: str) -> None:
-    if not cell.measured:
+def band(ax, values: pd.Series, role: str, name: str) -> None:
+    """A reference row: its mean as a line, its 95 % t-interval as a band."""
+    mean, lo, hi = t_interval(values)
+    if math.isnan(mean):
         return
-    c = BASELINE_COLORS[kind]
-    ax.axhline(cell.mean, color=c, ls=":" if kind == "ma_baseline" else "--", lw=1, label=name)
-    if not math.isnan(cell.spread):
-        ax.axhspan(cell.mean - cell.spread, cell.mean + cell.spread, color=c, alpha=0.08, lw=0)
+    c = BASELINE_COLORS[role]
+    ax.axhline(mean, color=c, ls=BASELINE_STYLES[role], lw=1, label=name)
+    if not math.isnan(lo):
+        ax.axhspan(lo, hi, color=c, alpha=0.08, lw=0)
+
+
+def _jitter(n: int, width: float = 0.18) -> np.ndarray:
+    return np.zeros(n) if n < 2 else np.linspace(-width / 2, width / 2, n)
 
 
 @styled
-def fig_e1_seed(results: pd.DataFrame) -> Figure:
-    """E1: the merged score on each task vs K_seed (0 = naive), one line per merge method, with the
-    unmerged MS model (dashed, per K_seed) and the MA baseline (dotted, band = spread) as lines."""
-    rows = rows_of(results, "E1")
+def fig_e1_seed(results: pd.DataFrame, d: Design) -> Figure:
+    """E1: the recipe merge's score on each task vs K_seed (0 = naive): every replicate as a point, the
+    mean with its 95 % t-interval; the unmerged MS models as markers; the paper's MA baseline and the
+    compute-matched MA as horizontal bands (mean, 95 % t-interval)."""
+    rows = e1_recipe(results, d)
     if len(rows) == 0:
-        return not_run_figure("E1: score vs K_seed", "no E1 rows in results.csv")
-    mains, cells, mods = main_metrics(results), main_cells(rows), models(rows)
-    ks = sorted(int(k) for k in mods["seed_steps"].dropna().unique())
+        return not_run_figure("E1: score vs K_seed", "no E1 merges in results.csv")
+    mains = main_metrics(results)
+    ks = sorted({0, *d.seed_lengths} | {int(k) for k in rows["seed_steps"].dropna()})
     pos = {k: i for i, k in enumerate(ks)}
-    merged = mods[(mods["kind"] == "merged") & (mods["option"] == "")]
-    fig, axes = _grid(len(mains), 4)
+    fig, axes = grid(len(mains), 4, 2.1, 1.8)
+    c = color(d.recipe_method)
     for ax, (task, metric) in zip(axes.flat, mains.items()):
-        for (method, knob_value), grp in sorted(
-            merged.groupby(["method", "knob_value"], dropna=False),
-            key=lambda g: (method_rank(g[0][0]), g[0][1]),
-        ):
-            grp = grp.sort_values("seed_steps")
-            cs = [get(cells, m, task) for m in grp["model_id"]]
-            xs = [pos[int(k)] for k in grp["seed_steps"]]
-            name = METHOD_NAMES.get(method, method) + ("" if math.isnan(knob_value) else f" {knob_value:g}")
-            ax.errorbar(xs, [c.mean for c in cs], yerr=_err(cs), marker="o", ms=3, capsize=2, lw=1,
-                        color=color(method), label=name)  # fmt: skip
-        ms = mods[mods["kind"] == "ms"].sort_values("seed_steps")
-        if len(ms) > 1:
-            cs = [get(cells, m, task) for m in ms["model_id"]]
-            ax.errorbar([pos[int(k)] for k in ms["seed_steps"]], [c.mean for c in cs], yerr=_err(cs), ls="--",
-                        lw=1, capsize=2, color=BASELINE_COLORS["ms"], label="MS (unmerged)")  # fmt: skip
-        elif len(ms) == 1:
-            _baseline(ax, get(cells, ms["model_id"].iloc[0], task), "MS (unmerged)", "ms")
-        for m in mods.loc[mods["kind"] == "ma_baseline", "model_id"]:
-            _baseline(ax, get(cells, m, task), "MA baseline", "ma_baseline")
+        xs, means, errs = [], [], []
+        for k in ks:
+            v = unit_values(rows[rows["seed_steps"].astype("Float64") == k], task)
+            if not len(v):
+                continue
+            ax.scatter(pos[k] + _jitter(len(v)), v.to_numpy(), s=6, color=c, alpha=0.5, lw=0,
+                       label="replicates" if not xs else None)  # fmt: skip
+            mean, lo, hi = t_interval(v)
+            xs.append(pos[k])
+            means.append(mean)
+            errs.append(0.0 if math.isnan(lo) else hi - mean)
+        ax.errorbar(xs, means, yerr=errs, marker="o", ms=3, capsize=2, lw=1, color=c,
+                    label=f"{METHOD_NAMES.get(d.recipe_method, d.recipe_method)} (mean, 95 % t)")  # fmt: skip
+        for role, k in (("ms_naive", 0), ("ms_recipe", d.recipe_seed)):
+            mean, lo, hi = t_interval(unit_values(role_rows(results, d, role), task))
+            if not math.isnan(mean):
+                ax.errorbar([pos[k] + 0.25], [mean], yerr=[0.0 if math.isnan(lo) else hi - mean], marker="s", ms=3,
+                            mfc="none", capsize=2, lw=0.8, color=BASELINE_COLORS[role], label=ROLE_NAMES[role])  # fmt: skip
+        for role in ("ma_baseline", "ma_matched"):
+            band(ax, unit_values(role_rows(results, d, role), task), role,
+                 f"{ROLE_NAMES[role]} ({d.pretrain_steps[role]} steps)")  # fmt: skip
         ax.set_xticks(range(len(ks)), [seed_label(k) for k in ks])
         ax.set_title(TASK_NAMES.get(task, task))
         ax.set_xlabel("K_seed (steps)")
         ax.set_ylabel(metric)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, max(1, len(labels))), frameon=False)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, max(1, len(labels))), frameon=False)
     return fig
 
 
 @styled
-def fig_e2_methods(results: pd.DataFrame) -> Figure:
-    """E2: the merged score vs each method's knob (rows: tasks, columns: methods), with the MS and MA
-    baselines as lines; methods beyond the paper are marked "(ours)"."""
-    rows = pd.concat([rows_of(results, "E2"), rows_of(results, "E6")]).drop_duplicates()
-    merged = models(rows[(rows["kind"] == "merged") & (rows["option"] == "")])
-    merged = merged[merged["knob"] != ""]
-    if len(merged) == 0:
-        return not_run_figure("E2: score vs knob", "no E2 merges in results.csv")
-    mains, cells = main_metrics(results), main_cells(rows)
-    base = models(rows_of(results, "E2"))
-    methods = sorted(merged["method"].unique(), key=method_rank)
-    fig, axes = subplots(len(mains), len(methods), 1.7 * len(methods), 1.35 * len(mains))
-    for i, (task, metric) in enumerate(mains.items()):
-        for j, method in enumerate(methods):
-            ax = axes[i, j]
-            grp = merged[merged["method"] == method]
-            for (_k, _v), g in grp.groupby([grp["seed_steps"].fillna(-1), "variant"]):
-                g = g.sort_values("knob_value")
-                cs = [get(cells, m, task) for m in g["model_id"]]
-                ax.errorbar(g["knob_value"], [c.mean for c in cs], yerr=_err(cs), marker="o", ms=3, capsize=2,
-                            lw=1, color=color(method))  # fmt: skip
-            for kind, name in (("ms", "MS (unmerged)"), ("ma_baseline", "MA baseline")):
-                for m in base.loc[base["kind"] == kind, "model_id"]:
-                    _baseline(ax, get(cells, m, task), name, kind)
-            if i == 0:
-                ours = " (ours)" if method in ("arithmetic_formula", "ties", "dare") else ""
-                ax.set_title(METHOD_NAMES.get(method, method) + ours, fontsize=7)
-            if i == len(mains) - 1:
-                ax.set_xlabel(grp["knob"].iloc[0])
-            if j == 0:
-                ax.set_ylabel(f"{TASK_NAMES.get(task, task)}\n{metric}")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    if labels:
-        fig.legend(handles, labels, loc="outside lower center", ncols=2, frameon=False)
-    return fig
-
-
-def _fit(ax, x: np.ndarray, y: np.ndarray, c: str) -> None:
-    if len(np.unique(x)) >= 2:
-        slope, icpt = np.polyfit(x, y, 1)
-        xs = np.array([x.min(), x.max()])
-        ax.plot(xs, slope * xs + icpt, color=c, lw=1, alpha=0.8)
-
-
-@styled
-def fig_e4_scatter(results: pd.DataFrame, distances: pd.DataFrame) -> Figure:
-    """E4: one panel per distance metric: each merge's score (per task, colour) vs the total distance
-    of its MS model's experts, with a least-squares line per task."""
-    pts = e4_points(results, distances)
-    if len(pts) == 0:
-        return not_run_figure("E4: distance vs merged score", "no E4 merges or distances")
-    metrics = order_key(list(pts["metric"]), DISTANCE_METRICS)
-    fig, axes = _grid(len(metrics), 5, 1.9, 1.8)
-    tasks = order_key(list(pts["task"]), TASKS)
-    for ax, metric in zip(axes.flat, metrics):
-        p = pts[pts["metric"] == metric]
-        for i, task in enumerate(tasks):
-            q = p[p["task"] == task]
-            c = color(task, i)
-            ax.errorbar(q["distance"], q["score"], yerr=q["spread"].fillna(0.0), fmt="o", ms=2.5, capsize=1.5,
-                        lw=0.8, color=c, label=TASK_NAMES.get(task, task))  # fmt: skip
-            _fit(ax, q["distance"].to_numpy(float), q["score"].to_numpy(float), c)
-        ax.set_title(metric)
-        ax.set_xlabel(f"{metric} (total)")
-        ax.set_ylabel("merged score")
+def fig_e2_methods(results: pd.DataFrame, d: Design) -> Figure:
+    """E2: the merged score vs each method's knob, one panel per (task, method) that was swept (two or
+    more knob values): test (solid, mean ± sd over its replicates) and validation (dashed) scores, the
+    knob picked on validation starred, the unmerged MS model and the MA baseline as bands."""
+    panels = [(t, name, p) for name, picks in best_of_methods(results, d).items()
+              for t, p in picks.items() if p.n_knobs >= 2]  # fmt: skip
+    if not panels:
+        return not_run_figure("E2: score vs knob", "no knob sweep (two or more knob values) in results.csv")
+    mains = main_metrics(results)
+    fig, axes = grid(len(panels), 4, 1.9, 1.7)
+    for ax, (task, name, pick) in zip(axes.flat, panels):
+        kv = [x for x, _, _, _ in pick.curve]
+        test = [c for _, _, c, _ in pick.curve]
+        col = color(pick.method)
+        ax.errorbar(kv, [c.mean for c in test], yerr=[0.0 if math.isnan(c.spread) else c.spread for c in test],
+                    marker="o", ms=3, capsize=2, lw=1, color=col, label="test")  # fmt: skip
+        ax.plot(
+            kv, [v for _, v, _, _ in pick.curve], ls="--", lw=0.8, marker="x", ms=3, color=col, label="val"
+        )
+        best = next(i for i, x in enumerate(pick.curve) if x[3] == pick.config)
+        ax.plot([kv[best]], [test[best].mean], marker="*", ms=9, color="black", lw=0, label="picked on val")
+        for role in ("ms_recipe", "ma_baseline"):
+            band(ax, unit_values(role_rows(results, d, role), task), role, ROLE_NAMES[role])
+        ax.set_title(f"{name}\n{TASK_NAMES.get(task, task)}", fontsize=7)
+        ax.set_xlabel(pick.knob.split("=")[0])
+        ax.set_ylabel(mains[task])
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(7, len(labels)), frameon=False)
-    return fig
-
-
-@styled
-def fig_e4_layers(results: pd.DataFrame, distances: pd.DataFrame) -> Figure:
-    """E4 per layer: Spearman rho between each block's distance and the merged score averaged over the
-    tasks every E4 merge has (heatmap, metric x block; no interval: see the E4 table for those)."""
-    rows = rows_of(results, "E4")
-    rows = rows[(rows["kind"] == "merged") & (rows["option"] == "")]
-    blocks = (
-        distances[distances["scope"].str.startswith("block")] if distances is not None else pd.DataFrame()
-    )
-    if len(rows) == 0 or len(blocks) == 0:
-        return not_run_figure("E4: per-layer distances", "no E4 merges or per-block distances")
-    cells, mods = main_cells(rows), models(rows)
-    mods = with_setting(mods, primary_merge(results, mods))
-    tasks = [t for t in main_metrics(results) if all(get(cells, m, t).measured for m in mods["model_id"])]
-    score = {
-        m["model_id"]: mean_of([get(cells, m["model_id"], t) for t in tasks]).mean for _, m in mods.iterrows()
-    }
-    scopes = sorted(blocks["scope"].unique(), key=lambda s: int(s[5:]) if s[5:].isdigit() else 10**6)
-    metrics = order_key(list(blocks["metric"]), DISTANCE_METRICS)
-    rho = pd.DataFrame(np.nan, index=metrics, columns=[s[5:] for s in scopes])
-    for metric in metrics:
-        for scope in scopes:
-            d = blocks[(blocks["metric"] == metric) & (blocks["scope"] == scope)]
-            xy = [(r["value"], score[m["model_id"]]) for _, m in mods.iterrows()
-                  for _, r in d[(d["seed_steps"] == m["seed_steps"]) & (d["variant"] == m["variant"])].iterrows()]  # fmt: skip
-            if len(xy) >= 3:
-                res = rank_correlation([a for a, _ in xy], [b for _, b in xy], n_bootstrap=0)
-                rho.loc[metric, scope[5:]] = np.nan if res["rho"] is None else res["rho"]
-    fig, axes = subplots(1, 1, 0.45 * len(scopes) + 1.6, 0.35 * len(metrics) + 1.0)
-    sns.heatmap(rho, ax=axes[0, 0], vmin=-1, vmax=1, cmap="vlag", annot=True, fmt=".2f", annot_kws={"size": 6},
-                cbar_kws={"label": "Spearman rho"})  # fmt: skip
-    axes[0, 0].set_xlabel("block")
-    axes[0, 0].set_ylabel("distance")
-    axes[0, 0].set_title(f"vs merged score, mean of {len(tasks)} tasks")
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(5, max(1, len(labels))), frameon=False)
     return fig

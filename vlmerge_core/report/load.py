@@ -1,9 +1,10 @@
-"""Read and validate the study metrics (``metrics/study/*.csv``) into typed pandas frames.
+"""Read and validate the study metrics (``metrics/study/*.csv`` and ``design.json``) into typed frames.
 
 A missing file is not an error: that part of the study was "not run", and every artefact and verdict
-built on it says so. A file that exists but breaks the contract (a missing column, a value of the
-wrong type, an unknown kind or experiment id, a duplicated row) raises :class:`StudyError` naming
-the file, the column and the row.
+built on it says so (without ``design.json`` the roles of the runs are unknown, so every claim is
+"not run"). A file that exists but breaks the contract (a missing column, a value of the wrong type,
+an unknown kind, split or experiment id, a duplicated row) raises :class:`StudyError` naming the file,
+the column and the row.
 """
 
 from __future__ import annotations
@@ -15,16 +16,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vlmerge_core.report.schema import EXPERIMENTS, FILES, KEYS, KINDS, PRETRAIN_KINDS
+from vlmerge_core.report.design import Design, read_design
+from vlmerge_core.report.schema import (
+    DESIGN_FILE,
+    EXPERIMENTS,
+    FILES,
+    KEYS,
+    KINDS,
+    PRETRAIN_KINDS,
+    SPLITS,
+    StudyError,
+)
 
 log = logging.getLogger(__name__)
 
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
-
-
-class StudyError(ValueError):
-    """A study metrics file that breaks the contract (the message names the file and column)."""
+__all__ = ["Study", "StudyError", "empty_results", "load_study", "read_study_file", "rows_of", "typed_frame"]
 
 
 @dataclass
@@ -36,6 +44,7 @@ class Study:
         chance: chance level of each task's main metric.
         distances: weight distances of each MS model's experts.
         pretrain: zero-shot retrieval and final losses of each pre-trained model.
+        design: the roles of the runs (``design.json``).
         source: the folder the files were read from.
         missing: names of the files that were not found.
     """
@@ -44,12 +53,15 @@ class Study:
     chance: pd.DataFrame | None = None
     distances: pd.DataFrame | None = None
     pretrain: pd.DataFrame | None = None
+    design: Design | None = None
     source: str = ""
     missing: list[str] = field(default_factory=list)
 
     def has(self, name: str) -> bool:
-        """Whether the file ``name`` (``results``, ``chance``, ...) was found and has rows."""
+        """Whether the file ``name`` (``results``, ``chance``, ..., ``design``) was found and has rows."""
         frame = getattr(self, name)
+        if name == "design":
+            return frame is not None
         return frame is not None and len(frame) > 0
 
     def experiment(self, exp: str) -> pd.DataFrame:
@@ -116,6 +128,9 @@ def _check(frame: pd.DataFrame, name: str, src: str) -> None:
         if unknown:
             raise StudyError(f"{src}: column 'kind' has unknown value(s) {unknown}; allowed {list(allowed)}")
     if name == "results":
+        bad = sorted(set(frame["split"]) - set(SPLITS))
+        if bad:
+            raise StudyError(f"{src}: column 'split' has unknown value(s) {bad}; allowed {list(SPLITS)}")
         ids = {e for s in frame["experiments"] for e in s.split(";") if e}
         unknown = sorted(ids - set(EXPERIMENTS))
         if unknown:
@@ -152,9 +167,10 @@ def read_study_file(path: str | Path, name: str) -> pd.DataFrame:
 
 
 def load_study(metrics_dir: str | Path) -> Study:
-    """Load ``results.csv``, ``chance.csv``, ``distances.csv`` and ``pretrain.csv`` from ``metrics_dir``.
+    """Load ``results.csv``, ``chance.csv``, ``distances.csv``, ``pretrain.csv`` and ``design.json``
+    from ``metrics_dir``.
 
-    Missing files (or a missing folder) leave their frame ``None`` and are listed in ``missing``.
+    Missing files (or a missing folder) leave their field ``None`` and are listed in ``missing``.
     """
     folder = Path(metrics_dir)
     study = Study(source=str(folder))
@@ -165,4 +181,10 @@ def load_study(metrics_dir: str | Path) -> Study:
         else:
             study.missing.append(f"{name}.csv")
             log.warning("%s: not found, the experiments that need it are 'not run'", path)
+    path = folder / DESIGN_FILE
+    if path.exists():
+        study.design = read_design(path)
+    else:
+        study.missing.append(DESIGN_FILE)
+        log.warning("%s: not found, the roles of the runs are unknown: every claim is 'not run'", path)
     return study

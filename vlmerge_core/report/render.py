@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -11,22 +13,41 @@ import pandas as pd
 
 from vlmerge_core.io import atomic_write
 from vlmerge_core.report.build import Built
-from vlmerge_core.report.claims import Verdict
+from vlmerge_core.report.generated import verdict_table
+from vlmerge_core.report.outcomes import rule_markdown
 from vlmerge_core.report.schema import TASK_NAMES
 from vlmerge_core.report.tableio import to_markdown
 from vlmerge_core.report.templates import (
     ARITHMETIC_NOTE,
-    COMBINE_NOTE,
     DISTANCE_NOTE,
     OPEN_ITEMS,
     REPORT_HTML,
     REPORT_MD,
 )
 from vlmerge_core.report.validity import CHECKS, TaskValidity
+from vlmerge_core.report.verdict import Verdict
 
 
 def _html(df: pd.DataFrame) -> str:
     return df.to_html(border=0, escape=True, na_rep="—")
+
+
+def _inline(text: str) -> str:
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def markdown_html(text: str) -> str:
+    """The rule's Markdown (paragraphs, numbered lists, ``**bold**``, backticks) as simple HTML."""
+    out = []
+    for block in text.strip().split("\n\n"):
+        lines = [ln.strip() for ln in block.splitlines()]
+        if all(re.match(r"\d+\. ", ln) for ln in lines):
+            items = [_inline(re.sub(r"^\d+\. ", "", ln)) for ln in lines]
+            out.append("<ol>" + "".join(f"<li>{i}</li>" for i in items) + "</ol>")
+        else:
+            out.append(f"<p>{_inline(' '.join(lines))}</p>")
+    return "\n".join(out)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -59,7 +80,7 @@ def render_report(
     for v in verdicts.values():
         table = v.table()
         vlist.append({"claim": v.claim, "title": v.title, "criterion": v.criterion, "verdict": v.verdict,
-                      "verdict_valid": v.verdict_valid, "notes": v.notes,
+                      "verdict_valid": v.verdict_valid, "notes": v.notes, "rule": v.rule, "parts": v.parts,
                       "table_md": to_markdown(table) if len(table) else "",
                       "table_html": _html(table) if len(table) else ""})  # fmt: skip
     details = [
@@ -79,7 +100,10 @@ def render_report(
         "html": html,
         "e0_details": details,
         "artefacts": artefacts,
-        "combine_note": COMBINE_NOTE,
+        "verdict_table": to_markdown(verdict_table(verdicts)),
+        "verdict_table_html": _html(verdict_table(verdicts)),
+        "rule": rule_markdown(),
+        "rule_html": markdown_html(rule_markdown()),
         "arithmetic_note": ARITHMETIC_NOTE,
         "distance_note": DISTANCE_NOTE,
         "open_items": OPEN_ITEMS,

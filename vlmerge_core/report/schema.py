@@ -1,11 +1,24 @@
 """The study-metrics contract: the columns of ``metrics/study/*.csv``, their types, and display names.
 
-The pipeline's ``collect`` stage writes four tidy CSV files (team plan, "Study metrics"); this module
-is the one description of them that the report reads. A missing file or row means "not run".
+The pipeline's ``collect`` stage (:mod:`vlmerge_core.study.collect`) writes four tidy CSV files and
+``design.json`` (the roles of the runs, :mod:`.design`); this module is the one description of the
+files that the report reads. A missing file or row means "not run".
+
+The unit of replication is a pre-training run (DESIGN.md §11): ``pt_seed`` is its RNG seed. Rows of
+the untrained model, the random init and the init have no pre-training replicate (``pt_seed`` empty);
+their units are fine-tuning seeds.
 """
 
 from __future__ import annotations
 
+
+class StudyError(ValueError):
+    """A study metrics file that breaks the contract (the message names the file and column)."""
+
+
+# identity of a pre-trained unit: replicate (RNG seed), steps of the run, the MS run's own RNG seed
+# and learning-rate multiplier (collect.UNIT)
+UNIT_COLUMNS = ("pt_seed", "pt_steps", "ms_seed", "lr_mult")
 # column -> kind: "str" (may be empty), "int" (non-null), "Int" (nullable int), "float" (NaN allowed),
 # "bool"
 RESULTS_COLUMNS: dict[str, str] = {
@@ -13,6 +26,10 @@ RESULTS_COLUMNS: dict[str, str] = {
     "kind": "str",
     "seed_steps": "Int",
     "variant": "str",
+    "pt_seed": "Int",
+    "pt_steps": "Int",
+    "ms_seed": "Int",
+    "lr_mult": "float",
     "method": "str",
     "knob": "str",
     "knob_value": "float",
@@ -20,6 +37,7 @@ RESULTS_COLUMNS: dict[str, str] = {
     "task": "str",
     "metric": "str",
     "is_main": "bool",
+    "split": "str",
     "ft_seed": "int",
     "value": "float",
     "ci_low": "float",
@@ -31,6 +49,10 @@ DISTANCES_COLUMNS: dict[str, str] = {
     "model_id": "str",
     "seed_steps": "Int",
     "variant": "str",
+    "pt_seed": "Int",
+    "pt_steps": "Int",
+    "ms_seed": "Int",
+    "lr_mult": "float",
     "metric": "str",
     "scope": "str",
     "value": "float",
@@ -40,6 +62,10 @@ PRETRAIN_COLUMNS: dict[str, str] = {
     "kind": "str",
     "seed_steps": "Int",
     "variant": "str",
+    "pt_seed": "Int",
+    "pt_steps": "Int",
+    "ms_seed": "Int",
+    "lr_mult": "float",
     "steps": "Int",
     "metric": "str",
     "value": "float",
@@ -50,20 +76,25 @@ FILES: dict[str, dict[str, str]] = {
     "distances": DISTANCES_COLUMNS,
     "pretrain": PRETRAIN_COLUMNS,
 }
+DESIGN_FILE = "design.json"
 # the columns that identify one row of each file (duplicates are an error)
 KEYS: dict[str, tuple[str, ...]] = {
-    "results": ("model_id", "task", "metric", "ft_seed"),
+    "results": ("model_id", "task", "metric", "split", "ft_seed"),
     "chance": ("task", "metric"),
     "distances": ("model_id", "metric", "scope"),
     "pretrain": ("model_id", "steps", "metric"),
 }
-KINDS = ("untrained", "random", "init", "seed", "ma_baseline", "ms", "merged")
-PRETRAIN_KINDS = ("init", "seed", "ma_baseline", "ms")
+KINDS = ("untrained", "random", "init", "ma", "ms", "merged")
+PRETRAIN_KINDS = ("init", "seed", "ma", "ms")
+SPLITS = ("test", "val")
 EXPERIMENTS = ("E0", "E1", "E2", "E3", "E4", "E5", "E6")
 VARIANTS = ("all", "attn", "ffn", "ln")
-DISTANCE_METRICS = ("l2", "cosine", "ssd", "tssd")
-# PAPER.md §5: "L2 and TSSD are the paper's two" is our best reading, not a fact
-PAPER_DISTANCE_METRICS = ("l2", "tssd")
+# l2_rms = L2 / sqrt(number of parameters compared): the per-parameter L2; cosine, SSD and TSSD are
+# per-coordinate means already
+DISTANCE_METRICS = ("l2_rms", "tssd", "l2", "cosine", "ssd")
+# PAPER.md §5: "L2 and TSSD are the paper's two" is our best reading, not a fact; C3 judges L2 per
+# parameter (l2_rms), so that models with fewer merged parameters (the LN variant) are comparable
+PAPER_DISTANCE_METRICS = ("l2_rms", "tssd")
 CONVERGENCE_METRIC = "val_last_gain"
 
 # display order of tasks and of each task's metrics (PAPER.md §6); unknown ones follow, sorted
@@ -116,8 +147,7 @@ KIND_NAMES = {
     "untrained": "untrained (random init, no fine-tuning)",
     "random": "random init",
     "init": "init (MIM)",
-    "seed": "seed",
-    "ma_baseline": "MA baseline",
+    "ma": "MA",
     "ms": "MS (unmerged)",
     "merged": "merged",
 }

@@ -1,9 +1,10 @@
-"""Which rows are which model: labels, main metrics, and the models each claim compares.
+"""Which rows are which configuration: units, configurations, labels, main metrics and cells.
 
-The study plan tags every result row with the experiments it feeds (``experiments``); this module
-turns those rows into models (one row per ``model_id``) and picks, deterministically and without
-looking at scores, the models a comparison needs (the recipe merge, the naive merge, the MS and MA
-baselines).
+A **configuration** is what a row measures apart from its replicate: kind, K_seed, variant, steps of
+the run, the MS RNG seed relative to the replicate's, the learning-rate multiplier, the merge (method,
+knob, option). Its **units** are its pre-training replicates (``pt_seed``); rows without pre-training
+replicates (untrained, random init, init) have their fine-tuning seeds as units. A grid run (one MS
+RNG seed, one replicate) is a configuration with one unit.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import math
 
 import pandas as pd
 
-from vlmerge_core.report.load import rows_of
 from vlmerge_core.report.schema import (
     KIND_NAMES,
     METHOD_NAMES,
@@ -20,62 +20,92 @@ from vlmerge_core.report.schema import (
     METRIC_ORDER,
     OURS_METHODS,
     TASKS,
+    VARIANT_NAMES,
     VARIANTS,
     order_key,
 )
-from vlmerge_core.report.stats import MISSING, Cell, aggregate
+from vlmerge_core.report.stats import MISSING, Cell, cell_of
 
-DESCRIPTORS = ("kind", "seed_steps", "variant", "method", "knob", "knob_value", "option")
-
-
-def models(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per ``model_id`` with its descriptors and the union of its experiment ids, sorted."""
-    if len(rows) == 0:
-        return pd.DataFrame(columns=["model_id", *DESCRIPTORS, "experiments"])
-    first = rows.drop_duplicates("model_id").set_index("model_id")[list(DESCRIPTORS)]
-    exps = rows.groupby("model_id")["experiments"].agg(
-        lambda s: ";".join(sorted({e for v in s for e in str(v).split(";") if e}))
-    )
-    out = first.join(exps).reset_index()
-    return out.sort_values("model_id", kind="stable").reset_index(drop=True)
+CONFIG_COLUMNS = ("kind", "seed_steps", "variant", "pt_steps", "ms_offset", "lr_mult", "method", "knob",
+                  "knob_value", "option")  # fmt: skip
+DESCRIPTORS = (*CONFIG_COLUMNS, "ms_seed")
 
 
-def seed_label(k) -> str:
-    """``K_seed`` as shown: ``0 (naive)`` or the number of steps."""
-    if k is None or k is pd.NA or (isinstance(k, float) and math.isnan(k)):
+def _text(v) -> str:
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
         return ""
-    return "0 (naive)" if int(k) == 0 else str(int(k))
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
-def is_ours(model: pd.Series | dict) -> bool:
-    """Rows beyond the paper (PAPER.md §7, E6): our methods, non-default options, or tagged E6 only."""
-    return (
-        model["method"] in OURS_METHODS
-        or bool(model["option"])
-        or "E6" in str(model.get("experiments", "")).split(";")
-    )
+def key_of(rows: pd.DataFrame, columns) -> pd.Series:
+    """A string key of ``columns`` per row (numbers as ``%g``, missing as empty), ``|``-joined."""
+    parts = [rows[c].astype(object).map(_text) for c in columns]
+    key = parts[0]
+    for p in parts[1:]:
+        key = key + "|" + p
+    return key
 
 
-def label(model: pd.Series | dict) -> str:
-    """A readable name of a model from its descriptors, e.g. ``interpolation ratio=0.5 · all · K=300``."""
-    kind = model["kind"]
-    k = model["seed_steps"]
-    has_k = not (k is pd.NA or (isinstance(k, float) and math.isnan(k)))
-    parts: list[str]
-    if kind == "merged":
-        parts = [METHOD_NAMES.get(model["method"], model["method"] or "merged")]
-        if model["knob"] and not math.isnan(model["knob_value"]):
-            parts[0] += f" {model['knob']}={model['knob_value']:g}"
-    else:
-        parts = [KIND_NAMES.get(kind, kind)]
-    if kind in ("ms", "merged") and model["variant"]:
-        parts.append(model["variant"])
-    if has_k and kind in ("seed", "ms", "merged"):
-        parts.append(f"K={seed_label(k)}")
-    if model["option"]:
-        parts.append(model["option"])
-    text = " · ".join(parts)
-    return f"{text} (ours)" if is_ours(model) else text
+def with_units(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with ``ms_offset`` (MS RNG seed - replicate), ``config`` (a key of the configuration)
+    and ``unit`` (the replicate, else the fine-tuning seed) added; idempotent."""
+    if "config" in rows.columns:
+        return rows
+    out = rows.copy()
+    out["ms_offset"] = rows["ms_seed"].astype("Float64") - rows["pt_seed"].astype("Float64")
+    out["config"] = key_of(out, CONFIG_COLUMNS)
+    out["unit"] = rows["pt_seed"].astype("Float64").fillna(rows["ft_seed"].astype(float)).astype(int)
+    return out
+
+
+def configs(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: its descriptors, the union of its experiment ids, its units and
+    model ids; sorted by ``config``."""
+    cols = ["config", *CONFIG_COLUMNS, "experiments", "units", "model_ids"]
+    if len(rows) == 0:
+        return pd.DataFrame(columns=cols)
+    rows = with_units(rows)
+    first = rows.drop_duplicates("config").set_index("config")[list(CONFIG_COLUMNS)]
+    g = rows.groupby("config")
+    exps = g["experiments"].agg(lambda s: ";".join(sorted({e for v in s for e in str(v).split(";") if e})))
+    units = g["unit"].agg(lambda s: tuple(sorted(set(int(u) for u in s))))
+    ids = g["model_id"].agg(lambda s: tuple(sorted(set(s))))
+    out = first.join(exps).join(units.rename("units")).join(ids.rename("model_ids")).reset_index()
+    return out.sort_values("config", kind="stable").reset_index(drop=True)[cols]
+
+
+def unit_values(rows: pd.DataFrame, task: str, metric: str | None = None, split: str = "test") -> pd.Series:
+    """``{unit: value}`` of ``rows`` on ``task`` (main metric when ``metric`` is None) and ``split``,
+    the mean over the rows of a unit (several fine-tuning seeds of one replicate)."""
+    if len(rows) == 0:
+        return pd.Series(dtype=float)
+    rows = with_units(rows)
+    sel = (rows["task"] == task) & (rows["split"] == split)
+    sel &= rows["is_main"] if metric is None else rows["metric"] == metric
+    r = rows[sel]
+    return r.groupby("unit")["value"].mean().sort_index() if len(r) else pd.Series(dtype=float)
+
+
+def config_cells(rows: pd.DataFrame, split: str = "test") -> dict[tuple[str, str, str], Cell]:
+    """``{(config, task, metric): Cell}`` over the units of each configuration."""
+    out: dict[tuple[str, str, str], Cell] = {}
+    rows = with_units(rows)
+    rows = rows[rows["split"] == split]
+    for (c, t, m), grp in rows.groupby(["config", "task", "metric"], sort=True):
+        vals = grp.groupby("unit")["value"].mean()
+        out[(c, t, m)] = cell_of(vals, grp["ci_low"].iloc[:1], grp["ci_high"].iloc[:1])
+    return out
+
+
+def main_cells(rows: pd.DataFrame, split: str = "test") -> dict[tuple[str, str], Cell]:
+    """``{(config, task): Cell}`` of each task's main metric."""
+    rows = with_units(rows)
+    return {(c, t): cell for (c, t, _), cell in config_cells(rows[rows["is_main"]], split).items()}
+
+
+def get(cells: dict, *key) -> Cell:
+    """``cells[key]`` or the missing cell."""
+    return cells.get(tuple(key), MISSING)
 
 
 def main_metrics(results: pd.DataFrame) -> dict[str, str]:
@@ -88,104 +118,63 @@ def main_metrics(results: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-def main_cells(rows: pd.DataFrame) -> dict[tuple[str, str], Cell]:
-    """``{(model_id, task): Cell}`` of each task's main metric."""
-    main = rows[rows["is_main"]]
-    return {(m, t): c for (m, t, _), c in aggregate(main).items()}
-
-
-def get(cells: dict, *key) -> Cell:
-    """``cells[key]`` or the missing cell."""
-    return cells.get(tuple(key), MISSING)
+def seed_label(k) -> str:
+    """``K_seed`` as shown: ``0 (naive)`` or the number of steps."""
+    if k is None or k is pd.NA or (isinstance(k, float) and math.isnan(k)):
+        return ""
+    return "0 (naive)" if int(k) == 0 else str(int(k))
 
 
 def method_rank(method: str) -> int:
     return METHODS.index(method) if method in METHODS else len(METHODS)
 
 
-def _variant_rank(variant: str) -> int:
+def variant_rank(variant: str) -> int:
     return VARIANTS.index(variant) if variant in VARIANTS else len(VARIANTS)
 
 
-def same_knob(a: float, b: float) -> bool:
-    """Two knob values are the same setting (NaN = no knob equals NaN)."""
-    return (math.isnan(a) and math.isnan(b)) or a == b
+def is_ours(model: pd.Series | dict) -> bool:
+    """Rows beyond the paper (PAPER.md §7, E6): our methods, non-default options, or tagged E6 only."""
+    return (
+        model["method"] in OURS_METHODS
+        or bool(model["option"])
+        or "E6" in str(model.get("experiments", "")).split(";")
+    )
 
 
-def primary_merge(results: pd.DataFrame, merged: pd.DataFrame) -> tuple[str, float] | None:
-    """The one merge setting ``(method, knob_value)`` an analysis across MS models uses (E3 drops, E4).
-
-    The recipe merge's setting when ``merged`` (a :func:`models` frame) has it, else the setting applied
-    to the most MS models (``K_seed`` x variant), then the method order. One setting per MS model keeps
-    the points independent: the recipe's own method and knob sweep (E2) would otherwise weigh on it.
-    """
-    merged = merged[(merged["kind"] == "merged") & (merged["option"] == "")]
-    if len(merged) == 0:
-        return None
-    rid = recipe_models(results)["recipe"]
-    if rid:
-        r = models(results[results["model_id"] == rid]).iloc[0]
-        if any(
-            m == r["method"] and same_knob(v, r["knob_value"])
-            for m, v in zip(merged["method"], merged["knob_value"])
-        ):
-            return r["method"], r["knob_value"]
-    ms = merged.assign(ms=list(zip(merged["seed_steps"].fillna(-1), merged["variant"])))
-    count = ms.groupby(["method", ms["knob_value"].fillna(-1.0)])["ms"].nunique()
-    best = max(count.items(), key=lambda x: (x[1], -method_rank(x[0][0]), -x[0][1]))[0]
-    return best[0], (math.nan if best[1] == -1.0 else best[1])
+def _has(v) -> bool:
+    return not (v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)))
 
 
-def with_setting(mods: pd.DataFrame, setting: tuple[str, float] | None) -> pd.DataFrame:
-    """The merged models of ``mods`` (option "") with merge ``setting``."""
-    if setting is None:
-        return mods.iloc[:0]
-    keep = [m == setting[0] and same_knob(v, setting[1]) for m, v in zip(mods["method"], mods["knob_value"])]
-    return mods[
-        pd.Series(keep, index=mods.index, dtype=bool) & (mods["kind"] == "merged") & (mods["option"] == "")
-    ]
+def label(model: pd.Series | dict, k_vl: int | None = None) -> str:
+    """A readable name of a configuration, e.g. ``interpolation ratio=0.5 · all · K=100``; MA runs
+    ``MA K=300``; what a grid run changes (MS steps when not ``k_vl``, LR, MS RNG seed) is appended."""
+    kind = model["kind"]
+    parts: list[str]
+    if kind == "merged":
+        parts = [METHOD_NAMES.get(model["method"], model["method"] or "merged")]
+        if model["knob"] and _has(model["knob_value"]):
+            parts[0] += f" {model['knob']}={model['knob_value']:g}"
+    elif kind == "ma":
+        parts = [f"MA K={int(model['pt_steps'])}" if _has(model["pt_steps"]) else "MA"]
+    else:
+        parts = [KIND_NAMES.get(kind, kind)]
+    if kind in ("ms", "merged"):
+        if model["variant"]:
+            parts.append(model["variant"])
+        if _has(model["seed_steps"]):
+            parts.append(f"K={seed_label(model['seed_steps'])}")
+        if k_vl is not None and _has(model["pt_steps"]) and int(model["pt_steps"]) != k_vl:
+            parts.append(f"K_VL={int(model['pt_steps'])}")
+        if _has(model.get("lr_mult")) and float(model["lr_mult"]) != 1.0:
+            parts.append(f"LR x{float(model['lr_mult']):g}")
+        if _has(model.get("ms_offset")) and float(model["ms_offset"]) != 0:
+            parts.append(f"MS seed {float(model['ms_offset']):+g}")
+    if model["option"]:
+        parts.append(model["option"])
+    text = " · ".join(parts)
+    return f"{text} (ours)" if is_ours(model) else text
 
 
-def recipe_models(results: pd.DataFrame) -> dict[str, str | None]:
-    """The models of the recipe comparison (E5, else E1): ``recipe``, ``naive``, ``ms``, ``ma``.
-
-    ``recipe`` is the default-option merge of the paper's methods with a seed: the longest ``K_seed``,
-    then the method order interpolation, arithmetic, RegMean, then the variant order, then the id;
-    ``naive`` is the merge without seed (``K_seed = 0``) of the same method, variant and knob value
-    (else the same method); ``ms`` the unmerged MS model of the recipe's seed and variant; ``ma``
-    the MA baseline. Chosen from descriptors only, never from scores. Absent ones are ``None``.
-    """
-    out: dict[str, str | None] = {"recipe": None, "naive": None, "ms": None, "ma": None}
-    if results is None or len(results) == 0:
-        return out
-    rows = rows_of(results, "E5")
-    if len(rows) == 0:
-        rows = rows_of(results, "E1")
-    mods = models(rows)
-    paper = mods[
-        (mods["kind"] == "merged") & (mods["option"] == "") & ~mods["method"].isin(OURS_METHODS)
-    ].copy()
-    paper["k"] = paper["seed_steps"].fillna(-1).astype(int)
-    key = lambda m: (-m["k"], method_rank(m["method"]), _variant_rank(m["variant"]), m["model_id"])  # noqa: E731
-    seeded = sorted((r for _, r in paper[paper["k"] > 0].iterrows()), key=key)
-    naive = sorted((r for _, r in paper[paper["k"] == 0].iterrows()), key=key)
-    if seeded:
-        rec = seeded[0]
-        out["recipe"] = rec["model_id"]
-        same = [r for r in naive if r["method"] == rec["method"] and r["variant"] == rec["variant"]]
-        exact = [r for r in same if r["knob_value"] == rec["knob_value"] or (r["knob"] == rec["knob"] == "")]
-        pick = exact or same
-        out["naive"] = pick[0]["model_id"] if pick else None
-        all_mods = models(results)
-        ms = all_mods[
-            (all_mods["kind"] == "ms")
-            & (all_mods["seed_steps"].fillna(-1) == rec["k"])
-            & (all_mods["variant"] == rec["variant"])
-        ]
-        out["ms"] = ms["model_id"].iloc[0] if len(ms) else None
-    elif naive:
-        out["naive"] = naive[0]["model_id"]
-    ma = models(results)
-    ma = ma[ma["kind"] == "ma_baseline"]
-    out["ma"] = ma["model_id"].iloc[0] if len(ma) else None
-    return out
+def variant_name(v: str) -> str:
+    return VARIANT_NAMES.get(v, v)

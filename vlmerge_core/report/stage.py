@@ -1,5 +1,6 @@
 """The ``paper`` stage as one call, for the ``09_paper`` notebook: every table, figure, verdict and
-the report, rebuilt from the study metrics alone (no training), byte-identical on a rebuild."""
+the report, rebuilt from the study metrics alone (no training), byte-identical on a rebuild; and the
+Markdown the README includes (``generated/verdicts.md``, ``generated/e0.md``)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,21 @@ import logging
 import shutil
 from typing import Any
 
+import pandas as pd
+
 from vlmerge_core.config import load_params, profile_params
 from vlmerge_core.io import write_json
 from vlmerge_core.paths import resolve
-from vlmerge_core.report.build import build_artefacts
+from vlmerge_core.report.build import build_artefacts, e4_context
 from vlmerge_core.report.claims import judge_claims
+from vlmerge_core.report.generated import write_generated
 from vlmerge_core.report.load import load_study
 from vlmerge_core.report.macros import write_macros
 from vlmerge_core.report.published import headline_gains, load_published
 from vlmerge_core.report.render import render_report
 from vlmerge_core.report.schema import TASK_NAMES
-from vlmerge_core.report.select import models
+from vlmerge_core.report.select import configs
 from vlmerge_core.report.tableio import not_run_table, write_table
-from vlmerge_core.report.tables_main import e4_correlations, e4_points
 from vlmerge_core.report.validity import ValidityBar, e0_validity
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,8 @@ def _numbers(study, validity, verdicts, bar: ValidityBar, cfg: dict[str, Any], p
     res = study.results
     n: dict[str, str] = {
         "study.rows": str(0 if res is None else len(res)),
-        "study.models": str(0 if res is None else len(models(res))),
+        "study.models": str(0 if res is None else res["model_id"].nunique()),
+        "study.configs": str(0 if res is None else len(configs(res))),
         "study.tasks": str(0 if res is None else res["task"].nunique()),
         "report.n_bootstrap": str(cfg["n_bootstrap"]),
         "report.rng_seed": str(cfg["rng_seed"]),
@@ -62,10 +66,10 @@ def run_paper_stage(
     Args:
         params_file: params file relative to the repo root; empty = the ``profile`` preset. Reads the
             ``report`` section: ``formats``, ``n_bootstrap``, ``rng_seed`` (``seed`` before the
-            rename), ``c2_margin``.
+            rename), ``c2_margin`` (C2's margin, and C5's margin of equivalence).
         profile: params profile used when ``params_file`` is empty.
-        metrics_dir: folder of ``results.csv``, ``chance.csv``, ``distances.csv``, ``pretrain.csv``;
-            a missing file makes the experiments that need it "not run".
+        metrics_dir: folder of ``results.csv``, ``chance.csv``, ``distances.csv``, ``pretrain.csv`` and
+            ``design.json``; a missing file makes the experiments that need it "not run".
         out_dir: where ``tables/``, ``figures/``, ``generated/``, ``REPORT.md`` and ``report.html`` go.
         metrics_out: when non-empty, the summary (verdicts, E0 validity) is also written there as JSON.
         published_dir: folder of the paper's published numbers (copied into ``out_dir/published``
@@ -92,12 +96,10 @@ def run_paper_stage(
             shutil.copyfile(f, out / "published" / f.name)
     bar = ValidityBar()
     validity = e0_validity(study, bar)
-    corr = None
-    if study.has("results") and study.has("distances"):
-        corr = e4_correlations(
-            e4_points(study.results, study.distances), conf["n_bootstrap"], conf["rng_seed"]
-        )
-    context = {**conf, "published": published, "corr": corr}
+    context = {**conf, "published": published, "corr": None, "points": None}
+    if study.has("results") and study.has("distances") and study.has("design"):
+        e4_context(study, context)
+    corr = context["corr"]
     built = build_artefacts(study, out, context, conf["formats"])
     verdicts = judge_claims(study, validity, headline_gains(published), c2_margin=conf["c2_margin"],
                             n_bootstrap=conf["n_bootstrap"], rng_seed=conf["rng_seed"], corr=corr)  # fmt: skip
@@ -106,11 +108,19 @@ def run_paper_stage(
         write_table(table, out / "tables", f"claim_{cid.lower()}", caption=f"{cid}: {v.title}")
     numbers = _numbers(study, validity, verdicts, bar, conf, published)
     write_macros(numbers, out / "generated")
+    timing_csv = resolve(metrics_dir) / "timing.csv"
+    timing = pd.read_csv(timing_csv, keep_default_na=False) if timing_csv.exists() else None
+    write_generated(out / "generated", verdicts, built, timing, params.study.workers)
     render_report(out_dir=out, source=metrics_dir, missing=study.missing, built=built, verdicts=verdicts,
                   validity=validity, numbers=numbers, published=published)  # fmt: skip
     summary = {
         "verdicts": {
-            c: {"verdict": v.verdict, "verdict_valid": v.verdict_valid, "invalid_tasks": v.invalid_tasks}
+            c: {
+                "verdict": v.verdict,
+                "verdict_valid": v.verdict_valid,
+                "invalid_tasks": v.invalid_tasks,
+                **({"parts": v.parts} if v.parts else {}),
+            }
             for c, v in verdicts.items()
         },  # fmt: skip
         "e0": {t: v.status for t, v in validity.items()},

@@ -1,20 +1,30 @@
-"""Numbers with their spread: the mean over fine-tuning seeds with its standard deviation, or, for a
-single run, the bootstrap interval over test examples that the pipeline measured.
+"""Numbers with their spread, paired differences over replicates, and Holm's correction.
 
-Every table cell and every verdict goes through :class:`Cell`, so that no number is shown or compared
-without its spread. A difference of two cells carries the combined spread ``sqrt(s_a^2 + s_b^2)``; a
-difference counts as real only when it exceeds that spread (:func:`compare`).
+The unit of replication is a pre-training run (DESIGN.md §11): a claim row's spread is the standard
+deviation over its replicates (``pt_seed``), which holds pre-training and fine-tuning noise together;
+rows without pre-training replicates (random init, init) spread over fine-tuning seeds.
+
+* :class:`Cell`: one configuration on one task, the mean over its units with their sd (or, for a
+  single run, the bootstrap interval over test examples that the pipeline measured). Cells are for
+  showing numbers; no verdict compares two cells' spreads.
+* :class:`Paired`: the difference of two configurations paired by replicate, with its t-based 95 %
+  interval and the two-sided t-test of "difference = margin" (``scipy.stats.t``, ``n - 1`` degrees
+  of freedom). Verdicts are built from these (:mod:`.outcomes`).
+* :func:`holm`: Holm's step-down adjustment of the p-values of one family of tests.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 Z95 = 1.959963984540054  # the 97.5 % normal quantile: a 95 % interval is about mean +- 1.96 sd
+CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -22,10 +32,10 @@ class Cell:
     """A measured number: ``mean`` and its ``spread`` (a standard deviation, NaN when unknown).
 
     Attributes:
-        mean: the mean over fine-tuning seeds (NaN when nothing was measured).
-        spread: seed standard deviation (``kind == "sd"``), the sd implied by a 95 % bootstrap
-            interval (``kind == "ci"``), or NaN (``kind == "none"``).
-        n: number of fine-tuning seeds.
+        mean: the mean over units (NaN when nothing was measured).
+        spread: sd over units (``kind == "sd"``), the sd implied by a 95 % bootstrap interval of a
+            single run (``kind == "ci"``), or NaN (``kind == "none"``).
+        n: number of units (replicates, or fine-tuning seeds for rows without replicates).
         kind: ``sd``, ``ci`` or ``none``: how the spread was obtained.
         lo: lower end of the bootstrap interval (``kind == "ci"``).
         hi: upper end of the bootstrap interval.
@@ -43,7 +53,8 @@ class Cell:
         return self.n > 0 and not math.isnan(self.mean)
 
     def fmt(self, digits: int = 1, signed: bool = False) -> str:
-        """``"31.2 ± 0.4"`` (seed sd), ``"31.2 [30.1, 32.3]"`` (bootstrap interval), ``"31.2"`` or ``"—"``."""
+        """``"31.2 ± 0.4"`` (sd over units), ``"31.2 [30.1, 32.3]"`` (bootstrap interval of one run),
+        ``"31.2"`` or ``"—"``."""
         if not self.measured:
             return "—"
         sign = "+" if signed else ""
@@ -54,15 +65,13 @@ class Cell:
             return f"{m} [{self.lo:.{digits}f}, {self.hi:.{digits}f}]"
         return m
 
-    def __sub__(self, other: Cell) -> Cell:
-        return difference(self, other)
-
 
 MISSING = Cell(math.nan)
 
 
 def cell_of(values: pd.Series | np.ndarray, ci_low=None, ci_high=None) -> Cell:
-    """The cell of one model's runs on one metric: seed sd with >= 2 runs, else the bootstrap interval."""
+    """The cell of one configuration's units on one metric: sd with >= 2 units, else the run's
+    bootstrap interval (``ci_low``, ``ci_high``) when it has one."""
     v = np.asarray(values, dtype=float)
     v = v[~np.isnan(v)]
     if len(v) == 0:
@@ -76,41 +85,12 @@ def cell_of(values: pd.Series | np.ndarray, ci_low=None, ci_high=None) -> Cell:
     return Cell(float(v[0]), (hi - lo) / (2 * Z95), 1, "ci", lo, hi)
 
 
-def aggregate(rows: pd.DataFrame, by: tuple[str, ...] = ("model_id", "task", "metric")) -> dict[tuple, Cell]:
-    """``{key of by: Cell}`` over the fine-tuning seeds of each group of result ``rows``."""
-    out: dict[tuple, Cell] = {}
-    if rows is None or len(rows) == 0:
-        return out
-    for key, grp in rows.groupby(list(by), sort=True, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        out[key] = cell_of(grp["value"], grp["ci_low"].iloc[:1], grp["ci_high"].iloc[:1])
-    return out
-
-
 def difference(a: Cell, b: Cell) -> Cell:
-    """``a - b`` with the combined spread ``sqrt(s_a^2 + s_b^2)`` (NaN when either spread is unknown)."""
+    """``a - b`` of two unpaired cells, for display only (spread ``sqrt(s_a^2 + s_b^2)``)."""
     if not (a.measured and b.measured):
         return MISSING
     spread = math.hypot(a.spread, b.spread)
     return Cell(a.mean - b.mean, spread, min(a.n, b.n), "none" if math.isnan(spread) else "sd")
-
-
-def compare(diff: Cell, margin: float = 0.0) -> str:
-    """Judge a difference against ``margin``: ``holds``, ``fails``, ``within noise`` or ``not run``.
-
-    ``holds`` when ``diff - spread > margin`` (the difference clears the margin by more than its
-    spread), ``fails`` when ``diff + spread < margin``, otherwise ``within noise``; a difference
-    without a known spread can never hold or fail (``within noise``).
-    """
-    if not diff.measured:
-        return "not run"
-    if math.isnan(diff.spread):
-        return "within noise"
-    if diff.mean - diff.spread > margin:
-        return "holds"
-    if diff.mean + diff.spread < margin:
-        return "fails"
-    return "within noise"
 
 
 def mean_of(cells: list[Cell]) -> Cell:
@@ -123,12 +103,124 @@ def mean_of(cells: list[Cell]) -> Cell:
     return Cell(mean, spread, min(c.n for c in cells), "none" if math.isnan(spread) else "sd")
 
 
+@dataclass(frozen=True)
+class Paired:
+    """``a - b`` paired by unit: the mean of the per-unit differences with its t-based interval.
+
+    Attributes:
+        n: number of units measured on both sides.
+        mean: mean difference (NaN when ``n == 0``).
+        sd: standard deviation of the differences (NaN when ``n < 2``).
+        lo: lower end of the 95 % t-interval (NaN when ``n < 2``).
+        hi: upper end.
+        p: two-sided p-value of the t-test of "mean difference = margin" (NaN when ``n < 2``).
+        margin: the value tested against.
+        units: the units paired, sorted.
+    """
+
+    n: int
+    mean: float = math.nan
+    sd: float = math.nan
+    lo: float = math.nan
+    hi: float = math.nan
+    p: float = math.nan
+    margin: float = 0.0
+    units: tuple = ()
+
+    @property
+    def measured(self) -> bool:
+        return self.n > 0
+
+    def fmt(self, digits: int = 1) -> str:
+        """``"+10.0 [+8.1, +11.9]"`` (95 % t-interval), ``"+10.0 (n = 1)"`` or ``"—"``."""
+        if not self.measured:
+            return "—"
+        m = f"{self.mean:+.{digits}f}"
+        if math.isnan(self.lo):
+            return f"{m} (n = {self.n})"
+        return f"{m} [{self.lo:+.{digits}f}, {self.hi:+.{digits}f}]"
+
+
+def paired(a: pd.Series, b: pd.Series, margin: float = 0.0) -> Paired:
+    """``a - b`` over the units (index) both series measured, with the 95 % t-interval and the
+    two-sided t-test of "mean difference = ``margin``" (``scipy.stats.t``, ``n - 1`` df).
+
+    Differences without spread (every unit the same) give ``p`` 0 when the mean is off the margin and
+    1 on it: the t statistic is infinite or undefined there.
+    """
+    a, b = a.dropna(), b.dropna()
+    common = sorted(set(a.index) & set(b.index))
+    if not common:
+        return Paired(0, margin=margin)
+    d = a.loc[common].to_numpy(float) - b.loc[common].to_numpy(float)
+    n, mean = len(d), float(d.mean())
+    if n < 2:
+        return Paired(n, mean, margin=margin, units=tuple(common))
+    sd = float(d.std(ddof=1))
+    se = sd / math.sqrt(n)
+    q = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1))
+    if se == 0:
+        p = 1.0 if mean == margin else 0.0
+    else:
+        p = float(2 * stats.t.sf(abs(mean - margin) / se, n - 1))
+    return Paired(n, mean, sd, mean - q * se, mean + q * se, p, margin, tuple(common))
+
+
+def one_sample(values: pd.Series, margin: float = 0.0) -> Paired:
+    """The mean of ``values`` (already differences, one per unit) as a :class:`Paired` against ``margin``."""
+    return paired(values, pd.Series(0.0, index=values.index), margin)
+
+
+def t_interval(values: pd.Series | np.ndarray) -> tuple[float, float, float]:
+    """``(mean, lo, hi)``: the mean of ``values`` and its 95 % t-interval (NaN ends below 2 values)."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return mean, mean - half, mean + half
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values of one family of tests (NaN stays NaN, not counted).
+
+    Written by hand (scipy has Benjamini-Hochberg, not Holm): sort the m p-values, multiply the
+    i-th smallest by ``m - i`` (i from 0), take the running maximum and cap at 1.
+    """
+    p = [float(x) for x in pvalues]
+    idx = sorted((i for i, x in enumerate(p) if not math.isnan(x)), key=lambda i: (p[i], i))
+    m = len(idx)
+    out = [math.nan] * len(p)
+    running = 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def fmt_p(p: float | None) -> str:
+    """A p-value as shown: three decimals, or two significant digits below 0.001; ``—`` if none."""
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "—"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
 def rank_correlation(x, y, **kwargs) -> dict:
-    """:func:`vlmerge_core.analysis.correlation.rank_correlation`, imported on first use.
+    """:func:`vlmerge_core.analysis.correlation.spearman`, imported on first use.
 
     The ``analysis`` package imports the torch-based distance code on import; the report reads only
     CSV files, so it defers that import to the first correlation it computes.
     """
-    from vlmerge_core.analysis.correlation import rank_correlation as _rank_correlation
+    from vlmerge_core.analysis.correlation import spearman
 
-    return _rank_correlation(x, y, **kwargs)
+    return spearman(x, y, **kwargs)
+
+
+def partial_rank_correlation(x, y, z, **kwargs) -> dict:
+    """:func:`vlmerge_core.analysis.correlation.partial_spearman`, imported on first use."""
+    from vlmerge_core.analysis.correlation import partial_spearman
+
+    return partial_spearman(x, y, z, **kwargs)

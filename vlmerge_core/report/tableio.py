@@ -89,3 +89,21 @@ def write_table(
 def not_run_table(what: str, reason: str) -> pd.DataFrame:
     """The one-row table written in place of an artefact whose metrics are missing."""
     return pd.DataFrame({"status": ["not run"], "reason": [reason]}, index=pd.Index([what], name="artefact"))
+
+
+# ---------------------------------------------------------------------------------- table layout
+PAPER_ROW = "paper (published)"
+
+
+def task_column(task: str, metric: str) -> str:
+    """A column header naming the task and its main metric, e.g. ``VQA (vqa_score)``."""
+    from vlmerge_core.report.schema import TASK_NAMES
+
+    return f"{TASK_NAMES.get(task, task)} ({metric})"
+
+
+def paper_row(df: pd.DataFrame, text: str = "not found") -> pd.DataFrame:
+    """``df`` with a last row :data:`PAPER_ROW` of ``text`` (what the paper published for the cells)."""
+    out = df.copy()
+    out.loc[PAPER_ROW] = [text] * len(out.columns)
+    return out

@@ -1,7 +1,8 @@
 """The jinja2 templates of ``paper/REPORT.md`` and ``paper/report.html``.
 
-They hold words only: every number comes from the ``n`` dictionary (``paper/generated/numbers.json``)
-or from a generated table, so no measured or published number is typed here.
+They hold words only: every number comes from the ``n`` dictionary (``paper/generated/numbers.json``),
+from a generated table or from the generated rule text (:func:`.outcomes.rule_markdown`), so no
+measured or published number, and no threshold of the rule, is typed here.
 """
 
 from __future__ import annotations
@@ -27,17 +28,10 @@ ARITHMETIC_NOTE = (
 
 DISTANCE_NOTE = (
     "The abstract says the paper proposes two weight-distance metrics; their names and formulas are not "
-    "found. We compute L2, cosine dissimilarity, SSD and TSSD (PAPER.md §5) and judge C3 on L2 and TSSD, "
-    "which is our best reading, not a fact."
-)
-
-COMBINE_NOTE = (
-    "Each claim is judged task by task: an outcome holds only when the effect clears its margin by more "
-    "than the combined spread of the numbers compared (spread = sd over fine-tuning seeds, or the sd "
-    "implied by the bootstrap interval of a single run; combined = root sum of squares), or when a rank "
-    "correlation's bootstrap interval excludes zero in the claimed direction. A claim is reproduced when "
-    "every measured task holds, not reproduced when none does, mixed otherwise, and not run when nothing "
-    "was measured. Within-noise differences never count as reproduced, nor do missing metrics."
+    "found. We compute L2, L2 per parameter (L2 divided by the square root of the number of parameters "
+    "compared, so that variants with fewer merged parameters are comparable), cosine dissimilarity, SSD "
+    "and TSSD (PAPER.md §5; cosine, SSD and TSSD are per-coordinate already) and judge C3 on L2 per "
+    "parameter and TSSD, which is our best reading of the paper's two, not a fact."
 )
 
 REPORT_MD = """\
@@ -53,12 +47,8 @@ Missing metrics files (the experiments that need them are "not run"): {{ missing
 {% endif %}
 ## Verdicts at a glance
 
-| claim | | verdict (all tasks) | verdict (E0-valid tasks only) |
-|---|---|---|---|
-{% for v in verdicts %}| {{ v.claim }} | {{ v.title }} | **{{ v.verdict }}** | {{ v.verdict_valid }} |
-{% endfor %}
-{{ combine_note }}
-
+{{ verdict_table }}
+{{ rule }}
 ## E0: is the micro-world a valid stand-in?
 
 Per task, on its main metric (issue 11's bar, computed in `vlmerge_core/report/validity.py`):
@@ -66,10 +56,12 @@ Per task, on its main metric (issue 11's bar, computed in `vlmerge_core/report/v
 1. **chance**: the untrained model scores within {{ n["e0.bar.chance_points"] }} points (or
    {{ n["e0.bar.chance_sd"] }} of its own spreads, if larger) of the chance level;
 2. **pre-training**: the best pre-trained backbone, fine-tuned, beats the fine-tuned random init by more
-   than {{ n["e0.bar.pretrain_sd"] }} pooled standard deviations of the fine-tuning seeds;
+   than {{ n["e0.bar.pretrain_sd"] }} pooled standard deviations of their units (fine-tuning seeds of the
+   random init and the init, pre-training replicates of the MA runs);
 3. **ceiling**: the best fine-tuned model scores below {{ n["e0.bar.ceiling"] }} of the metric's 0-100 range;
-4. **converged**: the best pre-trained model's validation metric gained at most
-   {{ n["e0.bar.converge_points"] }} points per epoch over its last validation interval (`finetune.val_every` epochs).
+4. **converged**: the validation metric gained at most {{ n["e0.bar.converge_points"] }} points per epoch over
+   the last validation interval (`finetune.val_every` epochs), averaged over units, for the best pre-trained
+   model and for every claim row (recipe and naive merges, both MS models, both MA controls).
 
 Valid stand-ins: {{ n["e0.valid"] }}. Not valid: {{ n["e0.not_valid"] }}.
 
@@ -91,7 +83,9 @@ Zero-shot retrieval of each pre-trained model (`pretrain.csv`):
 
 *Criterion.* {{ v.criterion }}
 
-*Verdict on the tasks E0 marks valid:* {{ v.verdict_valid }}.
+*Verdict on the tasks E0 marks valid:* {{ v.verdict_valid }}.{% if v.rule %} *Rule applied:* {{ v.rule }}.{% endif %}
+{% for p, s in v.parts.items() %}
+- Part {{ p }}: {{ s.verdict }} (E0-valid tasks: {{ s.verdict_valid }}).{% endfor %}
 {% for note in v.notes %}
 - {{ note }}{% endfor %}
 
@@ -149,17 +143,14 @@ rows, {{ n["study.models"] }} models, {{ n["study.tasks"] }} tasks. Numbers come
 comparable with the paper, not magnitudes.</p>
 {% if missing %}<p>Missing metrics files ("not run"): {{ missing | join(", ") }}.</p>{% endif %}
 <h2>Verdicts at a glance</h2>
-<table><tr><th>claim</th><th></th><th>verdict (all tasks)</th><th>verdict (E0-valid tasks)</th></tr>
-{% for v in verdicts %}<tr><td>{{ v.claim }}</td><td>{{ v.title }}</td><td class="verdict">{{ v.verdict }}</td>
-<td>{{ v.verdict_valid }}</td></tr>
-{% endfor %}</table>
-<p>{{ combine_note }}</p>
+{{ verdict_table_html | safe }}
+{{ rule_html | safe }}
 <h2>E0: is the micro-world a valid stand-in?</h2>
 <ol>
 <li>chance: untrained within {{ n["e0.bar.chance_points"] }} points (or {{ n["e0.bar.chance_sd"] }} spreads) of chance;</li>
-<li>pre-training: best pre-trained above random init by more than {{ n["e0.bar.pretrain_sd"] }} pooled seed sds;</li>
+<li>pre-training: best pre-trained above random init by more than {{ n["e0.bar.pretrain_sd"] }} pooled sds of their units;</li>
 <li>ceiling: best model below {{ n["e0.bar.ceiling"] }} of the 0-100 range;</li>
-<li>converged: validation gain per epoch over the last validation interval at most {{ n["e0.bar.converge_points"] }} points.</li>
+<li>converged: validation gain per epoch over the last validation interval at most {{ n["e0.bar.converge_points"] }} points, for the best pre-trained model and every claim row.</li>
 </ol>
 <p>Valid stand-ins: {{ n["e0.valid"] }}. Not valid: {{ n["e0.not_valid"] }}.</p>
 {{ html.e0_validity | safe }}
@@ -170,7 +161,8 @@ comparable with the paper, not magnitudes.</p>
 {% for v in verdicts %}
 <h3>{{ v.claim }}: {{ v.title }}: <span class="verdict">{{ v.verdict }}</span></h3>
 <p><em>Criterion.</em> {{ v.criterion }}</p>
-<p><em>Verdict on the tasks E0 marks valid:</em> {{ v.verdict_valid }}.</p>
+<p><em>Verdict on the tasks E0 marks valid:</em> {{ v.verdict_valid }}.{% if v.rule %} <em>Rule applied:</em> {{ v.rule }}.{% endif %}</p>
+<ul>{% for p, s in v.parts.items() %}<li>Part {{ p }}: {{ s.verdict }} (E0-valid tasks: {{ s.verdict_valid }}).</li>{% endfor %}</ul>
 <ul>{% for note in v.notes %}<li>{{ note }}</li>{% endfor %}</ul>
 {{ v.table_html | safe }}
 {% endfor %}

@@ -1,20 +1,21 @@
 """E0: is each micro-world task a valid stand-in? The bar of issue 11, computed per task.
 
-A task is a valid stand-in when all four checks pass on its main metric:
+The pre-trained backbones of E0 are the init (fine-tuning seeds are its units) and the MA runs of
+``ma{K}_r{r}`` (one configuration per K, pre-training replicates are its units). A task is a valid
+stand-in when all four checks pass on its main metric (test split):
 
 1. **chance**: the untrained model (random init, no fine-tuning) scores no more than
    ``max(chance_points, chance_sd x spread)`` above the task's chance level. Chance is the
    majority-class predictor (``collect.chance_rows``), the best a model without information can do,
-   so the check is one-sided: an untrained model with a random head may score below it (ADE20k's
-   random head: mIoU 10.9 against the majority class's 15.3), but a score above it would mean the
-   evaluation leaks the answer;
-2. **pre-training matters**: the best pre-trained backbone (init, seed or MA baseline), fine-tuned,
-   beats the fine-tuned random init by more than ``pretrain_sd`` pooled standard deviations of the
-   fine-tuning seeds (needs >= 2 seeds of each);
+   so the check is one-sided: an untrained model with a random head may score below it, but a score
+   above it would mean the evaluation leaks the answer;
+2. **pre-training matters**: the best pre-trained backbone, fine-tuned, beats the fine-tuned random
+   init by more than ``pretrain_sd`` pooled standard deviations of their units (needs >= 2 units each);
 3. **no ceiling**: the best fine-tuned model scores below ``ceiling`` % of the metric's 0-100 range;
-4. **converged**: the best pre-trained model's val metric gained at most ``converge_points`` points
-   per epoch over its last validation interval (``val_last_gain``; the interval is
-   ``finetune.val_every`` epochs), averaged over fine-tuning seeds.
+4. **converged**: the validation metric gained at most ``converge_points`` points per epoch over the
+   last validation interval (``val_last_gain``, split val), averaged over units, for the best
+   pre-trained backbone **and** for every claim row (the recipe merge, the naive merge, both MS models,
+   both MA controls, :data:`~.design.ROLES`); the details name every row group that was still climbing.
 
 Each check is ``pass``, ``fail`` or ``not run``; the task is ``valid`` (all pass), ``invalid`` (any
 fails), ``incomplete`` (none fails, some not run) or ``not run`` (no E0 rows).
@@ -25,12 +26,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import pandas as pd
+
+from vlmerge_core.report.design import ROLE_NAMES, ROLES, role_rows
 from vlmerge_core.report.load import Study
 from vlmerge_core.report.schema import CONVERGENCE_METRIC, NOT_RUN, TASKS, order_key
-from vlmerge_core.report.select import get, label, main_metrics, models
-from vlmerge_core.report.stats import MISSING, Cell, aggregate, difference
+from vlmerge_core.report.select import configs, get, label, main_cells, main_metrics, unit_values, with_units
+from vlmerge_core.report.stats import MISSING, Cell, cell_of, difference
 
-PRETRAINED_KINDS = ("init", "seed", "ma_baseline")
+PRETRAINED_KINDS = ("init", "ma")
 FINETUNED_KINDS = ("random", *PRETRAINED_KINDS)
 CHECKS = ("chance", "pretraining", "ceiling", "converged")
 
@@ -41,7 +45,7 @@ class ValidityBar:
 
     chance_points: float = 2.0  # untrained within this many points of chance ...
     chance_sd: float = 3.0  # ... or within this many of its own spreads, whichever is larger
-    pretrain_sd: float = 3.0  # best pre-trained above random init by > this many pooled seed sds
+    pretrain_sd: float = 3.0  # best pre-trained above random init by > this many pooled sds of units
     ceiling: float = 95.0  # best model below this % of the metric range
     converge_points: float = 1.0  # val metric gained at most this per epoch over the last val interval
 
@@ -55,12 +59,14 @@ class TaskValidity:
     chance: float = math.nan
     untrained: Cell = MISSING
     random: Cell = MISSING
-    best_pretrained: str = ""  # label of the best pre-trained model
+    best_pretrained: str = ""  # label of the best pre-trained configuration
     best_pretrained_cell: Cell = MISSING
-    best: Cell = MISSING  # best fine-tuned model of any kind
+    best: Cell = MISSING  # best fine-tuned configuration of any E0 kind
     gap: Cell = MISSING  # best pre-trained - random init
     pooled_sd: float = math.nan
-    last_gain: Cell = MISSING
+    last_gain: Cell = MISSING  # val_last_gain of the best pre-trained backbone
+    last_gains: dict[str, Cell] = field(default_factory=dict)  # every row group of the converged check
+    not_converged: list[str] = field(default_factory=list)  # the row groups above the bar
     checks: dict[str, str] = field(default_factory=lambda: dict.fromkeys(CHECKS, NOT_RUN))
     details: dict[str, str] = field(default_factory=dict)
 
@@ -74,29 +80,53 @@ class TaskValidity:
         return "valid" if all(v == "pass" for v in values) else "incomplete"
 
 
-def _best(cells: dict, ids: list[str], task: str) -> tuple[str, Cell]:
-    scored = [(get(cells, m, task), m) for m in ids if get(cells, m, task).measured]
+def _best(cells: dict, mods: pd.DataFrame, kinds: tuple[str, ...], task: str) -> tuple[str, Cell]:
+    ids = list(mods.loc[mods["kind"].isin(kinds), "config"])
+    scored = [(get(cells, c, task), c) for c in ids if get(cells, c, task).measured]
     if not scored:
         return "", MISSING
-    cell, mid = max(scored, key=lambda x: (x[0].mean, x[1]))
-    return mid, cell
+    cell, cid = max(scored, key=lambda x: (x[0].mean, x[1]))
+    return cid, cell
+
+
+def _gain(rows: pd.DataFrame, task: str) -> Cell:
+    return cell_of(unit_values(rows, task, CONVERGENCE_METRIC, split="val"))
+
+
+def _converged(out: TaskValidity, study: Study, e0: pd.DataFrame, best_cfg: str, bar: ValidityBar) -> None:
+    task = out.task
+    if best_cfg:
+        out.last_gain = _gain(e0[e0["config"] == best_cfg], task)
+        if out.last_gain.measured:
+            out.last_gains[f"best pre-trained ({out.best_pretrained})"] = out.last_gain
+    if not out.last_gain.measured:
+        return
+    if study.design is not None:
+        for role in ROLES:
+            cell = _gain(role_rows(study.results, study.design, role), task)
+            if cell.measured:
+                out.last_gains[ROLE_NAMES[role]] = cell
+    out.not_converged = [name for name, c in out.last_gains.items() if c.mean > bar.converge_points]
+    out.checks["converged"] = "fail" if out.not_converged else "pass"
+    gains = "; ".join(f"{name} {c.mean:.2f}" for name, c in out.last_gains.items())
+    verdict = f"above the bar: {', '.join(out.not_converged)}" if out.not_converged else "all at or below"
+    out.details["converged"] = f"last val gain per epoch: {gains} (bar {bar.converge_points:g}; {verdict})"
 
 
 def _task_validity(task: str, metric: str, study: Study, bar: ValidityBar) -> TaskValidity:
-    rows = study.experiment("E0")
+    rows = with_units(study.experiment("E0"))
     out = TaskValidity(task, metric)
     task_rows = rows[rows["task"] == task]
     if len(task_rows) == 0:
         return out
-    mods = models(task_rows)
-    cells = {(m, t): c for (m, t, _), c in aggregate(task_rows[task_rows["metric"] == metric]).items()}
-    of_kind = lambda *kinds: list(mods.loc[mods["kind"].isin(kinds), "model_id"])  # noqa: E731
-    _, out.untrained = _best(cells, of_kind("untrained"), task)
-    _, out.random = _best(cells, of_kind("random"), task)
-    best_pt, out.best_pretrained_cell = _best(cells, of_kind(*PRETRAINED_KINDS), task)
-    _, out.best = _best(cells, of_kind(*FINETUNED_KINDS), task)
-    if best_pt:
-        out.best_pretrained = label(mods.set_index("model_id").loc[best_pt].to_dict() | {"model_id": best_pt})
+    mods = configs(task_rows)
+    cells = main_cells(task_rows)
+    _, out.untrained = _best(cells, mods, ("untrained",), task)
+    _, out.random = _best(cells, mods, ("random",), task)
+    best_cfg, out.best_pretrained_cell = _best(cells, mods, PRETRAINED_KINDS, task)
+    _, out.best = _best(cells, mods, FINETUNED_KINDS, task)
+    if best_cfg:
+        out.best_pretrained = label(mods.set_index("config").loc[best_cfg].to_dict())
     if study.has("chance"):
         ch = study.chance[(study.chance["task"] == task) & (study.chance["metric"] == metric)]
         out.chance = float(ch["value"].iloc[0]) if len(ch) else math.nan
@@ -118,21 +148,13 @@ def _task_validity(task: str, metric: str, study: Study, bar: ValidityBar) -> Ta
             out.checks["pretraining"] = "pass" if out.gap.mean > need else "fail"
             out.details["pretraining"] = f"gap {out.gap.mean:.1f} vs {bar.pretrain_sd:g} sd = {need:.1f}"
         else:
-            out.details["pretraining"] = "needs >= 2 fine-tuning seeds of both models"
+            out.details["pretraining"] = "needs >= 2 units of both models"
     # 3. ceiling
     if out.best.measured:
         out.checks["ceiling"] = "pass" if out.best.mean < bar.ceiling else "fail"
         out.details["ceiling"] = f"best {out.best.mean:.1f} vs {bar.ceiling:g}"
     # 4. converged
-    if best_pt:
-        conv = task_rows[(task_rows["model_id"] == best_pt) & (task_rows["metric"] == CONVERGENCE_METRIC)]
-        if len(conv):
-            out.last_gain = next(iter(aggregate(conv).values()))
-            ok = out.last_gain.mean <= bar.converge_points
-            out.checks["converged"] = "pass" if ok else "fail"
-            out.details["converged"] = (
-                f"last val gain {out.last_gain.mean:.2f} per epoch vs {bar.converge_points:g}"
-            )
+    _converged(out, study, task_rows, best_cfg, bar)
     return out
 
 
@@ -143,6 +165,11 @@ def e0_validity(study: Study, bar: ValidityBar | None = None) -> dict[str, TaskV
         return {}
     mains = main_metrics(study.results)
     return {t: _task_validity(t, mains[t], study, bar) for t in order_key(list(mains), TASKS)}
+
+
+def valid_tasks(validity: dict[str, TaskValidity]) -> list[str]:
+    """The tasks E0 marks valid stand-ins."""
+    return [t for t, v in validity.items() if v.status == "valid"]
 
 
 def invalid_tasks(validity: dict[str, TaskValidity], tasks) -> list[str]:

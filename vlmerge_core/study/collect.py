@@ -21,12 +21,16 @@ from vlmerge_core.io import atomic_path, read_json
 
 log = logging.getLogger(__name__)
 
+# identity of a pre-trained unit in every table: its replicate (pt_seed: the RNG seed of the seed run
+# behind it), its steps (MA runs: K; MS runs: K_VL), the MS run's own RNG seed and LR multiplier
+UNIT = ["pt_seed", "pt_steps", "ms_seed", "lr_mult"]
 COLUMNS = {
     "results": [
         "model_id",
         "kind",
         "seed_steps",
         "variant",
+        *UNIT,
         "method",
         "knob",
         "knob_value",
@@ -34,6 +38,7 @@ COLUMNS = {
         "task",
         "metric",
         "is_main",
+        "split",
         "ft_seed",
         "value",
         "ci_low",
@@ -41,9 +46,11 @@ COLUMNS = {
         "experiments",
     ],
     "chance": ["task", "metric", "value"],
-    "distances": ["model_id", "seed_steps", "variant", "metric", "scope", "value"],
-    "pretrain": ["model_id", "kind", "seed_steps", "variant", "steps", "metric", "value"],
+    "distances": ["model_id", "seed_steps", "variant", *UNIT, "metric", "scope", "value"],
+    "pretrain": ["model_id", "kind", "seed_steps", "variant", *UNIT, "steps", "metric", "value"],
+    "timing": ["stage", "unit", "task", "seconds"],
 }
+INT_COLUMNS = ("seed_steps", "pt_seed", "pt_steps", "ms_seed")
 MAIN_METRIC = {
     "vqa": "vqa_score",
     "coco": "r_mean",
@@ -77,6 +84,7 @@ def finetune_rows(doc: dict[str, Any], src: str) -> list[dict[str, Any]]:
         "kind": info["kind"],
         "seed_steps": info.get("seed_steps"),
         "variant": info.get("variant", ""),
+        **_unit(info),
         "method": info.get("method", ""),
         "knob": info.get("knob", ""),
         "knob_value": info.get("knob_value"),
@@ -91,36 +99,26 @@ def finetune_rows(doc: dict[str, Any], src: str) -> list[dict[str, Any]]:
             raise CollectError(f"{src}: a record of {info['model_id']} has no {exc}") from None
         main = rec.get("main_metric") or MAIN_METRIC.get(task, "")
         ci = rec.get("ci") or {}
-        for name, value in metrics.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
-            lo, hi = (ci.get(name) or (None, None))[:2]
-            rows.append(
-                {
-                    **base,
-                    "task": task,
-                    "metric": name,
-                    "is_main": name == main,
-                    "ft_seed": seed,
-                    "value": _num(value),
-                    "ci_low": _num(lo),
-                    "ci_high": _num(hi),
-                }
-            )
+        for split, values in (("test", metrics), ("val", rec.get("val") or {})):
+            for name, value in values.items():
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    continue
+                lo, hi = (ci.get(name) or (None, None))[:2] if split == "test" else (None, None)
+                rows.append(
+                    {**base, "task": task, "metric": name, "is_main": name == main, "split": split,
+                     "ft_seed": seed, "value": _num(value), "ci_low": _num(lo), "ci_high": _num(hi)}
+                )  # fmt: skip
         if rec.get("val_last_gain") is not None:
             rows.append(
-                {
-                    **base,
-                    "task": task,
-                    "metric": "val_last_gain",
-                    "is_main": False,
-                    "ft_seed": seed,
-                    "value": _num(rec["val_last_gain"]),
-                    "ci_low": math.nan,
-                    "ci_high": math.nan,
-                }
-            )
+                {**base, "task": task, "metric": "val_last_gain", "is_main": False, "split": "val",
+                 "ft_seed": seed, "value": _num(rec["val_last_gain"]), "ci_low": math.nan, "ci_high": math.nan}
+            )  # fmt: skip
     return rows
+
+
+def _unit(info: dict[str, Any]) -> dict[str, Any]:
+    """The pre-trained unit's identity columns (:data:`UNIT`) of a metrics file's ``model`` block."""
+    return {k: info.get(k) for k in UNIT}
 
 
 def chance_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
@@ -148,6 +146,7 @@ def distance_rows(doc: dict[str, Any], src: str) -> list[dict[str, Any]]:
         "model_id": info["model_id"],
         "seed_steps": info.get("seed_steps"),
         "variant": info.get("variant", ""),
+        **_unit(info),
     }
     rows = [
         {**base, "metric": k, "scope": "total", "value": float(v)}
@@ -193,6 +192,7 @@ def pretrain_rows(doc: Any, src: str) -> list[dict[str, Any]]:
             "kind": info.get("kind", ""),
             "seed_steps": info.get("seed_steps"),
             "variant": info.get("variant", ""),
+            **_unit(info),
             "steps": doc.get("steps"),
         }
         return _retrieval_rows(base, doc.get("retrieval") or {}, doc.get("loss_end"))
@@ -220,11 +220,36 @@ def pretrain_rows(doc: Any, src: str) -> list[dict[str, Any]]:
     return []
 
 
+def timing_rows(metrics_dir: Path) -> list[dict[str, Any]]:
+    """Seconds of every unit of work the metrics record: each pre-training run (``wall_time_s``), each
+    MS run's merges (the sum of its records), each fine-tune (``seconds``), by stage."""
+    rows: list[dict[str, Any]] = []
+    for stage, folder in (("init", metrics_dir / "pretrain"), ("pretrain_ma", metrics_dir / "pretrain" / "ma"),
+                          ("pretrain_ms", metrics_dir / "pretrain" / "ms")):  # fmt: skip
+        for src, doc in _read_all(folder):
+            if isinstance(doc, dict) and doc.get("wall_time_s") is not None:
+                if stage == "init" and doc.get("stage") != "init":
+                    continue
+                unit = (doc.get("study") or {}).get("model_id") or Path(src).stem
+                rows.append({"stage": stage, "unit": unit, "task": "", "seconds": float(doc["wall_time_s"])})
+    for src, doc in _read_all(metrics_dir / "merge"):
+        recs = doc.get("records", []) if isinstance(doc, dict) else []
+        rows.append({"stage": "merge", "unit": Path(src).stem, "task": "",
+                     "seconds": float(sum(r.get("seconds", 0.0) for r in recs))})  # fmt: skip
+    for src, doc in _read_all(metrics_dir / "finetune"):
+        for job in doc if isinstance(doc, list) else [doc]:
+            for rec in job.get("records", []):
+                rows.append({"stage": Path(src).stem, "unit": job["model"]["model_id"], "task": rec["task"],
+                             "seconds": float(rec.get("seconds", 0.0))})  # fmt: skip
+    return rows
+
+
 def _frame(rows: Iterable[dict[str, Any]], table: str) -> pd.DataFrame:
     cols = COLUMNS[table]
     df = pd.DataFrame(list(rows), columns=cols)
-    if "seed_steps" in df:
-        df["seed_steps"] = pd.array(df["seed_steps"], dtype="Int64")
+    for col in INT_COLUMNS:
+        if col in df:
+            df[col] = pd.array(pd.to_numeric(df[col]), dtype="Int64")
     keys = [
         c for c in cols if c not in ("value", "ci_low", "ci_high", "is_main", "knob_value", "experiments")
     ]
@@ -253,8 +278,13 @@ def collect(metrics_dir: str | Path, out_dir: str | Path) -> dict[str, pd.DataFr
     for src, doc in _read_all(metrics_dir / "distance"):
         distances += distance_rows(doc, src)
     pretrain: list[dict[str, Any]] = []
-    for src, doc in _read_all(metrics_dir / "pretrain"):
-        pretrain += pretrain_rows(doc, src)
+    for folder in (
+        metrics_dir / "pretrain",
+        metrics_dir / "pretrain" / "ma",
+        metrics_dir / "pretrain" / "ms",
+    ):
+        for src, doc in _read_all(folder):
+            pretrain += pretrain_rows(doc, src)
     stats = metrics_dir / "data" / "stats.json"
     if not stats.exists():
         raise CollectError(f"{stats}: the data stage's statistics are missing (run `dvc repro data`)")
@@ -263,6 +293,7 @@ def collect(metrics_dir: str | Path, out_dir: str | Path) -> dict[str, pd.DataFr
         "chance": _frame(chance_rows(read_json(stats)), "chance"),
         "distances": _frame(distances, "distances"),
         "pretrain": _frame(pretrain, "pretrain"),
+        "timing": _frame(timing_rows(metrics_dir), "timing"),
     }
     for name, df in frames.items():
         _write_csv(df, out_dir / f"{name}.csv")
@@ -278,6 +309,7 @@ def sweeps(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
     e2 = results[
         (results["kind"] == "merged")
         & results["is_main"]
+        & (results["split"] == "test")
         & results["experiments"].fillna("").str.contains("E2")
         & (results["option"].fillna("") == "")
     ]
@@ -290,3 +322,22 @@ def sweeps(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
         )
         out[method] = curve.round(DIGITS)
     return out
+
+
+def merges_table(out: dict[str, dict]) -> pd.DataFrame:
+    """One row per MS run of the merge stage: its merges and its total L2, L2 per parameter and TSSD."""
+    rows = {}
+    for ms_id, res in out.items():
+        total = res["distance"].get("total") or {}
+        rows[ms_id] = {"merges": len(res["merges"]["records"]),
+                       **{k: total.get(k) for k in ("l2", "l2_rms", "cosine", "ssd", "tssd")}}  # fmt: skip
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("ms run").round(4)
+
+
+def main_table(docs: list[dict]) -> pd.DataFrame:
+    """The test main metric of every fine-tuned model (rows) and task (columns), mean over seeds."""
+    rows = pd.DataFrame([r for d in docs for r in finetune_rows(d, "docs")])
+    if rows.empty:
+        return rows
+    main = rows[rows["is_main"] & (rows["split"] == "test")]
+    return main.pivot_table(index="model_id", columns="task", values="value", aggfunc="mean").round(1)

@@ -1,10 +1,10 @@
 """Smoke inputs for the study notebooks: the upstream artefacts a stage needs, built at smoke scale.
 
 The study notebooks' parameters default to a smoke run in a scratch folder (``pytest --nbmake``):
-with ``demo=True`` a stage first builds, under its ``runs_dir``, whatever upstream checkpoint or record
-it needs and does not find (world, init, seed, MA baseline, MS models, merges), each by its own stage
-function on the smoke profile, so a notebook runs alone in seconds. DVC stages pass ``demo=False``:
-there a missing input is an error that names the file.
+with ``demo_inputs=True`` a stage first builds, under its ``runs_dir``, whatever upstream artefact it
+needs and does not find (init, MA runs, MS runs, merge records), each by its own stage function on the
+same parameters, so a notebook runs alone in seconds. DVC stages pass ``demo_inputs=False``: there a
+missing input is an error that names the file.
 """
 
 from __future__ import annotations
@@ -16,43 +16,46 @@ from vlmerge_core.study import plan
 
 log = logging.getLogger(__name__)
 
+# the stages in pipeline order, and what each needs before it
+ORDER = ("init", "pretrain_ma", "testbed", "pretrain_ms", "merge", "evaluate")
+NEEDS = {
+    "pretrain_ma": ("init",),
+    "testbed": ("init", "pretrain_ma"),
+    "pretrain_ms": ("init", "pretrain_ma"),
+    "merge": ("init", "pretrain_ma", "pretrain_ms"),
+    "evaluate": ("init", "pretrain_ma", "pretrain_ms", "merge"),
+}
 
-def merge_records_path(model_id: str, runs_dir: str) -> str:
-    """Where a demo keeps the merge records of an MS model (the pipeline uses ``metrics/merge/``)."""
-    return f"{runs_dir}/records/merge_{model_id}.json"
+
+def records_dir(runs_dir: str) -> str:
+    """Where a demo keeps the merge records (the pipeline uses ``metrics/merge/``)."""
+    return f"{runs_dir}/records/merge"
 
 
-def prepare(
-    params_file: str,
-    profile: str,
-    runs_dir: str,
-    *,
-    seeds: bool = True,
-    ma: bool = False,
-    ms: tuple[str, ...] = (),
-    merges: tuple[str, ...] = (),
-) -> None:
-    """Build the missing upstream artefacts under ``runs_dir``: init and seed checkpoints (``seeds``),
-    the MA baseline (``ma``), the MS models ``ms`` and the merges of the MS models ``merges``."""
+def prepare(params_file: str, profile: str, runs_dir: str, *, upto: str) -> None:
+    """Build the missing upstream artefacts of stage ``upto`` (one of :data:`ORDER`) under ``runs_dir``."""
+    from vlmerge_core.config import load_params
     from vlmerge_core.pretrain.stage import run_pretrain_stage
     from vlmerge_core.study.stage import run_merge_grid_stage, run_study_pretrain_stage
 
+    if upto not in NEEDS:
+        raise KeyError(f"demo: unknown stage {upto!r}; expected one of {list(NEEDS)}")
+    params = load_params(params_file) if params_file else load_params(profile=profile)
     common = {"params_file": params_file, "profile": profile}
-    if seeds or ma or ms or merges:
-        if not resolve(plan.init_ckpt(runs_dir)).exists():
-            log.info("demo: init -> %s", plan.init_ckpt(runs_dir))
-            run_pretrain_stage("init", out_dir=f"{runs_dir}/init", resume=False, **common)
-        if not resolve(f"{runs_dir}/seed/last.safetensors").exists():
-            log.info("demo: seed -> %s/seed", runs_dir)
-            run_pretrain_stage(
-                "seed", init=plan.init_ckpt(runs_dir), out_dir=f"{runs_dir}/seed", resume=False, **common
-            )
-    if ma and not resolve(plan.ma_ckpt(runs_dir)).exists():
-        run_study_pretrain_stage(run="ma_baseline", runs_dir=runs_dir, **common)
-    for model_id in dict.fromkeys(ms + merges):
-        if not resolve(plan.ms_ckpt(model_id, runs_dir)).exists():
-            run_study_pretrain_stage(run=model_id, runs_dir=runs_dir, **common)
-    for model_id in merges:
-        out = merge_records_path(model_id, runs_dir)
-        if not resolve(out).exists():
-            run_merge_grid_stage(model_id=model_id, runs_dir=runs_dir, metrics_out=out, **common)
+    needs = NEEDS[upto]
+    if "init" in needs and not resolve(plan.init_ckpt(runs_dir)).exists():
+        log.info("demo: init -> %s", plan.init_ckpt(runs_dir))
+        run_pretrain_stage("init", out_dir=f"{runs_dir}/init", resume=False, **common)
+    if "pretrain_ma" in needs and any(
+        not resolve(r.ckpt(runs_dir)).exists() for r in plan.ma_runs(params).values()
+    ):
+        run_study_pretrain_stage(group="ma", runs_dir=runs_dir, **common)
+    if "pretrain_ms" in needs and any(
+        not resolve(r.ckpt(runs_dir)).exists() for r in plan.ms_runs(params).values()
+    ):
+        run_study_pretrain_stage(group="ms", runs_dir=runs_dir, **common)
+    out = records_dir(runs_dir)
+    if "merge" in needs and any(not resolve(f"{out}/{i}.json").exists() for i in plan.ms_runs(params)):
+        run_merge_grid_stage(
+            runs_dir=runs_dir, merge_dir=out, distance_dir=f"{runs_dir}/records/distance", **common
+        )

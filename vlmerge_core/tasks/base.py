@@ -72,6 +72,18 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_len: int) -> tuple[torch.
     return encode_text(tokenizer, list(texts), max_len)
 
 
+def image_batch(
+    images: np.ndarray, cfg: FinetuneConfig, generator: torch.Generator | None, photometric_only: bool = False
+) -> torch.Tensor:
+    """uint8 images ``[B, H, W, 3]`` -> normalised float ``[B, 3, H, W]``; with a ``generator`` (training)
+    first the train transform ``cfg.augment`` (:func:`~vlmerge_core.data.augment.augment_images`)."""
+    if generator is not None:
+        from vlmerge_core.data.augment import augment_images
+
+        images = augment_images(np.ascontiguousarray(images), cfg.augment, generator, photometric_only)
+    return images_to_tensor(images)
+
+
 def text_batch(ids: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows ``idx`` of pre-tokenised texts, padding columns beyond the batch's longest text dropped
     (masked keys change nothing but cost time)."""
@@ -136,12 +148,15 @@ class ClassifierTask(BaseTask):
     def n_train(self) -> int:
         return len(self.splits["train"]["labels"])
 
-    def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
+    def _logits(
+        self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Logits of rows ``idx``; ``generator`` (training only) draws the image augmentation."""
         raise NotImplementedError
 
     def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         s = self.splits["train"]
-        return F.cross_entropy(self._logits(model, s, idx), s["labels"][idx])
+        return F.cross_entropy(self._logits(model, s, idx, generator), s["labels"][idx])
 
     def outcomes(self, model: nn.Module, split: str) -> Outcomes:
         s = self.splits[split]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
-from vlmerge_core.tasks.base import ClassifierTask, images_to_tensor, subsample, subsample_size
+from vlmerge_core.tasks.base import ClassifierTask, image_batch, subsample, subsample_size
 from vlmerge_core.tasks.heads import LinearClassifier
 from vlmerge_core.tasks.real import read_image_folders
 
@@ -50,8 +50,10 @@ class ClassificationTask(ClassifierTask):
             }
         self.head = LinearClassifier(self.dim, len(self.classes))
 
-    def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
-        images = images_to_tensor(s["images"][s["image"][idx.numpy()]])
+    def _logits(
+        self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        images = image_batch(s["images"][s["image"][idx.numpy()]], self.cfg, generator)
         return self.head(model.forward_image(images)["tokens"].mean(1))  # (B, 1+N, D) -> (B, D)
 
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:

@@ -2,9 +2,12 @@
 
 The recipe of the official vl-merging code (``vilt_utils.set_schedule``), scaled by
 :class:`~vlmerge_core.config.FinetuneConfig`: AdamW (betas from the config, eps 1e-8), weight decay
-on every parameter but biases and norms, task heads at ``lr * head_lr_mult`` (``lr_mult`` of the
-official code, x10 for VQA), optional layer-wise LR decay (BEiT, Bao et al. 2022: block ``i`` of ``L``
-gets ``lr * decay^(L - i)``, embeddings ``decay^(L + 1)``), linear warm-up over ``warmup_frac`` of the
+but on the official no-decay list (:func:`~vlmerge_core.pretrain.optim.no_decay`), task heads at
+``lr * head_lr_mult`` (``lr_mult`` of the official code, x10 for VQA), optional layer-wise LR decay
+(BEiT, Bao et al. 2022: block ``i`` of ``L`` gets ``lr * decay^(L - i)``, embeddings
+``decay^(L + 1)``), drop-path and text dropout (``drop_path``, ``text_dropout``), the train image
+transform ``augment``, or a linear probe (``freeze_backbone``: the head alone is trained, the backbone
+stays in eval mode), linear warm-up over ``warmup_frac`` of the
 steps then linear decay to 0 (``get_polynomial_decay_schedule_with_warmup`` with power 1). The
 model is evaluated on ``val`` before training (epoch 0, for the curve), after every ``val_every``-th
 epoch and after the last one (the official code validates every epoch: ``val_every`` 1); the
@@ -29,7 +32,7 @@ from torch import nn
 
 from vlmerge_core.config import FinetuneConfig, ParamsError, section_from_dict
 from vlmerge_core.pretrain.distributed import repeatable
-from vlmerge_core.pretrain.optim import adamw
+from vlmerge_core.pretrain.optim import adamw, no_decay
 from vlmerge_core.tasks.metrics import Outcomes
 
 log = logging.getLogger(__name__)
@@ -85,10 +88,6 @@ def _layer_id(name: str, depth: int) -> int:
     return int(m.group(1)) + 1 if m else depth + 1
 
 
-def _no_decay(name: str, p: torch.Tensor) -> bool:
-    return p.ndim < 2  # biases, norm weights, scalars (logit scales, layer scales)
-
-
 def param_groups(model: nn.Module, head: nn.Module, cfg: FinetuneConfig) -> list[dict[str, Any]]:
     """AdamW parameter groups: (layer, decay / no decay) for the backbone, then the head at ``head_lr_mult``."""
     depth = len(getattr(model, "blocks", []))
@@ -96,9 +95,9 @@ def param_groups(model: nn.Module, head: nn.Module, cfg: FinetuneConfig) -> list
     named = [("model", n, p) for n, p in model.named_parameters()]
     named += [("head", n, p) for n, p in head.named_parameters()]
     for owner, name, p in named:
-        if not p.requires_grad:
+        if not p.requires_grad or (owner == "model" and cfg.freeze_backbone):
             continue
-        nd = _no_decay(name, p)
+        nd = no_decay(name)
         if owner == "head":
             key, scale = ("head", nd), cfg.head_lr_mult
         else:
@@ -170,6 +169,8 @@ def run_finetune(model: nn.Module, task: FinetuneTask, cfg: FinetuneConfig) -> d
         interval (NaN for 0 epochs).
     """
     t0 = time.perf_counter()
+    if cfg.freeze_backbone:
+        model.requires_grad_(False)  # a linear probe: no backbone gradients at all
     n = task.n_train
     steps_per_epoch = math.ceil(n / cfg.batch_size) if n else 0
     total = steps_per_epoch * cfg.epochs
@@ -189,7 +190,7 @@ def run_finetune(model: nn.Module, task: FinetuneTask, cfg: FinetuneConfig) -> d
     best_state, best_epoch = (_snapshot(model, task.head), 0) if best_val is not None else (None, 0)
     step = 0
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
+        model.train(not cfg.freeze_backbone)  # a linear probe keeps the backbone in eval mode
         task.head.train()
         perm = torch.randperm(n, generator=gen)
         for b in range(steps_per_epoch):

@@ -10,7 +10,6 @@ UperNet): a light transposed-convolution decoder on the patch grid, upsampled bi
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlmerge_core.tasks.base import init_head_weights
@@ -45,33 +44,30 @@ class LinearClassifier(nn.Module):
 
 
 class SegDecoder(nn.Module):
-    """Patch tokens on their grid -> per-pixel class logits.
+    """Patch tokens -> per-pixel class logits: the linear decoder of SETR-naive / BEiT's linear probe.
 
-    ``[B, N, D]`` -> ``(B, D, g, g)`` -> two stages of (ConvTranspose 2x, GroupNorm, GELU), halving the
-    channels each time -> 1x1 conv to C classes at ``4g x 4g`` -> bilinear upsampling to ``image_size``.
+    Each patch token predicts the classes of its own ``p x p`` pixels with one linear layer
+    (``[B, N, D]`` -> ``[B, N, p * p * C]``), rearranged onto the image (pixel shuffle). Every pixel's
+    class must then be read off the backbone's patch feature: the official code has no segmentation
+    recipe (BEiT fine-tunes UperNet), and a decoder with spatial capacity of its own would learn the
+    micro-world's shapes without the backbone.
     """
 
     def __init__(self, dim: int, num_classes: int, grid: int, image_size: int) -> None:
         super().__init__()
-        self.grid, self.image_size = grid, image_size
-        h1, h2 = max(dim // 2, 8), max(dim // 4, 8)
-        self.up = nn.Sequential(
-            nn.ConvTranspose2d(dim, h1, kernel_size=2, stride=2),
-            nn.GroupNorm(1, h1),
-            nn.GELU(),
-            nn.ConvTranspose2d(h1, h2, kernel_size=2, stride=2),
-            nn.GroupNorm(1, h2),
-            nn.GELU(),
-        )
-        self.cls = nn.Conv2d(h2, num_classes, kernel_size=1)
+        self.grid, self.image_size, self.num_classes = grid, image_size, num_classes
+        self.patch = image_size // grid
+        self.norm = nn.LayerNorm(dim)
+        self.cls = nn.Linear(dim, self.patch * self.patch * num_classes)
         self.apply(init_head_weights)
 
     def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
         """[B, N, D] (no [CLS]) -> logits [B, C, S, S]."""
         B, N, D = patch_tokens.shape
-        x = patch_tokens.transpose(1, 2).reshape(B, D, self.grid, self.grid)  # (B, D, g, g)
-        x = self.cls(self.up(x))  # (B, C, 4g, 4g)
-        return F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        g, p, C = self.grid, self.patch, self.num_classes
+        x = self.cls(self.norm(patch_tokens))  # (B, N, p*p*C)
+        x = x.reshape(B, g, g, p, p, C).permute(0, 5, 1, 3, 2, 4)  # (B, C, g, p, g, p)
+        return x.reshape(B, C, g * p, g * p)  # (B, C, S, S)
 
 
 class ProjectionPair(nn.Module):

@@ -4,9 +4,9 @@ Model path, as ``compute_nlvr2`` of the official code: the statement is run thro
 twice, once with the left and once with the right image (``forward_fused``; both passes share one
 batch of size 2B here), the two pooled features are concatenated and classified by
 :class:`MLPClassifier` (2D -> 2D -> LN -> GELU -> 2); cross-entropy on true/false. Metric: accuracy,
-reported on ``val`` (NLVR2 dev) and ``test`` (NLVR2 test-P). Deviation: the official code marks the
-second image with its own token type (``image_token_type_idx = 2``); our backbone has one image token
-type, so the two images are told apart only by their slot in the concatenation.
+reported on ``val`` (NLVR2 dev) and ``test`` (NLVR2 test-P). As the official code, the second image
+gets its own token type (``image_token_type_idx = 2``): the backbone's token-type table grows a third
+row, initialised from the image row (:meth:`~vlmerge_core.model.multiway.MultiwayTransformer.add_token_type`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import nn
 from vlmerge_core.config import FinetuneConfig
 from vlmerge_core.tasks.base import (
     ClassifierTask,
-    images_to_tensor,
+    image_batch,
     subsample,
     subsample_size,
     text_batch,
@@ -60,14 +60,18 @@ class NLVR2Task(ClassifierTask):
                 "statements": [p["statement"] for p in pairs],
             }
         self.head = MLPClassifier(2 * self.dim, 2 * self.dim, 2)
+        self.second_type = model.add_token_type() if model.token_type_embed.num_embeddings < 3 else 2
 
-    def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
+    def _logits(
+        self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         i = idx.numpy()
-        B = len(i)
-        images = images_to_tensor(np.concatenate([s["images"][s["left"][i]], s["images"][s["right"][i]]]))
         ids, mask = text_batch(s["ids"], s["mask"], idx)
-        pooled = model.forward_fused(images, ids.repeat(2, 1), mask.repeat(2, 1))["cls"]  # (2B, D)
-        return self.head(torch.cat([pooled[:B], pooled[B:]], dim=-1))  # (B, 2D) -> (B, 2)
+        left = model.forward_fused(image_batch(s["images"][s["left"][i]], self.cfg, generator), ids, mask)
+        right = model.forward_fused(
+            image_batch(s["images"][s["right"][i]], self.cfg, generator), ids, mask, self.second_type
+        )
+        return self.head(torch.cat([left["cls"], right["cls"]], dim=-1))  # (B, 2D) -> (B, 2)
 
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
         s, idx, pred = self._first_predictions(model, split, n)

@@ -194,6 +194,7 @@ def run_task(
     if epochs is not None:
         tcfg = dataclasses.replace(tcfg, epochs=epochs)
     model = load_backbone(backbone, model_cfg)
+    model.set_dropout(tcfg.drop_path, tcfg.text_dropout)  # fine-tuning regularisation (official drop_rate)
     torch.manual_seed(tcfg.rng_seed)  # head init and drop-path draws
     obj = build_task(task, model, tcfg, world)
     res = run_finetune(model, obj, tcfg)

@@ -4,8 +4,9 @@ Model path: dual encoder, as ``compute_irtr`` / ``compute_irtr_recall`` of the o
 alone through the ``v`` path (``forward_image``), the caption alone through the ``l`` path
 (``forward_text``), their [CLS] features through the backbone's bias-free ITC projections
 (``heads.itc_image`` / ``heads.itc_text``) and L2-normalised. Loss: symmetric InfoNCE (CLIP, Radford
-et al. 2021) at the backbone's learnable temperature ``exp(logit_scale)``; each epoch pairs every
-training image with one of its captions drawn from the seeded generator. Metric: recall@1/5/10 of
+et al. 2021) at the backbone's learnable temperature ``exp(logit_scale)``; as the official data
+module, every caption is a training item (with its image), so an epoch visits each caption once.
+Metric: recall@1/5/10 of
 image retrieval (text query, ``ir_r*``) and text retrieval (image query, ``tr_r*``) over the whole
 split, top-K with ties by index as the official code (pessimistic ties as extra ``*_pessimistic``
 fields; :func:`~vlmerge_core.tasks.metrics.retrieval_outcomes`); the best epoch is chosen on IR@1 +
@@ -26,7 +27,7 @@ from vlmerge_core.config import FinetuneConfig
 from vlmerge_core.tasks.base import (
     BaseTask,
     batches,
-    images_to_tensor,
+    image_batch,
     subsample,
     subsample_size,
     text_batch,
@@ -78,13 +79,16 @@ class RetrievalTask(BaseTask):
 
     @property
     def n_train(self) -> int:
-        return len(self.splits["train"]["image"])
+        """Training items: every caption of the kept training images."""
+        return len(self.splits["train"]["captions"])
 
     def _proj(self, model: nn.Module) -> nn.Module:
         return model.heads if hasattr(getattr(model, "heads", None), "itc_image") else self.head
 
-    def embed_images(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
-        images = images_to_tensor(s["images"][s["image"][idx.numpy()]])
+    def embed_images(
+        self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        images = image_batch(s["images"][s["image"][idx.numpy()]], self.cfg, generator)
         return F.normalize(self._proj(model).itc_image(model.forward_image(images)["cls"]), dim=-1)
 
     def embed_texts(self, model: nn.Module, s: dict[str, Any], tidx: torch.Tensor) -> torch.Tensor:
@@ -92,10 +96,11 @@ class RetrievalTask(BaseTask):
         return F.normalize(self._proj(model).itc_text(out["cls"]), dim=-1)
 
     def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """InfoNCE over a batch of captions ``idx`` and their images (an image may recur in a batch
+        through two of its captions, as in the official data module)."""
         s = self.splits["train"]
-        pick = (torch.rand(len(idx), generator=generator) * s["count"][idx]).long()  # one caption each
-        img = self.embed_images(model, s, idx)
-        txt = self.embed_texts(model, s, s["offset"][idx] + pick)
+        img = self.embed_images(model, s, s["text_image"][idx], generator)
+        txt = self.embed_texts(model, s, idx)
         logits = model.logit_scale.exp() * img @ txt.t()  # (B, B)
         target = torch.arange(len(idx))
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
-from vlmerge_core.tasks.base import BaseTask, batches, images_to_tensor, subsample, subsample_size
+from vlmerge_core.tasks.base import BaseTask, batches, image_batch, subsample, subsample_size
 from vlmerge_core.tasks.heads import SegDecoder
 from vlmerge_core.tasks.metrics import SEG_IGNORE_LABEL, Outcomes, segmentation_counts, segmentation_outcomes
 from vlmerge_core.tasks.real import read_ade20k
@@ -58,8 +58,11 @@ class SegmentationTask(BaseTask):
     def n_train(self) -> int:
         return len(self.splits["train"]["image"])
 
-    def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
-        images = images_to_tensor(s["images"][s["image"][idx.numpy()]])
+    def _logits(
+        self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        # masks are not transformed, so training images get the photometric ops only
+        images = image_batch(s["images"][s["image"][idx.numpy()]], self.cfg, generator, photometric_only=True)
         return self.head(model.forward_image(images)["tokens"][:, 1:])  # patch tokens -> (B, C, S, S)
 
     def _masks(self, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
@@ -68,7 +71,7 @@ class SegmentationTask(BaseTask):
     def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         s = self.splits["train"]
         return F.cross_entropy(
-            self._logits(model, s, idx), self._masks(s, idx), ignore_index=SEG_IGNORE_LABEL
+            self._logits(model, s, idx, generator), self._masks(s, idx), ignore_index=SEG_IGNORE_LABEL
         )
 
     def outcomes(self, model: nn.Module, split: str) -> Outcomes:

@@ -45,7 +45,9 @@ class TextClsTask(ClassifierTask):
             }
         self.head = LinearClassifier(self.dim, self.num_classes)
 
-    def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
+    def _logits(
+        self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         return self.head(model.forward_text(*text_batch(s["ids"], s["mask"], idx))["cls"])
 
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:

@@ -5,8 +5,8 @@ concatenation through ``vl`` above), pooled feature -> :class:`MLPClassifier` (D
 #answers), as ``compute_vqa`` of the official code. Loss: binary cross-entropy on soft scores times
 the number of answers (official, after ban-vqa). Targets and metric use the official soft-score
 table (``write_vqa.get_score``: 0, .3, .6, .9, 1 for 0..4+ annotators); ``vqa_score`` is the target
-of the arg-max answer, as ``VQAScore``. The micro-world has one ground-truth answer per question:
-target 1 and exact match there.
+of the arg-max answer, as ``VQAScore``. The micro-world gives every question ten annotator answers
+(``data.vqa_annotators``), so the same table applies to it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from vlmerge_core.config import FinetuneConfig
 from vlmerge_core.tasks.base import (
     BaseTask,
     batches,
-    images_to_tensor,
+    image_batch,
     subsample,
     subsample_size,
     text_batch,
@@ -39,10 +39,8 @@ def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> 
     root = cfg.real_paths.get("vqa")
     if root:
         return read_vqav2(root, split, image_size, min_answer_count=cfg.vqa_min_answer_count)
-    qs = [
-        {"image": q["image"], "question": q["question"], "answers": [q["answer"]]} for q in world.vqa(split)
-    ]
-    return {"images": world.images(split), "questions": qs, "answers": list(world.answers), "exact": True}
+    qs = [{"image": q["image"], "question": q["question"], "answers": q["answers"]} for q in world.vqa(split)]
+    return {"images": world.images(split), "questions": qs, "answers": list(world.answers)}
 
 
 class VQATask(BaseTask):
@@ -80,8 +78,10 @@ class VQATask(BaseTask):
     def n_train(self) -> int:
         return len(self.splits["train"]["image"])
 
-    def _logits(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
-        images = images_to_tensor(s["images"][s["image"][idx.numpy()]])
+    def _logits(
+        self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        images = image_batch(s["images"][s["image"][idx.numpy()]], self.cfg, generator)
         out = model.forward_fused(images, *text_batch(s["ids"], s["mask"], idx))
         return self.head(out["cls"])
 
@@ -91,7 +91,7 @@ class VQATask(BaseTask):
 
     def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         s = self.splits["train"]
-        logits = self._logits(model, s, idx)
+        logits = self._logits(model, s, idx, generator)
         targets = self._targets(s, idx)
         return F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]
 
