@@ -3,11 +3,11 @@
 Fine-tunes each task of ``finetune.tasks`` once (fine-tuning seed 0) from one checkpoint with the
 recipe of the params file, on ``study.workers`` spawned processes of one torch thread each, as the
 study's stages do. Then counts the study's fine-tunes per task from its grid (``testbed_jobs`` and
-``evaluate_jobs`` of every MS model: one per task, model and fine-tuning seed) and prints the
+``evaluate_jobs``: one per task, model and fine-tuning seed) and prints the
 projected fine-tuning wall time, sum(seconds x count) / workers. The issue's figure that matters is
 that sum; pre-training and merging come on top of it (`dvc repro`'s stage times).
 
-    python benchmarks/finetune_budget.py                      # micro params.yaml, the seed-600 model
+    python benchmarks/finetune_budget.py                      # micro params.yaml, the recipe seed (RNG 0)
     python benchmarks/finetune_budget.py --checkpoint random:0
 """
 
@@ -20,7 +20,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
 from vlmerge_core.config import load_params
-from vlmerge_core.study.plan import evaluate_jobs, ms_models, seed_ckpt, testbed_jobs
+from vlmerge_core.study.plan import MARun, evaluate_jobs, testbed_jobs
 
 
 def fine_tune(args: tuple[str, str, str]) -> tuple[str, float, float]:
@@ -37,20 +37,18 @@ def fine_tune(args: tuple[str, str, str]) -> tuple[str, float, float]:
 
 
 def grid_counts(params) -> Counter:
-    """Fine-tunes per task in the study's grid (E0 and every MS model's rows; untrained rows excluded)."""
-    jobs = [j for j in testbed_jobs(params) if j.kind != "untrained"]
-    for model_id in ms_models(params):
-        jobs += evaluate_jobs(params, model_id)
+    """Fine-tunes per task in the study's grid (E0 and every MS run's rows; untrained rows excluded)."""
+    jobs = [j for j in testbed_jobs(params) if j.kind != "untrained"] + evaluate_jobs(params)
     return Counter(t for j in jobs for t in j.tasks for _ in j.ft_seeds)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--checkpoint", default="", help="default: the longest seed checkpoint of the grid")
+    ap.add_argument("--checkpoint", default="", help="default: the recipe's seed checkpoint (RNG seed 0)")
     args = ap.parse_args()
     params = load_params(args.params)
-    checkpoint = args.checkpoint or seed_ckpt(max(params.seed_pretrain.save_steps))
+    checkpoint = args.checkpoint or MARun(params.study.recipe_seed, params.study.pt_seeds[0]).ckpt()
     workers = params.study.workers
     tasks = list(params.finetune.tasks)
     units = [(args.params, checkpoint, t) for t in tasks]

@@ -39,7 +39,7 @@ SMALL_DATA = {
 STEPS = {
     "steps": 8,
     "batch_size": 32,
-    "warmup_steps": 2,
+    "warmup_frac": 0.25,
     "ckpt_every": 4,
     "log_every": 1,
     "eval_batch_size": 64,
@@ -53,10 +53,9 @@ def params_dict(world: str) -> dict:
     d["data"].update(SMALL_DATA, root=world)
     d["model"]["mim_vocab"] = SMALL_DATA["mim_codebook_size"]
     d["init_pretrain"].update(steps=0, beit_checkpoint="")
-    d["seed_pretrain"].update(STEPS, save_steps=[4, 8])
+    d["seed_pretrain"].update(STEPS)
     d["ms_pretrain"].update(STEPS)
-    d["study"]["ms_models"] = {"all_s8": {"variant": "all", "seed_steps": 8}}
-    d["study"].update(recipe="all_s8", naive="all_s8")
+    d["study"].update(seed_lengths=[8], recipe_seed=8, pt_seeds=[0], grid={})
     return d
 
 
@@ -142,7 +141,7 @@ def main() -> int:
             "--variant",
             "all",
             "--init",
-            f"{run.relative_to(ROOT)}/seed/ckpt_step8.safetensors",
+            f"{run.relative_to(ROOT)}/seed/last.safetensors",
             "-o",
             f"{run.relative_to(ROOT)}/ms",
             "--world",
@@ -173,7 +172,7 @@ def main() -> int:
             "--method",
             "arithmetic",
             "--central",
-            f"{run.relative_to(ROOT)}/seed/ckpt_step8.safetensors",
+            f"{run.relative_to(ROOT)}/seed/last.safetensors",
             "-o",
             f"{run.relative_to(ROOT)}/arith.safetensors",
         ],

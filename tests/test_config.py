@@ -122,7 +122,7 @@ def test_section_from_dict():
         ({"model": {"image_size": 64}}, ["model.image_size", "data.image_size"]),
         ({"data": {"max_text_len": 40}}, ["data.max_text_len", "model.max_text_len"]),
         ({"model": {"mim_vocab": 32}}, ["data.mim_codebook_size", "model.mim_vocab"]),
-        ({"study": {"recipe_seed": 250}}, ["study.recipe_seed", "250", "study.seed_lengths"]),
+        ({"study": {"recipe_seed": 260}}, ["study.recipe_seed", "260", "study.seed_lengths"]),
         ({"study": {"pt_seeds": [0, 0]}}, ["study.pt_seeds"]),
         ({"study": {"sweep_tasks": ["gqa"]}}, ["study.sweep_tasks", "gqa"]),
     ],

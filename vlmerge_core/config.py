@@ -150,7 +150,7 @@ class InitPretrainConfig(PretrainConfig):
     """The BEiT stand-in: image-only MIM (micro) or a local BEiT checkpoint (paper)."""
 
     beit_checkpoint: str = ""  # paper profile: local timm BEiT/ViT checkpoint; empty = run MIM
-    steps: int = _f(600, lo=0)  # MIM + tags steps of the micro init
+    steps: int = _f(1200, lo=0)  # MIM + tags steps of the micro init
     losses: dict[str, float] = _f(
         factory=lambda: {"mim": 1.0, "tags": 1.0}
     )  # MIM + tags (BEiT pt22k_ft22k stand-in)
@@ -161,15 +161,17 @@ class SeedPretrainConfig(PretrainConfig):
     """The MA pre-training of the seed, the MA baseline and the compute-matched MA (the study sets each
     run's ``steps``: every length is its own run with its own schedule)."""
 
-    steps: int = _f(100, lo=0)  # steps of a stand-alone run (`vlmerge pretrain seed`)
-    lr: float = _f(5e-3, lo=0.0)  # peak LR (micro: at 3e-3 the 100-step seed's ITM stays at 0.61)
+    steps: int = _f(125, lo=0)  # steps of a stand-alone run (`vlmerge pretrain seed`)
+    batch_size: int = _f(96, lo=1)  # global batch (micro: the shortest seed's ITM needs the steps)
+    lr: float = _f(5e-3, lo=0.0)  # peak LR (micro: at 3e-3 a 100-step seed's ITM stays at 0.61)
     save_steps: list[int] = _f(factory=list)  # extra checkpoints kept inside one run (curves only)
     losses: dict[str, float] = _f(factory=lambda: dict(VL_LOSSES))  # the paper's VL objectives
 
 
 @dataclass
 class MSPretrainConfig(PretrainConfig):
-    steps: int = _f(200, lo=0)  # K_VL: MS pre-training steps (and the MA baseline's)
+    steps: int = _f(250, lo=0)  # K_VL: MS pre-training steps (and the MA baseline's)
+    batch_size: int = _f(96, lo=1)  # global batch, the seed stage's
     lr: float = _f(5e-3, lo=0.0)  # peak LR, the seed stage's
     losses: dict[str, float] = _f(factory=lambda: dict(VL_LOSSES))  # the paper's VL objectives
 
@@ -246,23 +248,23 @@ class ReportConfig:
 def _grid() -> dict[str, dict[str, Any]]:
     """The E3/E4 models beside the recipe replicates: variants, MS RNG seeds, MS steps, LR."""
     return {
-        "attn_s100_r0": {"variant": "attn"},
-        "ffn_s100_r0": {"variant": "ffn"},
-        "ln_s100_r0": {"variant": "ln"},
-        "all_s100_r0_m10": {"ms_seed": 10},
-        "all_s100_r0_k100": {"ms_steps": 100},
-        "all_s100_r0_lr0.5": {"lr_mult": 0.5},
-        "all_s100_r0_lr1.5": {"lr_mult": 1.5},
+        "attn_s125_r0": {"variant": "attn"},
+        "ffn_s125_r0": {"variant": "ffn"},
+        "ln_s125_r0": {"variant": "ln"},
+        "all_s125_r0_m10": {"ms_seed": 10},
+        "all_s125_r0_k125": {"ms_steps": 125},
+        "all_s125_r0_lr0.5": {"lr_mult": 0.5},
+        "all_s125_r0_lr1.5": {"lr_mult": 1.5},
     }
 
 
 @dataclass
 class StudyConfig:
     seed_lengths: list[int] = _f(
-        factory=lambda: [100, 150, 200, 300], lo=1
+        factory=lambda: [125, 175, 250, 375], lo=1
     )  # K_seed of E1, each a separate run
     recipe_seed: int = _f(
-        100, lo=1
+        125, lo=1
     )  # K_seed of the recipe (one of seed_lengths; paper ratio K_seed : K_VL = 1 : 2)
     pt_seeds: list[int] = _f(
         factory=lambda: [0, 1, 2], lo=0

@@ -199,3 +199,31 @@ def test_units_are_submitted_costliest_first_and_returned_in_plan_order(micro):
     tasks = ("ade20k", "text", "vqa", "coco", "nlvr2")
     costs = [_unit_cost(p, t, None) for t in tasks] + [_unit_cost(p, "vqa", 0)]
     assert lpt_order(costs[::-1]) == [5, 4, 3, 2, 1, 0]
+
+
+def test_timing_rows_and_budget_table(tmp_path):
+    """collect keeps every unit's seconds; the paper stage sums them per stage (generated/budget.md)."""
+    from vlmerge_core.io import write_json
+    from vlmerge_core.report.generated import budget_markdown
+    from vlmerge_core.study.collect import _frame, timing_rows
+
+    write_json(tmp_path / "pretrain" / "init.json", {"stage": "init", "wall_time_s": 30.0})
+    write_json(
+        tmp_path / "pretrain" / "ma" / "ma100_r0.json",
+        {"wall_time_s": 50.0, "study": {"model_id": "ma100_r0"}},
+    )
+    write_json(
+        tmp_path / "pretrain" / "ms" / "ms_a.json", {"wall_time_s": 70.0, "study": {"model_id": "ms_a"}}
+    )
+    write_json(tmp_path / "merge" / "a.json", {"records": [{"seconds": 1.5}, {"seconds": 2.5}]})
+    job = {
+        "model": {"model_id": "random"},
+        "records": [{"task": "vqa", "seconds": 10.0}, {"task": "coco", "seconds": 4.0}],
+    }
+    write_json(tmp_path / "finetune" / "testbed.json", [job])
+    df = _frame(timing_rows(tmp_path), "timing")
+    assert sorted(df["stage"]) == ["init", "merge", "pretrain_ma", "pretrain_ms", "testbed", "testbed"]
+    assert df.loc[df["stage"] == "merge", "seconds"].item() == 4.0
+    flat = budget_markdown(df, workers=2).replace(" ", "")
+    assert "|pretrain_ma|1|50|25|" in flat and "|total|6|168|99|" in flat  # init runs alone
+    assert budget_markdown(None, 2).startswith("Budget: not measured")
