@@ -278,8 +278,9 @@ def run_evaluate_stage(
                 _need(job.info["checkpoint"], f"checkpoint of {job.model_id}")
             ckpts = dict.fromkeys(job.tasks, job.info["checkpoint"])
         hidden = ("checkpoint", "ms_id", "run")
-        info = {"model_id": job.model_id, "kind": job.kind, **{a: b for a, b in job.info.items() if a not in hidden},
-                "experiments": list(job.experiments)}  # fmt: skip
+        # the job's kind last: a merged job's info is its MS run's, whose own kind is "ms"
+        info = {"model_id": job.model_id, **{a: b for a, b in job.info.items() if a not in hidden},
+                "kind": job.kind, "experiments": list(job.experiments)}  # fmt: skip
         for seed in job.ft_seeds:
             for task in job.tasks:
                 units.append({"params_file": params_file, "profile": profile, "checkpoint": ckpts[task],
