@@ -5,7 +5,8 @@ Gram file under ``--dir``, then runs in a fresh subprocess each (torch with ``--
 the I/O floor (read every tensor of the MS file with positioned reads and write an MA-size file of
 plain copies; ``floor_central`` reads the central file too), and ``merge_checkpoint`` by every
 registered method with its knob defaults (plus ``ties:trim=tensor``). Peak RSS is the child's own
-``ru_maxrss``; "net" subtracts the RSS of a child that only imports the library.
+``ru_maxrss``; "net" subtracts the RSS of a child that only imports the library. Every job runs a
+second time in another process; "same bytes" says whether the two output files are identical.
 
 Floors: RegMean against its floating-point floor, i.e. its float64 FLOPs (``M`` products
 ``W^m G~^m`` of ``2 out in^2``, a Cholesky factor ``in^3 / 3`` and two triangular solves
@@ -155,9 +156,14 @@ def child(what: str, d: Path, threads: int) -> dict:
     secs = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     size = out.stat().st_size if out.exists() else 0
+    digest = ""
     if out.exists():
+        import hashlib
+
+        with open(out, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
         out.unlink()
-    return {"job": what, "seconds": secs, "peak_rss": rss, "out_bytes": size}
+    return {"job": what, "seconds": secs, "peak_rss": rss, "out_bytes": size, "sha256": digest}
 
 
 def _timed(fn) -> float:
@@ -253,6 +259,11 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", job, "--dir", str(d), "--threads", str(args.threads)]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows[job] = json.loads(res.stdout.strip().splitlines()[-1])
+        if job not in ("import", "matmul"):  # the same input again, in another process: the same bytes?
+            again = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            rows[job]["same_bytes"] = (
+                json.loads(again.stdout.strip().splitlines()[-1])["sha256"] == rows[job]["sha256"]
+            )
     base, floor, floor_c = rows["import"]["peak_rss"], rows["floor"], rows["floor_central"]
     rate = rows["matmul"]["flops_per_s"]
     flop_floor = regmean_flops(d / "ms.safetensors", args.vl_start) / rate
@@ -265,7 +276,8 @@ def main() -> None:
         "reads (MS file; MS + central file for methods that need it)"
     )
     print(
-        f"{'job':18s} {'seconds':>8s} {'floor':>7s} {'x floor':>8s} {'peak RSS':>9s} {'net RSS':>8s} {'net/out':>8s}"
+        f"{'job':18s} {'seconds':>8s} {'floor':>7s} {'x floor':>8s} {'peak RSS':>9s} {'net RSS':>8s} {'net/out':>8s} "
+        f"{'same bytes':>10s}"
     )
     from vlmerge_core.merge.methods import METHODS as methods  # after the children (their RSS is measured)
 
@@ -278,7 +290,7 @@ def main() -> None:
         net = r["peak_rss"] - base
         print(
             f"{job:18s} {r['seconds']:8.2f} {ref_s:7.2f} {r['seconds'] / ref_s:8.2f} {r['peak_rss'] / mib:8.0f}M "
-            f"{net / mib:7.0f}M {net / max(r['out_bytes'], 1):8.2f}"
+            f"{net / mib:7.0f}M {net / max(r['out_bytes'], 1):8.2f} {'yes' if r['same_bytes'] else 'NO':>10s}"
         )
     import torch
 

@@ -78,3 +78,46 @@ def test_run_info(tmp_path):
     info = io.read_json(path)
     assert info["config"]["width"] == 16 and info["stage"] == "test"
     assert {"git_sha", "versions", "written_at"} <= set(info) and "torch" in info["versions"]
+
+
+_SAVE_IN_A_NEW_PROCESS = """
+import sys, torch
+from vlmerge_core.io import save_safetensors
+g = torch.Generator().manual_seed(0)
+names = ["w.weight", "a.bias", "norm", "idx", "half", "empty"]
+made = {"w.weight": torch.randn(4, 3, generator=g), "a.bias": torch.randn(3, generator=g),
+        "norm": torch.tensor(1.5), "idx": torch.arange(6), "half": torch.randn(5, generator=g).bfloat16(),
+        "empty": torch.zeros(0, 2)}
+order = names if sys.argv[2] == "fwd" else names[::-1]
+meta = {k: str(i) for i, k in enumerate("abcdefghij")}
+meta = dict(meta.items() if sys.argv[2] == "fwd" else reversed(meta.items()))
+save_safetensors(sys.argv[1], {k: made[k] for k in order}, meta)
+"""
+
+
+def test_safetensors_bytes_are_deterministic_and_readable(tmp_path):
+    """Two saves of the same tensors, in other processes and insertion orders, are the same bytes."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    paths = [tmp_path / "fwd.safetensors", tmp_path / "rev.safetensors"]
+    for p in paths:
+        subprocess.run([sys.executable, "-c", _SAVE_IN_A_NEW_PROCESS, str(p), p.stem], check=True)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    got = load_file(str(paths[0]))  # the reference reader
+    assert got["half"].dtype == torch.bfloat16 and got["empty"].shape == (0, 2) and got["norm"].item() == 1.5
+    tensors, meta = io.load_safetensors(paths[0])
+    assert meta["c"] == "2" and torch.equal(tensors["idx"], torch.arange(6))
+    header_len = int.from_bytes(paths[0].read_bytes()[:8], "little")
+    assert (8 + header_len) % 8 == 0
+    header = json.loads(paths[0].read_bytes()[8 : 8 + header_len])
+    starts = {k: v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+    assert all(starts[k] % torch.empty(0, dtype=got[k].dtype).element_size() == 0 for k in starts)
+
+
+def test_safetensors_refuses_an_unstorable_dtype(tmp_path):
+    with pytest.raises(ValueError, match="complex"):
+        io.save_safetensors(tmp_path / "c.safetensors", {"z": torch.zeros(2, dtype=torch.complex64)})
+    assert not (tmp_path / "c.safetensors").exists()

@@ -99,21 +99,60 @@ def read_json(path: str | Path) -> Any:
 
 
 # -------------------------------------------------------------------------------------- checkpoints
+_ST_DTYPES = {  # torch dtype name -> safetensors dtype tag
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+
+
 def save_safetensors(
     path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
 ) -> Path:
-    """Save a flat ``{name: tensor}`` dict as safetensors, atomically.
+    """Save a flat ``{name: tensor}`` dict as safetensors, atomically and byte-deterministically.
 
-    ``metadata`` values that are not strings are stored as JSON strings.
+    ``metadata`` values that are not strings are stored as JSON strings. The file is written here,
+    not by ``safetensors.save_file``, whose header follows a hash map's order (so two saves of the
+    same tensors differ in bytes between processes): the header's keys are sorted, and the tensors
+    are laid out by decreasing element size, then name (each stays aligned to its element size, as
+    ``save_file`` does). Any safetensors reader reads the result.
     """
-    from safetensors.torch import save_file
+    import torch
 
     meta = {
         k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (metadata or {}).items()
     }
-    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    flat = {}
+    for name, t in tensors.items():
+        t = t.detach()
+        dtype = str(t.dtype).removeprefix("torch.")
+        if dtype not in _ST_DTYPES:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
+        flat[name] = (t, _ST_DTYPES[dtype])
+    order = sorted(flat, key=lambda k: (-flat[k][0].element_size(), k))
+    header: dict[str, Any] = {"__metadata__": meta} if meta else {}
+    offset = 0
+    for name in order:
+        t, tag = flat[name]
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": tag, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    with atomic_write(path, "wb") as fh:
+        fh.write(len(text).to_bytes(8, "little"))
+        fh.write(text)
+        for name in order:
+            t = flat[name][0].cpu().contiguous().reshape(-1)
+            if t.numel():
+                fh.write(t.view(torch.uint8).numpy().data)
     return Path(path)
 
 

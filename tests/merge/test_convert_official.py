@@ -311,3 +311,20 @@ def test_official_layout_converts_exactly(tmp_path, variant):
         a, b = getattr(direct, path)(*args), getattr(conv, path)(*args)
         torch.testing.assert_close(b["tokens"], a["tokens"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(conv.forward_image(images)["cls"], direct.forward_image(images)["cls"])
+
+
+def test_convert_records_the_tokenizer(tmp_path):
+    """``--tokenizer`` is recorded in the converted checkpoint (checked when it is fine-tuned)."""
+    from vlmerge_core.config import ModelConfig
+    from vlmerge_core.data.tokenizer import load_tokenizer, tokenizer_identity
+    from vlmerge_core.model import MultiwayTransformer, load_model
+
+    cfg = ModelConfig(width=D, depth=L, heads=H, vl_start=VL, image_size=IMG, patch_size=P, vocab_size=V,
+                      max_text_len=T, mim_vocab=16, ms_components=list(VARIANTS["all_moe"]))  # fmt: skip
+    torch.save({"state_dict": _to_official(MultiwayTransformer(cfg))}, tmp_path / "official.ckpt")
+    vocab = tmp_path / "bert-base-uncased"
+    vocab.mkdir()
+    (vocab / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]) + "\n")
+    convert_file(tmp_path / "official.ckpt", tmp_path / "ours.safetensors", vl_start=VL, tokenizer=vocab)
+    want = tokenizer_identity(load_tokenizer(vocab), "bert-base-uncased")
+    assert load_model(tmp_path / "ours.safetensors").tokenizer_info == want

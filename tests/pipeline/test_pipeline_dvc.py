@@ -95,6 +95,13 @@ def test_dvc_repro_smoke_whole_study(smoke_repo):
         assert (smoke_repo / f"metrics/distance/{key}.json").exists()
     results = (smoke_repo / "metrics/study/results.csv").read_text()
     assert "merged_" in results and f"ma{params.ms_pretrain.steps}_r0" in results
+    import pandas as pd
+
+    rows = pd.read_csv(smoke_repo / "metrics/study/results.csv")
+    merged = rows[rows["model_id"].str.startswith("merged_")]
+    assert len(merged) and set(merged["kind"]) == {"merged"}, set(merged["kind"])  # not their MS run's kind
+    verdicts = json.loads((smoke_repo / "metrics/paper/summary.json").read_text())["verdicts"]
+    assert verdicts["C1"]["verdict"] != "not run", verdicts["C1"]  # the merges reach the report
 
     again = _run(["dvc", "repro"], smoke_repo)
     assert "Running stage" not in again, again[-2000:]
@@ -126,3 +133,26 @@ def test_dvc_repro_smoke_whole_study(smoke_repo):
     rel = data_root.relative_to(smoke_repo).as_posix()
     out_hash = lambda text: text.split(f"path: {rel}\n", 1)[1].split("\n", 2)[1]  # noqa: E731
     assert out_hash((smoke_repo / "dvc.lock").read_text()) == out_hash(lock)  # downstream stages stay valid
+
+
+def test_fresh_clone_rebuilds_the_paper_from_committed_metrics(smoke_repo, tmp_path):
+    """A fresh clone has the metrics and paper/ in git but no runs/ and no DVC cache: `dvc repro -s
+    paper` rebuilds paper/ byte-identically without training (and without the `notebooks` stage)."""
+    _run(["dvc", "repro"], smoke_repo)  # no-op when the whole-study test ran first
+    _run(["git", "add", "-A"], smoke_repo)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "study"], smoke_repo)
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(smoke_repo), str(clone)], tmp_path)
+    assert not (clone / "runs").exists()
+    before = _digest(clone / "paper")
+    out = _run(["dvc", "repro", "-s", "paper"], clone)
+    ran = [line for line in out.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'paper':"], ran
+    assert _digest(clone / "paper") == before
+    assert not subprocess.run(
+        ["git", "status", "--porcelain", "paper", "metrics"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()

@@ -53,7 +53,9 @@ def test_stages_write_checkpoints_and_metrics(tmp_path, smoke_params, smoke_worl
         init=tmp_path / "seed" / "ckpt_step2.safetensors",
         stage="ms",
     )
-    assert load_model(tmp_path / "ms" / "last.safetensors").kind == "ms" and m["kind"] == "ms"
+    ms = load_model(tmp_path / "ms" / "last.safetensors")
+    assert ms.kind == "ms" and m["kind"] == "ms"
+    assert ms.tokenizer_info == smoke_world.tokenizer_identity  # recorded for the check at fine-tuning
 
 
 def test_stage_errors(tmp_path, smoke_params, smoke_world, init_ckpt):

@@ -7,9 +7,12 @@ Special tokens: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4; every encoding is 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from vlmerge_core.io import atomic_write
 
@@ -111,4 +114,41 @@ def load_tokenizer(path: str | Path):
         sep_token="[SEP]",
         mask_token="[MASK]",
         model_max_length=512,
+    )
+
+
+class TokenizerMismatchError(ValueError):
+    """A checkpoint was pre-trained with another tokenizer than the one given to fine-tune it."""
+
+
+def tokenizer_identity(tok: Any, name: str) -> dict[str, Any]:
+    """What a checkpoint records of its tokenizer: ``{"name", "vocab_size", "sha256"}``.
+
+    ``sha256`` hashes the vocabulary (every token with its id), so two files of the same vocabulary
+    agree wherever they live, and two vocabularies that give one id two meanings never do.
+    """
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: (kv[1], kv[0]))
+    digest = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return {"name": str(name), "vocab_size": len(vocab), "sha256": digest[:16]}
+
+
+def describe_tokenizer(identity: Mapping[str, Any]) -> str:
+    """One line naming a tokenizer identity, for messages."""
+    return f"{identity.get('name', '?')} (vocab {identity.get('vocab_size', '?')}, sha256 {identity.get('sha256', '?')})"
+
+
+def check_tokenizer(recorded: Mapping[str, Any] | None, given: Mapping[str, Any], source: str) -> None:
+    """Refuse a tokenizer whose vocabulary differs from the one ``source`` was pre-trained with.
+
+    A checkpoint without a record (a random model, a converted file given no tokenizer) passes.
+
+    Raises:
+        TokenizerMismatchError: names the checkpoint and both tokenizers.
+    """
+    if not recorded or recorded.get("sha256") == given.get("sha256"):
+        return
+    raise TokenizerMismatchError(
+        f"{source}: pre-trained with tokenizer {describe_tokenizer(recorded)}, but given "
+        f"{describe_tokenizer(given)}: token ids would mean other words; fine-tune with the "
+        "pre-training tokenizer (finetune.real_paths.tokenizer, or the world's tokenizer.json)"
     )

@@ -39,7 +39,7 @@ from vlmerge_core.data.scenes import (
     scene_key,
 )
 from vlmerge_core.data.stats import compute_stats
-from vlmerge_core.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from vlmerge_core.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_identity, train_tokenizer
 from vlmerge_core.io import atomic_write, read_json, write_json, write_run_info
 
 log = logging.getLogger(__name__)
@@ -399,6 +399,11 @@ class World:
 
     def image_only(self) -> np.ndarray:
         return self._npy("image_only")
+
+    @property
+    def tokenizer_identity(self) -> dict:
+        """The tokenizer's identity as checkpoints record it (``tokenizer_identity``)."""
+        return tokenizer_identity(self.tokenizer(), f"{Path(self.root).name}/tokenizer.json")
 
     @property
     def codebook(self) -> np.ndarray:

@@ -112,6 +112,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         allow_lossy=args.allow_lossy,
         trust_pickle=args.trust_pickle,
+        tokenizer=args.tokenizer,
     )
     summary = {k: (len(v) if isinstance(v, list) else v) for k, v in rep.items() if k != "model_config"}
     print(json.dumps(summary, sort_keys=True))
@@ -181,6 +182,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heads", type=int, help="attention heads, when the shapes do not tell")
     p.add_argument("--vl-start", type=int, help="first fusion block (needed for MA/ufo checkpoints)")
     p.add_argument("--image-size", type=int, help="input image side, when the shapes do not tell")
+    p.add_argument(
+        "--tokenizer",
+        help="the checkpoint's tokenizer (vocab.txt folder or tokenizer.json), recorded and checked at fine-tuning",
+    )
     p.add_argument(
         "--allow-lossy", action="store_true", help="drop tensors with no place here (listed in metadata)"
     )

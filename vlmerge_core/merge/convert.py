@@ -382,6 +382,12 @@ def convert_state_dict(
     return dict(sorted(out.items())), cfg_d, rec
 
 
+def _tokenizer_identity(path: str | Path) -> dict[str, Any]:
+    from vlmerge_core.data.tokenizer import load_tokenizer, tokenizer_identity
+
+    return tokenizer_identity(load_tokenizer(path), Path(path).name)
+
+
 def convert_file(
     in_path: str | Path,
     out_path: str | Path,
@@ -391,8 +397,13 @@ def convert_file(
     image_size: int | None = None,
     allow_lossy: bool = False,
     trust_pickle: bool = False,
+    tokenizer: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Convert an official checkpoint or Gram file to our safetensors; returns what was done."""
+    """Convert an official checkpoint or Gram file to our safetensors; returns what was done.
+
+    ``tokenizer`` (a ``vocab.txt`` folder or ``tokenizer.json``; official checkpoints: BERT uncased) is
+    recorded in the checkpoint, so that fine-tuning it with another vocabulary is refused.
+    """
     obj = load_torch(in_path, trust_pickle)
     kind = detect(obj)
     if kind == "gram":
@@ -423,6 +434,9 @@ def convert_file(
             "format": FORMAT,
             "convert": rec,
             "source": Path(in_path).name,
+            **(
+                {"tokenizer": json.dumps(_tokenizer_identity(tokenizer), sort_keys=True)} if tokenizer else {}
+            ),
         },
     )
     for what in ("lossy", "dropped", "unused", "initialised"):

@@ -103,7 +103,7 @@ def return_freed_memory(threshold: int = 1 << 20) -> bool:
 
 
 def ma_metadata(ms_meta: dict[str, str], path: str | Path, merge_info: dict[str, Any]) -> dict[str, Any]:
-    """Metadata of the merged MA checkpoint: the MS model_config with ``ms_components: []``."""
+    """Metadata of the merged MA checkpoint: the MS model_config with ``ms_components: []``, its tokenizer."""
     cfg = model_config_from_meta(ms_meta, path)
     cfg["ms_components"] = []
     return {
@@ -111,6 +111,7 @@ def ma_metadata(ms_meta: dict[str, str], path: str | Path, merge_info: dict[str,
         "kind": "ma",
         "format": FORMAT,
         "merge": json.dumps(merge_info, sort_keys=True),
+        **({"tokenizer": ms_meta["tokenizer"]} if ms_meta.get("tokenizer") else {}),
     }
 
 

@@ -1,6 +1,8 @@
 """Model checkpoints as safetensors with the model config in the metadata.
 
-Metadata: ``{"model_config": <json>, "kind": "ms"|"ma", "format": FORMAT, ...extra}``. :data:`FORMAT` is
+Metadata: ``{"model_config": <json>, "kind": "ms"|"ma", "format": FORMAT, "tokenizer": <json>, ...extra}``;
+``tokenizer`` (the pre-training tokenizer's identity, :func:`~vlmerge_core.data.tokenizer.tokenizer_identity`)
+travels as the model's ``tokenizer_info`` attribute and is checked when a task is built. :data:`FORMAT` is
 the one checkpoint format tag of the suite and :func:`model_config_from_meta` the one reader of the
 stored ``model_config``; every writer and reader of checkpoints (merge, convert) imports them.
 Loading is strict: a missing, unexpected or differently shaped tensor raises an error naming the
@@ -30,6 +32,7 @@ __all__ = [
     "model_config_from_meta",
     "model_config_of",
     "save_model",
+    "tokenizer_from_meta",
 ]
 
 FORMAT = "vlmerge-v1"  # the checkpoint format tag (safetensors metadata "format")
@@ -51,8 +54,10 @@ def save_model(path: str | Path, model: nn.Module, extra_meta: Mapping[str, Any]
         "model_config": json.dumps(dataclasses.asdict(model.cfg), sort_keys=True),
         "kind": model.kind,
         "format": FORMAT,
-        **(extra_meta or {}),
     }
+    if getattr(model, "tokenizer_info", None):
+        meta["tokenizer"] = json.dumps(model.tokenizer_info, sort_keys=True)
+    meta.update(extra_meta or {})
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return save_safetensors(path, state, meta)
 
@@ -80,6 +85,19 @@ def model_config_from_meta(meta: Mapping[str, Any], path: str | Path) -> dict[st
     except json.JSONDecodeError as exc:
         raise CheckpointMismatchError(
             f"{path}: model_config in the metadata is not valid JSON ({exc})"
+        ) from None
+
+
+def tokenizer_from_meta(meta: Mapping[str, Any], path: str | Path) -> dict[str, Any] | None:
+    """The recorded tokenizer identity of a checkpoint, or None when it records none."""
+    raw = meta.get("tokenizer")
+    if not raw:
+        return None
+    try:
+        return json.loads(raw) if isinstance(raw, str) else dict(raw)
+    except json.JSONDecodeError as exc:
+        raise CheckpointMismatchError(
+            f"{path}: tokenizer in the metadata is not valid JSON ({exc})"
         ) from None
 
 
@@ -130,6 +148,7 @@ def load_model(path: str | Path, cfg_override: ModelConfig | None = None) -> nn.
 
     cfg = cfg_override if cfg_override is not None else model_config_of(path)
     model = MultiwayTransformer(cfg)
-    state, _ = load_state(path)
+    state, meta = load_state(path)
     load_state_strict(model, state, src=str(path))
+    model.tokenizer_info = tokenizer_from_meta(meta, path)
     return model

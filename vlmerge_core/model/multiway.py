@@ -47,6 +47,7 @@ class MultiwayTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.tokenizer_info: dict | None = None  # the pre-training tokenizer (recorded in checkpoints)
         D, L = cfg.width, cfg.depth
         self.vl_start = cfg.vl_start
         self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, 3, D)

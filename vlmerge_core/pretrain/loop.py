@@ -252,6 +252,7 @@ def run_pretrain(
 
     torch.manual_seed(cfg.rng_seed)
     model = build_stage_model(model_cfg, stage, init).to(info.device)
+    model.tokenizer_info = getattr(world, "tokenizer_identity", None)  # checked when a task is built
     opt = make_optimizer(model, cfg)
     meta = _state_meta(cfg, model_cfg, stage)
     step, history = 0, {k: [] for k in losses}

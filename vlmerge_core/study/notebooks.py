@@ -6,6 +6,7 @@ what the notebook does. :func:`clean_notebook` keeps only what does (cell types,
 byte-identical to before, its DVC hash is unchanged, and ``dvc repro`` retrains nothing.
 
     python -m vlmerge_core.study.notebooks notebooks runs/clean
+    python -m vlmerge_core.study.notebooks notebooks/09_paper.ipynb runs/paper/09_paper.ipynb
 """
 
 from __future__ import annotations
@@ -73,11 +74,18 @@ def clean_notebook(src: str | Path, dst: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Write clean copies (no outputs) of every notebook of a folder.")
-    ap.add_argument("src", help="folder of .ipynb files")
-    ap.add_argument("dst", help="output folder")
+    ap = argparse.ArgumentParser(description="Write clean copies (no outputs) of notebooks.")
+    ap.add_argument("src", help="a folder of .ipynb files, or one .ipynb file")
+    ap.add_argument("dst", help="output folder (for a folder) or output file (for a file)")
     args = ap.parse_args(argv)
     src = Path(args.src)
+    if src.suffix == ".ipynb":
+        try:
+            clean_notebook(src, Path(args.dst))
+        except NotebookError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        return 0
     files = sorted(src.glob("*.ipynb"))
     if not files:
         print(f"{src}: no notebooks", file=sys.stderr)

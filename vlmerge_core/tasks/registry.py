@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig, ModelConfig
+from vlmerge_core.data.tokenizer import check_tokenizer
 from vlmerge_core.io import write_json
 from vlmerge_core.model.experts import RETRIEVAL_TASKS, TASKS
 from vlmerge_core.paths import resolve
@@ -125,14 +126,17 @@ def load_backbone(backbone: str | Path | nn.Module, model_cfg: ModelConfig | Non
     return load_model(path)
 
 
-def _tokenizer(world: Any, cfg: FinetuneConfig) -> Any:
-    from vlmerge_core.data import load_tokenizer
+def _tokenizer(world: Any, cfg: FinetuneConfig) -> tuple[Any, dict[str, Any]]:
+    """The fine-tuning tokenizer and its identity: ``finetune.real_paths.tokenizer``, else the world's."""
+    from vlmerge_core.data.tokenizer import load_tokenizer, tokenizer_identity
 
     if cfg.real_paths.get("tokenizer"):
-        return load_tokenizer(resolve(cfg.real_paths["tokenizer"]))
+        path = resolve(cfg.real_paths["tokenizer"])
+        tok = load_tokenizer(path)
+        return tok, tokenizer_identity(tok, Path(path).name)
     if world is None:
         raise ValueError("finetune: no world given and no finetune.real_paths.tokenizer")
-    return load_tokenizer(world.tokenizer_path)
+    return load_tokenizer(world.tokenizer_path), world.tokenizer_identity
 
 
 def _world(world: Any) -> Any:
@@ -143,15 +147,22 @@ def _world(world: Any) -> Any:
     return load_world(resolve(world))
 
 
-def build_task(task: str, model: nn.Module, cfg: FinetuneConfig, world: Any) -> BaseTask:
-    """The task object (splits, head) for ``model``; ``cfg`` must already be resolved for ``task``."""
+def build_task(
+    task: str, model: nn.Module, cfg: FinetuneConfig, world: Any, source: str = "the backbone"
+) -> BaseTask:
+    """The task object (splits, head) for ``model``; ``cfg`` must already be resolved for ``task``.
+
+    Raises:
+        TokenizerMismatchError: ``model`` (read from ``source``) records another pre-training tokenizer.
+    """
     if task not in _REGISTRY:
         raise KeyError(f"unknown task {task!r}; expected one of {list(TASKS)}")
     load_split, cls = _REGISTRY[task]
     world = _world(world)
     if world is None and not cfg.real_paths.get(task):
         raise ValueError(f"finetune {task}: no world given and no finetune.real_paths.{task}")
-    tok = _tokenizer(world, cfg)
+    tok, tok_id = _tokenizer(world, cfg)
+    check_tokenizer(getattr(model, "tokenizer_info", None), tok_id, source)
     if world is not None and not cfg.real_paths.get(task) and world.config.image_size != model.cfg.image_size:
         raise ValueError(
             f"finetune {task}: the model's image_size {model.cfg.image_size} differs from the world's "
@@ -196,7 +207,9 @@ def run_task(
     model = load_backbone(backbone, model_cfg)
     model.set_dropout(tcfg.drop_path, tcfg.text_dropout)  # fine-tuning regularisation (official drop_rate)
     torch.manual_seed(tcfg.rng_seed)  # head init and drop-path draws
-    obj = build_task(task, model, tcfg, world)
+    obj = build_task(
+        task, model, tcfg, world, source=backbone if isinstance(backbone, str | Path) else "the backbone"
+    )
     res = run_finetune(model, obj, tcfg)
     ci = bootstrap_ci(res["test_outcomes"], n_bootstrap, bootstrap_seed)
     metrics: dict[str, Any] = {
