@@ -1,4 +1,4 @@
-"""Rank correlations with permutation p-values: exact up to 8 points (equal to scipy's exact test),
+"""Rank correlations with permutation p-values: exact up to 10 points (equal to scipy's exact test),
 seeded Monte Carlo beyond, ties by average ranks, no bootstrap interval below 8 points, and the
 Spearman partial correlation with within-strata permutations."""
 
@@ -38,7 +38,26 @@ def test_exact_matches_scipy(n):
     assert ours["rho"] == pytest.approx(stats.spearmanr(x, y).statistic)
 
 
-def test_monte_carlo_beyond_eight_points_is_seeded():
+@pytest.mark.slow
+def test_exact_at_ten_points_matches_scipy_enumeration():
+    """n = 10 (the E4 grid): all 10! pairings, equal to scipy's exact test with a vectorised statistic."""
+    rng = np.random.default_rng(10)
+    x, noise = rng.normal(size=10), rng.normal(size=10)
+    y = x + 2 * noise
+    rx = stats.rankdata(x) - 5.5
+
+    def stat(v, axis):
+        v = v - v.mean(axis=axis, keepdims=True)
+        return (v * rx).sum(axis=axis) / np.sqrt((v**2).sum(axis=axis) * (rx**2).sum())
+
+    ref = stats.permutation_test((stats.rankdata(y),), stat, permutation_type="pairings", vectorized=True,
+                                 n_resamples=np.inf, batch=200_000)  # fmt: skip
+    ours = spearman(x, y)
+    assert ours["exact"] and ours["p_method"] == "exact (all 3628800 permutations)"
+    assert ours["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+def test_monte_carlo_beyond_ten_points_is_seeded():
     rng = np.random.default_rng(0)
     x = rng.normal(size=12)
     y = x + rng.normal(size=12)

@@ -5,7 +5,7 @@ intervals mean little: three perfectly ordered points give every bootstrap resam
 scipy's asymptotic p-value at rho = +-1 is 0. So:
 
 * :func:`spearman`: Spearman's rho (average ranks for ties) with a two-sided **permutation** p-value:
-  every one of the n! pairings when n <= 8 (exact), else a seeded Monte Carlo test with
+  every one of the n! pairings when n <= 10 (exact), else a seeded Monte Carlo test with
   :data:`N_PERMUTATIONS` random pairings, p = (hits + 1) / (N + 1). The result says which
   (``p_method``). A percentile bootstrap interval is given only from :data:`MIN_BOOTSTRAP_POINTS`
   points up; below, ``ci_note`` says why there is none.
@@ -14,7 +14,7 @@ scipy's asymptotic p-value at rho = +-1 is 0. So:
   p-value permutes y **within the strata of z** (the rows sharing one z value, e.g. one K_seed): that
   keeps y's dependence on z and breaks only its link with x, so it tests "x and y are independent
   given z" without assuming the linear residual model is right. Permuting residuals instead would
-  rely on it. Exact when the within-strata permutations number at most 8!, else Monte Carlo.
+  rely on it. Exact when the within-strata permutations number at most 10!, else Monte Carlo.
 
 The permutation engine is written here because ``scipy.stats.permutation_test`` has no strata; the
 unstratified case matches scipy's exact test (a test checks it).
@@ -22,6 +22,7 @@ unstratified case matches scipy's exact test (a test checks it).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ import numpy as np
 from scipy import stats
 
 N_PERMUTATIONS = 20000  # Monte Carlo permutations when full enumeration is too large
-EXACT_MAX = math.factorial(8)  # enumerate every permutation up to this many (n <= 8 unstratified)
+EXACT_MAX = math.factorial(10)  # enumerate every permutation up to this many (n <= 10 unstratified)
 MIN_POINTS = 3  # no correlation below this many points
 MIN_BOOTSTRAP_POINTS = 8  # no bootstrap interval below this many points
 _EPS = 1e-12  # ties of the statistic with the observed one count as hits
@@ -50,24 +51,42 @@ def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (b @ a) / den
 
 
+@functools.lru_cache(maxsize=4)
+def _all_permutations(k: int) -> np.ndarray:
+    """Every permutation of ``range(k)`` as rows (``k! x k``, int8; read-only, cached)."""
+    flat = np.fromiter(
+        itertools.chain.from_iterable(itertools.permutations(range(k))), np.int8, math.factorial(k) * k
+    )
+    flat = flat.reshape(-1, k)
+    flat.flags.writeable = False
+    return flat
+
+
 def _permutations(strata: np.ndarray, n_perm: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
     """Index permutations that shuffle only within each stratum: all of them (exact) when they number
     at most :data:`EXACT_MAX`, else ``n_perm`` random ones. Returns ``(perms (P, n), exact)``."""
     n = len(strata)
     groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
     total = math.prod(math.factorial(len(g)) for g in groups)
-    if total <= EXACT_MAX:
-        rows = []
-        for combo in itertools.product(*(itertools.permutations(g) for g in groups)):
-            perm = np.arange(n)
-            for g, p in zip(groups, combo):
-                perm[g] = p
-            rows.append(perm)
-        return np.array(rows), True
+    if total <= EXACT_MAX:  # the product of every group's permutations, built as arrays
+        if len(groups) == 1:
+            return _all_permutations(n), True
+        perms = np.arange(n, dtype=np.int8 if n < 128 else np.int64)[None, :]
+        for g in groups:
+            table = g[_all_permutations(len(g))]  # (len(g)!, len(g)) indices of this group
+            rows = len(perms)
+            perms = np.repeat(perms, len(table), axis=0)
+            perms[:, g] = np.tile(table, (rows, 1))
+        return perms, True
     perms = np.tile(np.arange(n), (n_perm, 1))
     for g in groups:
         perms[:, g] = rng.permuted(np.tile(g, (n_perm, 1)), axis=1)
     return perms, False
+
+
+def _null_rows(a: np.ndarray, b: np.ndarray, perms: np.ndarray, chunk: int = 1 << 19) -> np.ndarray:
+    """``_pearson_rows(a, b[perms])`` in chunks of rows (millions of permutations in bounded memory)."""
+    return np.concatenate([_pearson_rows(a, b[perms[i : i + chunk]]) for i in range(0, len(perms), chunk)])
 
 
 def permutation_pvalue(
@@ -88,7 +107,7 @@ def permutation_pvalue(
     strata = np.zeros(len(a)) if strata is None else np.asarray(strata)
     obs = float(_pearson_rows(a, b[None, :])[0])
     perms, exact = _permutations(strata, n_permutations, np.random.default_rng(rng_seed))
-    null = _pearson_rows(a, b[perms])
+    null = _null_rows(a, b, perms)
     hits = int(np.sum(np.abs(null) >= abs(obs) - _EPS))
     n_p = len(perms)
     p = hits / n_p if exact else (hits + 1) / (n_p + 1)
@@ -208,7 +227,8 @@ def rank_correlation(
 ) -> dict[str, Any]:
     """Spearman's rho or Kendall's tau of ``x`` with ``y``, a permutation p-value and an interval.
 
-    The p-value is a permutation test (exact up to 8 points; never scipy's asymptotic one). The
+    The p-value is a permutation test (never scipy's asymptotic one): exact up to 10 points for
+    Spearman (every one of the n! pairings), up to 8 for Kendall (scipy's exact test), else Monte Carlo. The
     interval (percentile bootstrap, or Fisher z with standard errors ``1.06 / sqrt(n - 3)`` for
     Spearman, Fieller, Hartley & Pearson 1957, and ``sqrt(0.437 / (n - 4))`` for Kendall) is ``None``
     below :data:`MIN_BOOTSTRAP_POINTS` points. Returns ``{"rho", "p_value", "p_method", "ci_low",
@@ -233,7 +253,7 @@ def rank_correlation(
         tau = float(stats.kendalltau(xa, ya).statistic)
         res = stats.permutation_test(
             (ya,), lambda v: stats.kendalltau(xa, v).statistic, permutation_type="pairings",
-            n_resamples=max(n_permutations, EXACT_MAX) if n <= 8 else n_permutations,
+            n_resamples=max(n_permutations, math.factorial(8)) if n <= 8 else n_permutations,
             random_state=np.random.default_rng(rng_seed),
         )  # fmt: skip
         out.update(rho=tau, p_value=float(res.pvalue), ci_low=None, ci_high=None)
