@@ -62,7 +62,7 @@ def test_c3_on_the_e4_grid(chance):
     assert v.verdict == "reproduced"
     rows = [r for r in v.rows if r["distance"].startswith("l2_rms")]
     assert {r["n"] for r in rows} == {"10"}  # 3 recipe replicates + 7 grid runs
-    assert all("Monte Carlo (20000 permutations)" in r["p"] for r in rows)
+    assert all("exact (all 3628800 permutations)" in r["p"] for r in rows)  # n = 10: every pairing
     assert all(r["outcome"] == "shown only" for r in v.rows if r["distance"] in ("l2", "cosine"))
     assert "within strata" in rows[0]["p (partial)"]
 

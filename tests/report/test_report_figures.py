@@ -75,7 +75,7 @@ def test_e2_draws_only_the_swept_panels():
 def test_e4_panels_carry_rho_and_exact_or_mc_p(results, distances):
     fig = _e4(results, distances)
     titles = [ax.get_title() for ax in fig.axes]
-    assert "l2_rms · VQA\nrho -" in titles[0] and "(MC), n 10" in titles[0]
+    assert "l2_rms · VQA\nrho -" in titles[0] and "(exact), n 10" in titles[0]  # every pairing at n = 10
     assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == 10
 
 

@@ -131,7 +131,7 @@ def test_e4_points_and_table(results, distances):
     row = df.loc[("l2_rms (paper's, our reading)", "VQA")]
     assert row["n (E4 grid)"] == "10" and row["n (E1 + E4)"] == "16" and row["paper"] == "not found"
     assert row["Spearman rho"].startswith("-0.") and "[" in row["Spearman rho"]  # bootstrap from 8 points
-    assert "Monte Carlo (20000 permutations)" in row["p (two-sided, permutation)"]
+    assert "exact (all 3628800 permutations)" in row["p (two-sided, permutation)"]
     assert "within strata" in row["p (partial)"]
 
 

@@ -88,3 +88,15 @@ def test_chance_check_is_one_sided(chance):
     assert below.checks["chance"] == "pass" and "-15.0" in below.details["chance"]
     above = _validity(_replace(study_rows(), "untrained", "vqa", 40.0), chance)["vqa"]
     assert above.checks["chance"] == "fail"
+
+
+def test_a_saturated_task_does_not_discriminate(chance):
+    """Every pre-trained model and claim row on one value: checks 1-4 can pass, check 5 fails."""
+    rows = study_rows()
+    pretrained = ("init", "ma", "merged", "ms")
+    rows = [{**r, "value": 80.0} if r["task"] == "vqa" and r["is_main"] and r["kind"] in pretrained else r
+            for r in rows]  # fmt: skip
+    v = _validity(rows, chance)["vqa"]
+    assert v.checks["discriminates"] == "fail" and v.status == "invalid"
+    assert "claim rows span 80.0-80.0" in v.details["discriminates"]
+    assert _validity(study_rows(), chance)["vqa"].checks["discriminates"] == "pass"

@@ -77,7 +77,7 @@ class Built:
 ARTEFACTS: tuple[Artefact, ...] = (
     Artefact("F1", "f1_framework", "figure", "the framework of the study (schematic, redrawn)", (), (),
              lambda s, c: fig_framework()),
-    Artefact("E0", "e0_validity", "table", "is the micro-world a valid stand-in? (issue 11's four checks per task)",
+    Artefact("E0", "e0_validity", "table", "is the micro-world a valid stand-in? (the five checks per task)",
              ("results",), ("E0",), lambda s, c: table_e0(s)),
     Artefact("E0", "e0_scores", "table", "every E0 model fine-tuned on every task (main metric; mean ± sd (units))",
              ("results",), ("E0",), lambda s, c: table_e0_scores(s.results)),

@@ -1,4 +1,4 @@
-"""E0 tables: is the micro-world a valid stand-in (issue 11's four checks per task), the score of every
+"""E0 tables: is the micro-world a valid stand-in (the five checks per task), the score of every
 E0 configuration, and the zero-shot retrieval of each pre-trained model."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def _units(cell) -> str:
 
 
 def table_e0(study: Study, bar: ValidityBar | None = None) -> pd.DataFrame:
-    """E0, "is the micro-world a valid stand-in?": per task the numbers and the four checks."""
+    """E0, "is the micro-world a valid stand-in?": per task the numbers and the five checks."""
     val = e0_validity(study, bar)
     recs = {}
     for task, v in val.items():

@@ -61,7 +61,10 @@ Per task, on its main metric (issue 11's bar, computed in `vlmerge_core/report/v
 3. **ceiling**: the best fine-tuned model scores below {{ n["e0.bar.ceiling"] }} of the metric's 0-100 range;
 4. **converged**: the validation metric gained at most {{ n["e0.bar.converge_points"] }} points per epoch over
    the last validation interval (`finetune.val_every` epochs), averaged over units, for the best pre-trained
-   model and for every claim row (recipe and naive merges, both MS models, both MA controls).
+   model and for every claim row (recipe and naive merges, both MS models, both MA controls);
+5. **discriminates**: the claim rows do not all score the same (their values span more than
+   {{ n["e0.bar.discriminate_points"] }} points): on a saturated task, where every compared model lands on
+   one value, a difference of exactly zero would decide every comparison by construction.
 
 Valid stand-ins: {{ n["e0.valid"] }}. Not valid: {{ n["e0.not_valid"] }}.
 

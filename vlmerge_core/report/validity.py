@@ -2,7 +2,7 @@
 
 The pre-trained backbones of E0 are the init (fine-tuning seeds are its units) and the MA runs of
 ``ma{K}_r{r}`` (one configuration per K, pre-training replicates are its units). A task is a valid
-stand-in when all four checks pass on its main metric (test split):
+stand-in when all five checks pass on its main metric (test split):
 
 1. **chance**: the untrained model (random init, no fine-tuning) scores no more than
    ``max(chance_points, chance_sd x spread)`` above the task's chance level. Chance is the
@@ -15,7 +15,12 @@ stand-in when all four checks pass on its main metric (test split):
 4. **converged**: the validation metric gained at most ``converge_points`` points per epoch over the
    last validation interval (``val_last_gain``, split val), averaged over units, for the best
    pre-trained backbone **and** for every claim row (the recipe merge, the naive merge, both MS models,
-   both MA controls, :data:`~.design.ROLES`); the details name every row group that was still climbing.
+   both MA controls, :data:`~.design.ROLES`); the details name every row group that was still climbing;
+5. **discriminates**: the models the claims compare (every claim row; without a design, the pre-trained
+   backbones of E0) do not all score the same: their values (test split, every unit) span more than
+   ``discriminate_points``. A saturated task, where every pre-trained model lands on one value, passes
+   checks 1-4 and then decides every comparison by construction (a difference of exactly 0 "holds"
+   against any margin and "fails" any test of a difference).
 
 Each check is ``pass``, ``fail`` or ``not run``; the task is ``valid`` (all pass), ``invalid`` (any
 fails), ``incomplete`` (none fails, some not run) or ``not run`` (no E0 rows).
@@ -36,7 +41,7 @@ from vlmerge_core.report.stats import MISSING, Cell, cell_of, difference
 
 PRETRAINED_KINDS = ("init", "ma")
 FINETUNED_KINDS = ("random", *PRETRAINED_KINDS)
-CHECKS = ("chance", "pretraining", "ceiling", "converged")
+CHECKS = ("chance", "pretraining", "ceiling", "converged", "discriminates")
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class ValidityBar:
     pretrain_sd: float = 3.0  # best pre-trained above random init by > this many pooled sds of units
     ceiling: float = 95.0  # best model below this % of the metric range
     converge_points: float = 1.0  # val metric gained at most this per epoch over the last val interval
+    discriminate_points: float = 0.0  # the compared models' values span more than this
 
 
 @dataclass
@@ -155,7 +161,32 @@ def _task_validity(task: str, metric: str, study: Study, bar: ValidityBar) -> Ta
         out.details["ceiling"] = f"best {out.best.mean:.1f} vs {bar.ceiling:g}"
     # 4. converged
     _converged(out, study, task_rows, best_cfg, bar)
+    # 5. discriminates
+    _discriminates(out, study, task_rows, mods, bar)
     return out
+
+
+def _discriminates(
+    out: TaskValidity, study: Study, e0: pd.DataFrame, mods: pd.DataFrame, bar: ValidityBar
+) -> None:
+    """Check 5: the claim rows (without a design: E0's pre-trained backbones) do not all score the same."""
+    task = out.task
+    groups, what = [], "claim rows"
+    if study.design is not None:
+        groups = [unit_values(role_rows(study.results, study.design, role), task) for role in ROLES]
+    if not any(len(g) for g in groups):
+        pretrained = sorted(set(mods.loc[mods["kind"].isin(PRETRAINED_KINDS), "config"]))
+        groups, what = [unit_values(e0[e0["config"] == c], task) for c in pretrained], "pre-trained models"
+    measured = [g for g in groups if len(g)]
+    values = pd.concat(measured) if measured else pd.Series(dtype=float)
+    if len(values) < 2:
+        return
+    span = float(values.max() - values.min())
+    out.checks["discriminates"] = "pass" if span > bar.discriminate_points else "fail"
+    out.details["discriminates"] = (
+        f"{len(values)} values of the {what} span {values.min():.1f}-{values.max():.1f}"
+        f" ({span:.2f} points vs more than {bar.discriminate_points:g})"
+    )
 
 
 def e0_validity(study: Study, bar: ValidityBar | None = None) -> dict[str, TaskValidity]:
