@@ -149,10 +149,4 @@ def test_fresh_clone_rebuilds_the_paper_from_committed_metrics(smoke_repo, tmp_p
     ran = [line for line in out.splitlines() if line.startswith("Running stage")]
     assert ran == ["Running stage 'paper':"], ran
     assert _digest(clone / "paper") == before
-    assert not subprocess.run(
-        ["git", "status", "--porcelain", "paper", "metrics"],
-        cwd=clone,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    assert not _run(["git", "status", "--porcelain", "paper", "metrics"], clone).strip()

@@ -132,6 +132,12 @@ def tokenizer_identity(tok: Any, name: str) -> dict[str, Any]:
     return {"name": str(name), "vocab_size": len(vocab), "sha256": digest[:16]}
 
 
+def load_identified_tokenizer(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """:func:`load_tokenizer` of ``path`` and its identity, named after the file or folder."""
+    tok = load_tokenizer(path)
+    return tok, tokenizer_identity(tok, Path(path).name)
+
+
 def describe_tokenizer(identity: Mapping[str, Any]) -> str:
     """One line naming a tokenizer identity, for messages."""
     return f"{identity.get('name', '?')} (vocab {identity.get('vocab_size', '?')}, sha256 {identity.get('sha256', '?')})"

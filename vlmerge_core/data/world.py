@@ -402,8 +402,11 @@ class World:
 
     @property
     def tokenizer_identity(self) -> dict:
-        """The tokenizer's identity as checkpoints record it (``tokenizer_identity``)."""
-        return tokenizer_identity(self.tokenizer(), f"{Path(self.root).name}/tokenizer.json")
+        """The tokenizer's identity as checkpoints record it (``tokenizer_identity``), computed once."""
+        if "tokenizer_identity" not in self._cache:
+            name = f"{Path(self.root).name}/tokenizer.json"
+            self._cache["tokenizer_identity"] = tokenizer_identity(self.tokenizer(), name)
+        return self._cache["tokenizer_identity"]
 
     @property
     def codebook(self) -> np.ndarray:

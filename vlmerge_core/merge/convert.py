@@ -193,6 +193,36 @@ def _grid_from_rows(rows: int) -> int | None:
     return g if g > 0 and (2 * g - 1) ** 2 + 3 == rows else None
 
 
+def _infer_grid(sd: dict[str, Tensor], table: Tensor | None, beit: Tensor | None) -> int:
+    """Patches per image side, from the absolute positions, BEiT's shared table or the VLMo table."""
+    grid = None
+    if "transformer.pos_embed" in sd:
+        grid = math.isqrt(sd["transformer.pos_embed"].shape[1] - 1)
+    elif beit is not None:
+        grid = _grid_from_rows(beit.shape[0])
+    elif table is not None:  # T_0 is the official 196, or the text length of the checkpoint
+        spans = [MAX_TEXT_LEN_OF_INITCKPT]
+        if "text_embeddings.position_embeddings.weight" in sd:
+            spans.append(sd["text_embeddings.position_embeddings.weight"].shape[0])
+        grid = next((g for t in spans if (g := _grid_from_rows(table.shape[0] - 2 * t - 2))), None)
+    if grid is None:
+        raise ConvertError("cannot infer the image size from the shapes: give --image-size")
+    return grid
+
+
+def _text_span(table: Tensor | None, grid: int) -> int:
+    """T_0 of the VLMo table: its rows are the image rows, 2 T_0 text rows and 2 cross-modal rows."""
+    if table is None:
+        return 0
+    n_img = (2 * grid - 1) ** 2 + 3
+    span, rem = divmod(table.shape[0] - n_img - 2, 2)
+    if rem or span <= 0:
+        raise ConvertError(
+            f"relative_position_bias_table has {table.shape[0]} rows: not {n_img} image rows + 2 T_0 + 2"
+        )
+    return span
+
+
 def infer_config(
     sd: dict[str, Tensor],
     *,
@@ -241,27 +271,8 @@ def infer_config(
         else 16
     )
     if image_size is None:
-        grid = None
-        if "transformer.pos_embed" in sd:
-            grid = math.isqrt(sd["transformer.pos_embed"].shape[1] - 1)
-        elif beit is not None:
-            grid = _grid_from_rows(beit.shape[0])
-        elif table is not None:  # T_0 is the official 196, or the text length of the checkpoint
-            spans = [MAX_TEXT_LEN_OF_INITCKPT]
-            if "text_embeddings.position_embeddings.weight" in sd:
-                spans.append(sd["text_embeddings.position_embeddings.weight"].shape[0])
-            grid = next((g for t in spans if (g := _grid_from_rows(table.shape[0] - 2 * t - 2))), None)
-        if grid is None:
-            raise ConvertError("cannot infer the image size from the shapes: give --image-size")
-        image_size = grid * patch
-    span = 0
-    if table is not None:
-        n_img = (2 * (image_size // patch) - 1) ** 2 + 3
-        span, rem = divmod(table.shape[0] - n_img - 2, 2)
-        if rem or span <= 0:
-            raise ConvertError(
-                f"relative_position_bias_table has {table.shape[0]} rows: not {n_img} image rows + 2 T_0 + 2"
-            )
+        image_size = _infer_grid(sd, table, beit) * patch
+    span = _text_span(table, image_size // patch)
     cfg: dict[str, Any] = {
         "width": width,
         "depth": depth,
@@ -288,25 +299,8 @@ def infer_config(
     return cfg
 
 
-def convert_state_dict(
-    sd: dict[str, Tensor],
-    *,
-    heads: int | None = None,
-    vl_start: int | None = None,
-    image_size: int | None = None,
-    allow_lossy: bool = False,
-) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
-    """Official state dict -> ``(our tensors, model_config, record of rewrites)``.
-
-    Tensors of our model that the checkpoint lacks (a backbone-only file) are taken from a fresh
-    model built with the inferred config (seed 0) and listed under ``initialised``.
-    """
-    from vlmerge_core.config import ModelConfig, section_from_dict
-    from vlmerge_core.model import MultiwayTransformer
-
-    cfg_d = infer_config(sd, heads=heads, vl_start=vl_start, image_size=image_size)
-    cfg = section_from_dict(ModelConfig, cfg_d, prefix="model")
-    depth = cfg.depth
+def _place(sd: dict[str, Tensor], cfg: Any, allow_lossy: bool) -> tuple[dict[str, Tensor], dict[str, list]]:
+    """Each official tensor under our name, or recorded as unused / lossy / dropped (else an error)."""
     out: dict[str, Tensor] = {}
     rec: dict[str, list] = {"exact": [], "lossy": [], "unused": [], "dropped": [], "initialised": []}
     bad: list[str] = []
@@ -320,16 +314,13 @@ def convert_state_dict(
             out[f"blocks.{m.group(1)}.{m.group(2)}"] = v
         elif k in _DIRECT:
             out[_DIRECT[k]] = v
+        elif k == "text_embeddings.position_embeddings.weight":
+            rec["unused"].append(k)  # position_embedding_type="rel_pos": never added in the official forward
         elif k in (
-            "text_embeddings.position_embeddings.weight",
+            "text_embeddings.token_type_embeddings.weight",
             "transformer.rel_pos_bias.relative_position_bias_table",
         ):
-            if k.startswith(
-                "text_"
-            ):  # position_embedding_type="rel_pos": never added in the official forward
-                rec["unused"].append(k)
-        elif k == "text_embeddings.token_type_embeddings.weight":
-            pass  # folded into the word embeddings below
+            pass  # folded into the word embeddings / placed in every block's image rows, by the caller
         elif k == "relative_position_bias_table":
             out["rel_pos_bias.relative_position_bias_table"] = v
             rec["exact"].append(f"{k}: the official table, as it is (text span {cfg.rel_pos_text_span})")
@@ -348,24 +339,45 @@ def convert_state_dict(
             f"cannot place {len(bad)} tensor(s): {sorted(bad)[:20]}"
             f"{' ...' if len(bad) > 20 else ''}; pass --allow-lossy to drop them"
         )
+    return out, rec
+
+
+def convert_state_dict(
+    sd: dict[str, Tensor],
+    *,
+    heads: int | None = None,
+    vl_start: int | None = None,
+    image_size: int | None = None,
+    allow_lossy: bool = False,
+) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
+    """Official state dict -> ``(our tensors, model_config, record of rewrites)``.
+
+    Tensors of our model that the checkpoint lacks (a backbone-only file) are taken from a fresh
+    model built with the inferred config (seed 0) and listed under ``initialised``.
+    """
+    from vlmerge_core.config import ModelConfig, section_from_dict
+    from vlmerge_core.model import MultiwayTransformer
+
+    cfg_d = infer_config(sd, heads=heads, vl_start=vl_start, image_size=image_size)
+    cfg = section_from_dict(ModelConfig, cfg_d, prefix="model")
+    out, rec = _place(sd, cfg, allow_lossy)
+    torch.manual_seed(0)
+    fresh = MultiwayTransformer(cfg).state_dict()
     tt = sd.get("text_embeddings.token_type_embeddings.weight")
-    if "text_embed.word_embeddings.weight" in out and tt is not None:
-        out["text_embed.word_embeddings.weight"] = out["text_embed.word_embeddings.weight"] + tt[0].to(
-            out["text_embed.word_embeddings.weight"].dtype
-        )
+    word = "text_embed.word_embeddings.weight"
+    if word in out and tt is not None:
+        out[word] = out[word] + tt[0].to(out[word].dtype)
         rec["exact"].append(
             "text_embed.word_embeddings: + BERT token-type row 0 (added to every token before the LayerNorm)"
         )
     beit = sd.get("transformer.rel_pos_bias.relative_position_bias_table")
     if beit is not None and "rel_pos_bias.relative_position_bias_table" not in out:
-        table = MultiwayTransformer(cfg).rel_pos_bias.relative_position_bias_table.detach().clone()
-        table[: beit.shape[0]] = beit.repeat(1, depth)
+        table = fresh["rel_pos_bias.relative_position_bias_table"].detach().clone()
+        table[: beit.shape[0]] = beit.repeat(1, cfg.depth)
         out["rel_pos_bias.relative_position_bias_table"] = table
         rec["exact"].append(
             "transformer.rel_pos_bias: BEiT's shared [R, H] table in the image rows of every block"
         )
-    torch.manual_seed(0)
-    fresh = MultiwayTransformer(cfg).state_dict()
     for k, v in fresh.items():
         if k not in out:
             out[k] = v.detach().clone()
@@ -380,12 +392,6 @@ def convert_state_dict(
                 f"{tuple(fresh[k].shape)} (give --heads / --image-size / --vl-start?)"
             )
     return dict(sorted(out.items())), cfg_d, rec
-
-
-def _tokenizer_identity(path: str | Path) -> dict[str, Any]:
-    from vlmerge_core.data.tokenizer import load_tokenizer, tokenizer_identity
-
-    return tokenizer_identity(load_tokenizer(path), Path(path).name)
 
 
 def convert_file(
@@ -404,6 +410,8 @@ def convert_file(
     ``tokenizer`` (a ``vocab.txt`` folder or ``tokenizer.json``; official checkpoints: BERT uncased) is
     recorded in the checkpoint, so that fine-tuning it with another vocabulary is refused.
     """
+    from vlmerge_core.data.tokenizer import load_identified_tokenizer
+
     obj = load_torch(in_path, trust_pickle)
     kind = detect(obj)
     if kind == "gram":
@@ -435,7 +443,9 @@ def convert_file(
             "convert": rec,
             "source": Path(in_path).name,
             **(
-                {"tokenizer": json.dumps(_tokenizer_identity(tokenizer), sort_keys=True)} if tokenizer else {}
+                {"tokenizer": json.dumps(load_identified_tokenizer(tokenizer)[1], sort_keys=True)}
+                if tokenizer
+                else {}
             ),
         },
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -52,6 +53,34 @@ def _numbers(study, validity, verdicts, bar: ValidityBar, cfg: dict[str, Any], p
     return n
 
 
+def _copy_published(src: Path, dst: Path) -> None:
+    """The paper's published numbers beside the report (nothing when ``dst`` is ``src``)."""
+    if dst.resolve() == src.resolve():
+        return
+    for f in sorted(src.glob("*.csv")):
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, dst / f.name)
+
+
+def _summary(verdicts: dict, validity: dict, study: Any, built: list, conf: dict) -> dict:
+    """What ``generated/summary.json`` and the stage's metrics file hold."""
+    return {
+        "verdicts": {
+            c: {
+                "verdict": v.verdict,
+                "verdict_valid": v.verdict_valid,
+                "invalid_tasks": v.invalid_tasks,
+                **({"parts": v.parts} if v.parts else {}),
+            }
+            for c, v in verdicts.items()
+        },
+        "e0": {t: v.status for t, v in validity.items()},
+        "missing": list(study.missing),
+        "artefacts": {f"{b.artefact.kind}:{b.artefact.name}": b.status for b in built},
+        "config": conf,
+    }
+
+
 def run_paper_stage(
     params_file: str = "",
     *,
@@ -90,10 +119,7 @@ def run_paper_stage(
     out, pub_dir = resolve(out_dir), resolve(published_dir)
     study = load_study(resolve(metrics_dir))
     published = load_published(pub_dir)
-    if (out / "published").resolve() != pub_dir.resolve():
-        for f in sorted(pub_dir.glob("*.csv")):
-            (out / "published").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, out / "published" / f.name)
+    _copy_published(pub_dir, out / "published")
     bar = ValidityBar()
     validity = e0_validity(study, bar)
     context = {**conf, "published": published, "corr": None, "points": None}
@@ -113,21 +139,7 @@ def run_paper_stage(
     write_generated(out / "generated", verdicts, built, timing, params.study.workers)
     render_report(out_dir=out, source=metrics_dir, missing=study.missing, built=built, verdicts=verdicts,
                   validity=validity, numbers=numbers, published=published)  # fmt: skip
-    summary = {
-        "verdicts": {
-            c: {
-                "verdict": v.verdict,
-                "verdict_valid": v.verdict_valid,
-                "invalid_tasks": v.invalid_tasks,
-                **({"parts": v.parts} if v.parts else {}),
-            }
-            for c, v in verdicts.items()
-        },  # fmt: skip
-        "e0": {t: v.status for t, v in validity.items()},
-        "missing": list(study.missing),
-        "artefacts": {f"{b.artefact.kind}:{b.artefact.name}": b.status for b in built},
-        "config": conf,
-    }
+    summary = _summary(verdicts, validity, study, built, conf)
     write_json(out / "generated" / "summary.json", summary)
     if metrics_out:
         write_json(resolve(metrics_out), summary)

@@ -74,8 +74,17 @@ class MARun:
     def id(self) -> str:
         return f"ma{self.steps}_r{self.pt_seed}"
 
+    @property
+    def model_id(self) -> str:
+        """Its row id in the study's tables."""
+        return self.id
+
     def dir(self, runs: str = RUNS) -> str:
         return f"{runs}/ma/{self.id}"
+
+    def info(self) -> dict[str, Any]:
+        """Its identity in metrics files (an MA run of K steps is also the seed of length K)."""
+        return {"kind": "ma", "seed_steps": self.steps, "pt_seed": self.pt_seed, "pt_steps": self.steps}
 
     def ckpt(self, runs: str = RUNS) -> str:
         return f"{self.dir(runs)}/last.safetensors"
@@ -105,6 +114,11 @@ class MSRun:
     def central_ckpt(self, runs: str = RUNS) -> str:
         """The central (seed) weights W0 of modality arithmetic, TIES and DARE."""
         return self.init_ckpt(runs)
+
+    @property
+    def model_id(self) -> str:
+        """Its row id in the study's tables (unmerged; its merges are ``merged_<id>_...``)."""
+        return f"ms_{self.id}"
 
     def dir(self, runs: str = RUNS) -> str:
         return f"{runs}/ms/{self.id}"
@@ -329,8 +343,8 @@ def testbed_jobs(params: Params, runs: str = RUNS) -> list[FinetuneJob]:
     for k in sorted(exps):
         for r in st.pt_seeds:
             m = MARun(k, r)
-            info = {"checkpoint": m.ckpt(runs), "pt_seed": r, "pt_steps": k, "seed_steps": k}
-            jobs.append(FinetuneJob(m.id, "ma", tasks, (st.ft_seed,), tuple(sorted(exps[k])), info))
+            info = {**m.info(), "checkpoint": m.ckpt(runs)}
+            jobs.append(FinetuneJob(m.model_id, "ma", tasks, (st.ft_seed,), tuple(sorted(exps[k])), info))
     return jobs
 
 
@@ -348,13 +362,13 @@ def evaluate_jobs(params: Params, runs: str = RUNS) -> list[FinetuneJob]:
             exps = ("E1", "E5") + (("E2", "E3") if ms_id in recipe else ())
             jobs.append(
                 FinetuneJob(
-                    f"ms_{ms_id}", "ms", tasks, (st.ft_seed,), exps, {**base, "checkpoint": run.ckpt(runs)}
+                    run.model_id, "ms", tasks, (st.ft_seed,), exps, {**base, "checkpoint": run.ckpt(runs)}
                 )
             )
         elif run.role == "grid" and run.variant != "all":
             jobs.append(
                 FinetuneJob(
-                    f"ms_{ms_id}", "ms", sweep, (st.ft_seed,), ("E3",), {**base, "checkpoint": run.ckpt(runs)}
+                    run.model_id, "ms", sweep, (st.ft_seed,), ("E3",), {**base, "checkpoint": run.ckpt(runs)}
                 )
             )
         for job in merge_jobs(params, ms_id):

@@ -66,14 +66,13 @@ def _pretrain_units(params: Params, group: str, params_file: str, profile: str, 
         for run in plan.ma_runs(params).values():
             units.append({**common, "stage": "seed", "init": plan.init_ckpt(runs), "out_dir": run.dir(runs),
                           "steps": run.steps, "rng_seed": run.pt_seed})  # fmt: skip
-            infos.append({"model_id": run.id, "kind": "ma", "pt_seed": run.pt_seed, "pt_steps": run.steps,
-                          "seed_steps": run.steps})  # fmt: skip
+            infos.append({"model_id": run.model_id, **run.info()})
     else:
         for run in plan.ms_runs(params).values():
             units.append({**common, "stage": "ms", "variant": run.variant, "init": run.init_ckpt(runs),
                           "out_dir": run.dir(runs), "steps": run.ms_steps, "rng_seed": run.ms_seed,
                           "lr_mult": run.lr_mult})  # fmt: skip
-            infos.append({"model_id": f"ms_{run.id}", **run.info()})
+            infos.append({"model_id": run.model_id, **run.info()})
     return units, infos
 
 
@@ -161,7 +160,7 @@ def _merge_unit(args: dict[str, Any]) -> dict:
                 {"option": job.option, "experiments": list(job.experiments), "seconds": seconds, "path": rel}
             )
         records += recs
-    info = {"model_id": f"ms_{run.id}", **run.info()}
+    info = {"model_id": run.model_id, **run.info()}
     dist = run_distance_stage(**common, ms_ckpt=str(ms_path), central_ckpt=str(central))
     return {"merges": {"model": info, "records": records}, "distance": {**dist, "model": info}}
 
@@ -182,9 +181,9 @@ def run_merge_grid_stage(
     params = _params(params_file, profile)
     if demo_inputs:
         demo.prepare(params_file, profile, runs_dir, upto="merge")
-    ids = list(plan.ms_runs(params))
-    for ms_id in ids:
-        run = plan.ms_runs(params)[ms_id]
+    runs = plan.ms_runs(params)
+    ids = list(runs)
+    for ms_id, run in runs.items():
         _need(run.ckpt(runs_dir), f"MS checkpoint of {ms_id}")
         _need(run.central_ckpt(runs_dir), f"central (seed) checkpoint of {ms_id}")
     units = [{"params_file": params_file, "profile": profile, "ms_id": i, "runs_dir": runs_dir,

@@ -128,15 +128,13 @@ def load_backbone(backbone: str | Path | nn.Module, model_cfg: ModelConfig | Non
 
 def _tokenizer(world: Any, cfg: FinetuneConfig) -> tuple[Any, dict[str, Any]]:
     """The fine-tuning tokenizer and its identity: ``finetune.real_paths.tokenizer``, else the world's."""
-    from vlmerge_core.data.tokenizer import load_tokenizer, tokenizer_identity
+    from vlmerge_core.data.tokenizer import load_identified_tokenizer
 
     if cfg.real_paths.get("tokenizer"):
-        path = resolve(cfg.real_paths["tokenizer"])
-        tok = load_tokenizer(path)
-        return tok, tokenizer_identity(tok, Path(path).name)
+        return load_identified_tokenizer(resolve(cfg.real_paths["tokenizer"]))
     if world is None:
         raise ValueError("finetune: no world given and no finetune.real_paths.tokenizer")
-    return load_tokenizer(world.tokenizer_path), world.tokenizer_identity
+    return world.tokenizer(), world.tokenizer_identity  # loaded once per world
 
 
 def _world(world: Any) -> Any:
