@@ -214,7 +214,7 @@ class FinetuneConfig:
     rng_seed: int = _f(0, lo=0)  # RNG seed of fine-tuning (head init, data order, training subset)
     overrides: dict[str, dict[str, Any]] = _f(
         factory=lambda: {  # task -> {field: value}: the micro recipe (params.yaml says why)
-            "vqa": {"head_lr_mult": 100.0, "epochs": 16, "drop_path": 0.15},
+            "vqa": {"head_lr_mult": 100.0, "epochs": 24, "drop_path": 0.15},
             "coco": {"batch_size": 64, "train_subsample": 500},
             "flickr": {"batch_size": 64, "train_subsample": 500},
             "nlvr2": {},
