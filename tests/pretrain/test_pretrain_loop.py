@@ -196,14 +196,14 @@ torch.set_num_threads(1)
 world_root, out, init = sys.argv[1:4]
 p = profile_params("smoke")
 cfg = dataclasses.replace(p.seed_pretrain, steps=4, ckpt_every=2, grad_accum=2, save_steps=[])
-real_save = loop._save_state
+real_save = loop.save_train_state
 
 def save_then_die(path, model, opt, step, *args, **kwargs):
     real_save(path, model, opt, step, *args, **kwargs)
     if step == 2:  # a hard kill right after the step-2 checkpoint: no cleanup, no exception handling
         os.kill(os.getpid(), signal.SIGKILL)
 
-loop._save_state = save_then_die
+loop.save_train_state = save_then_die
 loop.run_pretrain(cfg, p.model, load_world(world_root), out, init=init)
 """
 

@@ -15,32 +15,35 @@ retrieval and end losses, written when it is saved, so a resumed run keeps them)
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
 from vlmerge_core.config import InitPretrainConfig, ModelConfig, PretrainConfig
-from vlmerge_core.io import load_safetensors, read_json, save_safetensors, write_json, write_run_info
+from vlmerge_core.io import read_json, write_json, write_run_info
 from vlmerge_core.model import (
+    MS_VARIANTS,
     MultiwayTransformer,
     init_ms_from_ma,
     load_state,
-    load_state_strict,
     load_timm_into_v,
     save_model,
 )
+from vlmerge_core.paths import resolve
 from vlmerge_core.pretrain import objectives
-from vlmerge_core.pretrain.batches import build_pretrain_data, make_global_batch
+from vlmerge_core.pretrain.batches import PretrainData, build_pretrain_data, make_global_batch
 from vlmerge_core.pretrain.distributed import DistInfo, all_reduce_sum, init_distributed, repeatable
 from vlmerge_core.pretrain.evaluate import evaluate_retrieval
-from vlmerge_core.pretrain.optim import load_optimizer_state, make_optimizer, optimizer_state_tensors, set_lr
+from vlmerge_core.pretrain.optim import make_optimizer, set_lr
+from vlmerge_core.pretrain.train_state import STATE_FILE, load_train_state, save_train_state, state_meta
 
 __all__ = [
     "NonFiniteLossError",
@@ -53,7 +56,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 STAGES = ("init", "seed", "ms")
-STATE_FILE = "train_state.safetensors"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -87,45 +89,6 @@ def build_stage_model(model_cfg: ModelConfig, stage: str, init: str | Path | Non
     return model
 
 
-def _state_meta(cfg: PretrainConfig, model_cfg: ModelConfig, stage: str) -> dict:
-    return {
-        "pretrain_config": dataclasses.asdict(cfg),
-        "model_config": dataclasses.asdict(model_cfg),
-        "stage": stage,
-    }
-
-
-def _save_state(path: Path, model: nn.Module, opt, step: int, history: dict, meta: dict) -> None:
-    tensors = {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
-    opt_tensors, opt_meta = optimizer_state_tensors(opt)
-    tensors.update(opt_tensors)
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    save_safetensors(path, tensors, {**meta, "step": step, "history": history, "optimizer": opt_meta})
-
-
-def _load_state(path: Path, model: nn.Module, opt, meta_expected: dict) -> tuple[int, dict]:
-    tensors, meta = load_safetensors(path)
-    for key in ("pretrain_config", "model_config", "stage"):
-        saved = json.loads(meta[key]) if key != "stage" else meta[key]
-        if saved != meta_expected[key]:
-            diff = (
-                [k for k in saved if saved[k] != meta_expected[key].get(k)]
-                if isinstance(saved, dict)
-                else [key]
-            )
-            raise ValueError(
-                f"{path}: cannot resume, {key} differs from this run ({diff}); use a fresh out_dir"
-            )
-    load_state_strict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, src=str(path))
-    load_optimizer_state(opt, tensors, json.loads(meta["optimizer"]))
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return int(meta["step"]), json.loads(meta["history"])
-
-
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -140,15 +103,11 @@ def _curve(history: dict[str, list[float]], every: int) -> dict[str, list[float]
 
 
 def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
     disable = (not enabled) or os.environ.get("VLMERGE_NO_TQDM", "") not in ("", "0") or None
     return tqdm(total=total, initial=initial, desc="pretrain", disable=disable, dynamic_ncols=True)
 
 
 def _init_from_beit(cfg: InitPretrainConfig, model_cfg: ModelConfig, out_dir: Path, info: DistInfo) -> dict:
-    from vlmerge_core.paths import resolve
-
     model = build_stage_model(model_cfg, "init", None)
     done = load_timm_into_v(model, resolve(cfg.beit_checkpoint))
     metrics = {
@@ -206,6 +165,38 @@ def checkpoint_metrics(
     return out
 
 
+@dataclasses.dataclass
+class _Run:
+    """What the loop carries from step to step: the run's fixed parts and its progress."""
+
+    cfg: PretrainConfig  # the stage's section
+    stage: str  # "init", "seed" or "ms"
+    out_dir: Path  # run folder
+    info: DistInfo  # rank, world size, device
+    losses: dict[str, float]  # objective -> weight (weights > 0 only)
+    shard: objectives.Shard  # this rank's rows of the global micro-batch (size: the global micro-batch)
+    model: MultiwayTransformer  # the model trained (what is saved)
+    opt: torch.optim.Optimizer  # AdamW over the model's parameters
+    meta: dict  # configs and stage: stored with the train state, checked on resume
+    step: int = 0  # optimizer steps done
+    history: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # loss name -> per step
+    resumed_from: int = 0  # the step this process resumed from (0: a fresh start)
+    n_samples: int = 0  # samples trained on since this process entered the loop
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / STATE_FILE
+
+    @property
+    def save_steps(self) -> set[int]:
+        """Steps whose model is kept as ``ckpt_step{K}`` (the seed stage's ``save_steps``)."""
+        return set(getattr(self.cfg, "save_steps", []))
+
+    @property
+    def cuda(self) -> bool:
+        return str(self.info.device).startswith("cuda")
+
+
 @repeatable()
 def run_pretrain(
     cfg: PretrainConfig,
@@ -239,6 +230,28 @@ def run_pretrain(
     info = init_distributed(device)
     if stage == "init" and getattr(cfg, "beit_checkpoint", ""):
         return _init_from_beit(cfg, model_cfg, out_dir, info)
+    run = _start(cfg, model_cfg, world, out_dir, init, stage, info)
+    resumed = _resume(run)
+    if resumed and run.step >= cfg.steps and (out_dir / "metrics.json").exists():
+        return read_json(out_dir / "metrics.json")  # finished earlier: the metrics it wrote
+    data = build_pretrain_data(world, model_cfg, run.losses, cfg.caption_style)
+    module = _loss_module(run)
+    run.model.train()
+    t_loop = time.perf_counter()
+    bar = _progress(cfg.steps, run.step, info.is_main)
+    while run.step < cfg.steps:
+        _train_step(run, module, data)
+        _show_progress(bar, run, t_loop)
+        _maybe_checkpoint(run, world)
+        if stop_at is not None and stop_at <= run.step < cfg.steps:
+            bar.close()
+            return {"stage": stage, "stopped_at": run.step}
+    bar.close()
+    return _finish(run, world, model_cfg, init, t_start, time.perf_counter() - t_loop)
+
+
+def _start(cfg, model_cfg: ModelConfig, world, out_dir: Path, init, stage: str, info: DistInfo) -> _Run:
+    """Check the losses and the batch arithmetic, seed the RNG, build the model and its optimizer."""
     losses = {k: float(w) for k, w in cfg.losses.items() if w > 0}
     if not losses:
         raise ValueError(f"{stage}: no loss has a weight > 0 in losses={cfg.losses}")
@@ -249,126 +262,197 @@ def run_pretrain(
         )
     G = cfg.batch_size // A  # global micro-batch
     shard = objectives.Shard(lo=info.rank * G // W, hi=(info.rank + 1) * G // W, size=G)
-
-    torch.manual_seed(cfg.rng_seed)
+    torch.manual_seed(cfg.rng_seed)  # the model's init (a resume then overwrites weights and RNG)
     model = build_stage_model(model_cfg, stage, init).to(info.device)
     model.tokenizer_info = getattr(world, "tokenizer_identity", None)  # checked when a task is built
-    opt = make_optimizer(model, cfg)
-    meta = _state_meta(cfg, model_cfg, stage)
-    step, history = 0, {k: [] for k in losses}
-    state_path = out_dir / STATE_FILE
-    if state_path.exists():
-        step, history = _load_state(state_path, model, opt, meta)
-        log.info("resumed %s from step %d", state_path, step)
-        if step >= cfg.steps and (out_dir / "metrics.json").exists():
-            return read_json(out_dir / "metrics.json")
-    elif info.is_main:
-        for stale in out_dir.glob("ckpt_step*.json"):  # metrics of an earlier run in this folder
-            stale.unlink()
-    resumed_from = step
-    data = build_pretrain_data(world, model_cfg, losses, cfg.caption_style)
-    cuda = str(info.device).startswith("cuda")
-    module = objectives.LossModule(model, losses, shard, info.device, cfg.itm_negatives)
-    if info.distributed:
-        from torch.nn.parallel import DistributedDataParallel
+    return _Run(
+        cfg=cfg,
+        stage=stage,
+        out_dir=out_dir,
+        info=info,
+        losses=losses,
+        shard=shard,
+        model=model,
+        opt=make_optimizer(model, cfg),
+        meta=state_meta(cfg, model_cfg, stage),
+        history={k: [] for k in losses},
+    )
 
-        module = DistributedDataParallel(
-            module, device_ids=[info.local_rank] if cuda else None, find_unused_parameters=True
+
+def _resume(run: _Run) -> bool:
+    """Continue from the run folder's train state when there is one; True if it did.
+
+    What a resume restores is all that the next step depends on: the weights, AdamW's moments and
+    step counts, the RNG state (masking and ITM negatives draw from it), the step and the loss
+    history. The data order needs nothing: batch ``s`` is a pure function of ``(rng_seed, s)``. The
+    state also holds the configs, and a folder trained with other ones is refused. Steps after the
+    state's are redone, bit for bit, so a ``ckpt_step{K}`` they had written is written again equal.
+    """
+    if not run.state_path.exists():
+        if run.info.is_main:  # a fresh start: the checkpoint metrics of an earlier run in this
+            for stale in run.out_dir.glob("ckpt_step*.json"):  # folder must not join this run's
+                stale.unlink()
+        return False
+    run.step, run.history = load_train_state(run.state_path, run.model, run.opt, run.meta)
+    run.resumed_from = run.step
+    log.info("resumed %s from step %d", run.state_path, run.step)
+    return True
+
+
+def _loss_module(run: _Run) -> nn.Module:
+    """The model and its objectives as one module, wrapped in DDP when there are several processes."""
+    module = objectives.LossModule(run.model, run.losses, run.shard, run.info.device, run.cfg.itm_negatives)
+    if not run.info.distributed:
+        return module
+    # find_unused_parameters: some parameters get no gradient from a stage's objectives (the text
+    # and fusion experts under the image-only init objectives, for one)
+    return DistributedDataParallel(
+        module, device_ids=[run.info.local_rank] if run.cuda else None, find_unused_parameters=True
+    )
+
+
+def _train_step(run: _Run, module: nn.Module, data: PretrainData) -> None:
+    """One optimizer step: ``grad_accum`` micro-steps, clipping, AdamW, the step's losses recorded."""
+    cfg, A = run.cfg, run.cfg.grad_accum
+    set_lr(run.opt, run.step, cfg)  # a schedule of the step alone: a resume needs nothing more
+    step_losses = torch.zeros(len(run.losses), dtype=torch.float64)
+    for k in range(A):
+        batch = make_global_batch(
+            data, cfg, run.step, k, run.shard.size, run.model.num_patches, set(run.losses)
         )
-    model.train()
-    names = list(losses)
-    save_steps = set(getattr(cfg, "save_steps", []))
-    t_loop, n_samples = time.perf_counter(), 0
-    bar = _progress(cfg.steps, step, info.is_main)
-    while step < cfg.steps:
-        set_lr(opt, step, cfg)
-        step_losses = torch.zeros(len(names), dtype=torch.float64)
-        for k in range(A):
-            batch = make_global_batch(data, cfg, step, k, G, model.num_patches, set(names))
-            sync = contextlib.nullcontext() if (k == A - 1 or not info.distributed) else module.no_sync()
-            with sync:
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.amp):
-                    parts = module(batch)
-                values = all_reduce_sum(torch.stack([parts[n].detach().double() for n in names])).cpu()
-                bad = [(n, v) for n, v in zip(names, values.tolist()) if not torch.isfinite(torch.tensor(v))]
-                if bad:
-                    raise NonFiniteLossError(
-                        f"step {step}: loss component {bad[0][0]!r} is {bad[0][1]} "
-                        f"(last good checkpoint kept in {out_dir})"
-                    )
-                total = sum(losses[n] * parts[n] for n in names) * (W / A)
-                total.backward()
-            step_losses += values / A
-        if cfg.grad_clip > 0:
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if not torch.isfinite(gnorm):
-                raise NonFiniteLossError(
-                    f"step {step}: gradient norm is {gnorm.item()} (last good checkpoint kept in {out_dir})"
-                )
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        for n, v in zip(names, step_losses.tolist()):
-            history[n].append(v)
-        step += 1
-        n_samples += cfg.batch_size
-        rate = n_samples / max(time.perf_counter() - t_loop, 1e-9)
-        bar.update(1)
-        bar.set_postfix(loss=f"{sum(losses[n] * history[n][-1] for n in names):.3f}", sps=f"{rate:.0f}")
-        if info.is_main:
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                _save_state(state_path, model, opt, step, history, meta)
-            if step in save_steps or step == cfg.steps:
-                save_model(out_dir / f"ckpt_step{step}.safetensors", model, {"stage": stage, "step": step})
-                write_json(
-                    out_dir / f"ckpt_step{step}.json",
-                    checkpoint_metrics(model, world, cfg, losses, history, step, info.device),
-                )
-        if stop_at is not None and step >= stop_at and step < cfg.steps:
-            bar.close()
-            return {"stage": stage, "stopped_at": step}
-    bar.close()
-    loop_s = time.perf_counter() - t_loop
+        step_losses += _micro_step(run, module, batch, last=k == A - 1) / A
+    _clip_gradients(run)
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    for n, v in zip(run.losses, step_losses.tolist()):
+        run.history[n].append(v)
+    run.step += 1
+    run.n_samples += cfg.batch_size
+
+
+def _micro_step(run: _Run, module: nn.Module, batch: dict[str, torch.Tensor], last: bool) -> torch.Tensor:
+    """Forward and backward of one micro-batch; returns its losses summed over ranks [n_losses]."""
+    names, W, A = list(run.losses), run.info.world_size, run.cfg.grad_accum
+    # DDP all-reduces gradients inside backward. Under accumulation the micro-batches' gradients add
+    # up in each rank's .grad, so one all-reduce on the last micro-step gives the same sum as one per
+    # micro-step: all other micro-steps run under no_sync, forward included (DDP prepares the
+    # reduction in forward). A single process has nothing to sync.
+    sync = nullcontext() if (last or not run.info.distributed) else module.no_sync()
+    with sync:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.cuda and run.cfg.amp):
+            parts = module(batch)
+        values = all_reduce_sum(torch.stack([parts[n].detach().double() for n in names])).cpu()
+        # The NaN guard sits after the all-reduce and before backward: every rank checks the same
+        # summed values, so all stop at the same micro-step (none is left waiting in a collective),
+        # and a non-finite loss never reaches the gradients, AdamW's moments or a train state.
+        _check_finite(run, names, values)
+        # each rank's loss is its share of the global mean (objectives); DDP averages gradients over
+        # the W ranks and the A micro-steps add up: W / A makes them those of the global batch mean
+        total = sum(run.losses[n] * parts[n] for n in names) * (W / A)
+        total.backward()
+    return values
+
+
+def _check_finite(run: _Run, names: list[str], values: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteLossError` naming the step and the first non-finite loss component."""
+    bad = [(n, v) for n, v in zip(names, values.tolist()) if not torch.isfinite(torch.tensor(v))]
+    if bad:
+        raise NonFiniteLossError(
+            f"step {run.step}: loss component {bad[0][0]!r} is {bad[0][1]} "
+            f"(last good checkpoint kept in {run.out_dir})"
+        )
+
+
+def _clip_gradients(run: _Run) -> None:
+    """Clip the gradient norm to ``grad_clip`` (0: off, as the official code)."""
+    if run.cfg.grad_clip > 0:
+        gnorm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+        if not torch.isfinite(gnorm):  # before AdamW's step, which a non-finite gradient would poison
+            raise NonFiniteLossError(
+                f"step {run.step}: gradient norm is {gnorm.item()} "
+                f"(last good checkpoint kept in {run.out_dir})"
+            )
+
+
+def _show_progress(bar, run: _Run, t_loop: float) -> None:
+    rate = run.n_samples / max(time.perf_counter() - t_loop, 1e-9)
+    bar.update(1)
+    loss = sum(run.losses[n] * run.history[n][-1] for n in run.losses)
+    bar.set_postfix(loss=f"{loss:.3f}", sps=f"{rate:.0f}")
+
+
+def _maybe_checkpoint(run: _Run, world) -> None:
+    """On rank 0: the train state every ``ckpt_every`` steps, the model at each save step and the end."""
+    cfg, step = run.cfg, run.step
+    if not run.info.is_main:
+        return
+    if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        save_train_state(run.state_path, run.model, run.opt, step, run.history, run.meta)
+    if step in run.save_steps or step == cfg.steps:
+        save_model(
+            run.out_dir / f"ckpt_step{step}.safetensors", run.model, {"stage": run.stage, "step": step}
+        )
+        # its metrics are written now, beside it: a run resumed later still reports them
+        write_json(
+            run.out_dir / f"ckpt_step{step}.json",
+            checkpoint_metrics(run.model, world, cfg, run.losses, run.history, step, run.info.device),
+        )
+
+
+def _finish(run: _Run, world, model_cfg: ModelConfig, init, t_start: float, loop_s: float) -> dict:
+    """The run's metrics; rank 0 also saves the model and writes ``metrics.json`` and ``run_info.json``."""
+    cfg, info = run.cfg, run.info
     metrics = {
-        "stage": stage,
-        "kind": model.kind,
+        "stage": run.stage,
+        "kind": run.model.kind,
         "steps": cfg.steps,
         "batch_size": cfg.batch_size,
-        "world_size": W,
-        "losses": losses,
-        "resumed_from_step": resumed_from,
-        "loss_curve": _curve(history, cfg.log_every),
-        "loss_start": {n: _mean(v[: cfg.log_every]) for n, v in history.items()},
-        "loss_end": {n: _mean(v[-cfg.log_every :]) for n, v in history.items()},
+        "world_size": info.world_size,
+        "losses": run.losses,
+        "resumed_from_step": run.resumed_from,
+        "loss_curve": _curve(run.history, cfg.log_every),
+        "loss_start": {n: _mean(v[: cfg.log_every]) for n, v in run.history.items()},
+        "loss_end": {n: _mean(v[-cfg.log_every :]) for n, v in run.history.items()},
         "wall_time_s": time.perf_counter() - t_start,
-        "samples_per_s": n_samples / loop_s if loop_s > 0 else None,
+        "samples_per_s": run.n_samples / loop_s if loop_s > 0 else None,
     }
-    if info.is_main:
-        save_model(out_dir / "last.safetensors", model, {"stage": stage, "step": step})
-        last = out_dir / f"ckpt_step{step}.json"
-        final = (
-            read_json(last)
-            if last.exists()
-            else checkpoint_metrics(model, world, cfg, losses, history, step, info.device)
-        )
-        metrics.update({k: final[k] for k in ("retrieval", "retrieval_vl", "summary") if k in final})
-        metrics["checkpoints"] = {
-            str(k): read_json(out_dir / f"ckpt_step{k}.json")
-            for k in sorted({*save_steps, step})
-            if k <= step and (out_dir / f"ckpt_step{k}.json").exists()
-        }
-        metrics["wall_time_s"] = time.perf_counter() - t_start
-        write_json(out_dir / "metrics.json", metrics)
-        write_run_info(
-            out_dir / "run_info.json",
-            cfg,
-            model_config=dataclasses.asdict(model_cfg),
-            stage=stage,
-            init=str(init) if init else None,
-            world=str(getattr(world, "root", "")),
-            world_size=W,
-            device=str(info.device),
-        )
+    if not info.is_main:
+        return metrics
+    save_model(run.out_dir / "last.safetensors", run.model, {"stage": run.stage, "step": run.step})
+    metrics.update(_final_evaluation(run, world))
+    metrics["wall_time_s"] = time.perf_counter() - t_start
+    write_json(run.out_dir / "metrics.json", metrics)
+    write_run_info(
+        run.out_dir / "run_info.json",
+        cfg,
+        model_config=dataclasses.asdict(model_cfg),
+        stage=run.stage,
+        init=str(init) if init else None,
+        world=str(getattr(world, "root", "")),
+        world_size=info.world_size,
+        device=str(info.device),
+    )
     return metrics
+
+
+def _final_evaluation(run: _Run, world) -> dict:
+    """Zero-shot retrieval and summary of the final model, and the metrics of every kept checkpoint."""
+    step, out_dir = run.step, run.out_dir
+    last = out_dir / f"ckpt_step{step}.json"
+    # written at the last step, unless the run had no step, or was killed between its last train
+    # state and that file
+    final = (
+        read_json(last)
+        if last.exists()
+        else checkpoint_metrics(run.model, world, run.cfg, run.losses, run.history, step, run.info.device)
+    )
+    out = {k: final[k] for k in ("retrieval", "retrieval_vl", "summary") if k in final}
+    out["checkpoints"] = {
+        str(k): read_json(out_dir / f"ckpt_step{k}.json")
+        for k in sorted({*run.save_steps, step})
+        if k <= step and (out_dir / f"ckpt_step{k}.json").exists()
+    }
+    return out
 
 
 def stage_configs(params, stage: str, variant: str = "") -> tuple[PretrainConfig, ModelConfig]:
@@ -379,8 +463,6 @@ def stage_configs(params, stage: str, variant: str = "") -> tuple[PretrainConfig
         stage: ``"init"``, ``"seed"`` or ``"ms"``.
         variant: for ``ms``, a key of ``MS_VARIANTS`` (empty: ``params.model.ms_components``).
     """
-    from vlmerge_core.model import MS_VARIANTS
-
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     cfg = {"init": params.init_pretrain, "seed": params.seed_pretrain, "ms": params.ms_pretrain}[stage]
