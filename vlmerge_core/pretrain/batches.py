@@ -15,6 +15,16 @@ import numpy as np
 import torch
 
 from vlmerge_core.config import ModelConfig, PretrainConfig
+from vlmerge_core.data.augment import augment_images
+from vlmerge_core.data.loaders import (
+    continuation_pieces,
+    encode_text,
+    image_to_tensor,
+    mask_tokens,
+    patch_codes,
+    whole_word_mask,
+)
+from vlmerge_core.data.scenes import kind_tags
 
 __all__ = ["PretrainData", "build_pretrain_data", "make_global_batch", "mix_seed", "stream_indices"]
 
@@ -65,13 +75,9 @@ def build_pretrain_data(
     world, model_cfg: ModelConfig, losses: dict[str, float], style: str = "coco"
 ) -> PretrainData:
     """Encode the sources the active losses need (pairs of the train split, image-only, text-only)."""
-    from vlmerge_core.data.loaders import encode_text, image_to_tensor, patch_codes
-
     tok = world.tokenizer()
     if len(tok) > model_cfg.vocab_size:
         raise ValueError(f"tokenizer has {len(tok)} tokens but model.vocab_size is {model_cfg.vocab_size}")
-    from vlmerge_core.data.loaders import continuation_pieces
-
     data = PretrainData(tokenizer=tok, continuation=continuation_pieces(tok))
     active = {k for k, w in losses.items() if w > 0}
     T = model_cfg.max_text_len
@@ -94,8 +100,6 @@ def build_pretrain_data(
             ]
         )
     if "tags" in active:
-        from vlmerge_core.data.scenes import kind_tags
-
         if data.io_images is None:
             data.io_images = image_to_tensor(world.image_only())
         data.io_tags = torch.from_numpy(kind_tags(world.scenes("image_only"))).float()
@@ -124,8 +128,6 @@ def make_global_batch(
     so the batch is the same on every rank and after a resume. MLM masks whole words
     (:func:`~vlmerge_core.data.loaders.whole_word_mask`) unless ``cfg.whole_word_masking`` is off.
     """
-    from vlmerge_core.data.augment import augment_images
-    from vlmerge_core.data.loaders import image_to_tensor, mask_tokens, whole_word_mask
 
     def mlm_mask(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if cfg.whole_word_masking:

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vlmerge_core.pretrain.stage import run_pretrain_stage
+    from vlmerge_core.pretrain.stage import run_pretrain_stage  # here: torch loads when the command runs
 
     m = run_pretrain_stage(
         args.stage,

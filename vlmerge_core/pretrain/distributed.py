@@ -130,7 +130,7 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
+    from torch.distributed.nn.functional import all_gather  # here: needs a torch built with distributed
 
     return torch.cat(all_gather(x), dim=0)
 

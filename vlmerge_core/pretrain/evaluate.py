@@ -11,6 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vlmerge_core.data.loaders import encode_text, image_to_tensor
+from vlmerge_core.data.stats import random_recall
+
 __all__ = ["evaluate_retrieval", "retrieval_recalls"]
 
 
@@ -26,8 +29,8 @@ def retrieval_recalls(
     Returns:
         ``ir_r{k}``, ``tr_r{k}`` (percent), ``rsum``, and ``chance_ir_r{k}``/``chance_tr_r{k}``.
     """
-    from vlmerge_core.data.stats import random_recall
-    from vlmerge_core.tasks.metrics import retrieval_recalls as recalls  # the one recall@K (official ties)
+    # the one recall@K (official ties); imported here: vlmerge_core.tasks imports this package
+    from vlmerge_core.tasks.metrics import retrieval_recalls as recalls
 
     n_img = sim.shape[0]
     full = recalls(sim, text_image, ks)
@@ -56,8 +59,6 @@ def evaluate_retrieval(
     Returns:
         :func:`retrieval_recalls` plus ``n_images`` and ``n_texts``.
     """
-    from vlmerge_core.data.loaders import encode_text, image_to_tensor
-
     if head not in ("itc", "itc_vl"):
         raise ValueError(f"evaluate_retrieval: head must be 'itc' or 'itc_vl', got {head!r}")
     device = device or next(model.parameters()).device

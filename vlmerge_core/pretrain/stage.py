@@ -6,7 +6,10 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from vlmerge_core.config import load_params
+import pandas as pd
+import torch
+
+from vlmerge_core.config import ModelConfig, Params, PretrainConfig, load_params
 from vlmerge_core.data import ensure_world
 from vlmerge_core.io import write_json
 from vlmerge_core.paths import resolve
@@ -64,10 +67,24 @@ def run_pretrain_stage(
         The run's metrics.
     """
     if threads > 0:
-        import torch
-
         torch.set_num_threads(threads)
     params = load_params(params_file) if params_file else load_params(profile=profile)
+    cfg, model_cfg = _run_configs(params, stage, variant, steps, rng_seed, lr_mult)
+    world = ensure_world(params.data, world_dir or None)
+    if not resume:
+        clear_run(resolve(out_dir))
+    metrics = run_pretrain(
+        cfg, model_cfg, world, resolve(out_dir), init=resolve(init) if init else None, stage=stage
+    )
+    if metrics_out:
+        _write_metrics(resolve(metrics_out), metrics)
+    return metrics
+
+
+def _run_configs(
+    params: Params, stage: str, variant: str, steps: int, rng_seed: int, lr_mult: float
+) -> tuple[PretrainConfig, ModelConfig]:
+    """The stage's configs with :func:`run_pretrain_stage`'s overrides (steps, seed, LR) applied."""
     cfg, model_cfg = stage_configs(params, stage, variant)
     if steps > 0:
         keep = [s for s in getattr(cfg, "save_steps", []) if s <= steps]
@@ -77,18 +94,14 @@ def run_pretrain_stage(
         cfg = dataclasses.replace(cfg, rng_seed=rng_seed)
     if lr_mult != 1.0:
         cfg = dataclasses.replace(cfg, lr=cfg.lr * lr_mult)
-    world = ensure_world(params.data, world_dir or None)
-    if not resume:
-        clear_run(resolve(out_dir))
-    metrics = run_pretrain(
-        cfg, model_cfg, world, resolve(out_dir), init=resolve(init) if init else None, stage=stage
-    )
-    if metrics_out:
-        out = resolve(metrics_out)
-        write_json(out, metrics)
-        write_json(curve_path(out), curve_records(metrics))
-        log.info("metrics written to %s", out)
-    return metrics
+    return cfg, model_cfg
+
+
+def _write_metrics(out: Path, metrics: dict) -> None:
+    """The metrics at ``out`` and the loss curve beside them as DVC plot records."""
+    write_json(out, metrics)
+    write_json(curve_path(out), curve_records(metrics))
+    log.info("metrics written to %s", out)
 
 
 def curve_path(metrics_out: str | Path) -> Path:
@@ -121,8 +134,6 @@ def clear_run(out_dir: Path) -> list[Path]:
 
 def summary_table(metrics: dict):
     """A small DataFrame: start/end loss per objective and the zero-shot retrieval recalls vs chance."""
-    import pandas as pd
-
     rows = [
         {"quantity": f"loss {n}", "start": metrics["loss_start"][n], "end": metrics["loss_end"][n]}
         for n in metrics.get("loss_start") or {}
@@ -144,16 +155,12 @@ def summary_table(metrics: dict):
 
 def checkpoints_table(metrics: dict):
     """One row per kept checkpoint (seed lengths): zero-shot retrieval (percent) and end losses."""
-    import pandas as pd
-
     rows = {int(k): rec["summary"] for k, rec in (metrics.get("checkpoints") or {}).items()}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("step").sort_index()
 
 
 def runs_table(runs: dict[str, dict]):
     """One row per run of a study pre-training stage: steps, zero-shot val rsum, end losses."""
-    import pandas as pd
-
     rows = {
         rid: {"steps": m.get("steps"), "rsum": (m.get("summary") or {}).get("rsum"),
               **{f"{n} end": v for n, v in (m.get("loss_end") or {}).items()}}
