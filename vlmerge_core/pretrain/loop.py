@@ -4,13 +4,16 @@
 bf16 autocast on GPU, DDP under ``torchrun``; it checkpoints atomically, resumes exactly after a
 kill (model, optimizer, step, RNG; the data order is a pure function of the step), stops on a
 non-finite loss naming the step and component, and writes ``metrics.json`` and ``run_info.json``.
+It reads as its steps: ``_start`` (model, optimizer), ``_resume``, then per step ``_train_step``
+(``_micro_step`` x ``grad_accum``, ``_check_finite``, ``_clip_gradients``, AdamW) and
+``_maybe_checkpoint``, and ``_finish``; what the loop carries is a ``_Run``.
 
-Files in ``out_dir``: ``train_state.safetensors`` (everything needed to resume, written every
-``ckpt_every`` steps), ``last.safetensors`` (the model), ``ckpt_step{K}.safetensors`` (the model at
-each ``save_steps`` K of the seed stage and at the end) with ``ckpt_step{K}.json`` (its zero-shot
-retrieval and end losses, written when it is saved, so a resumed run keeps them), ``metrics.json``
-(``checkpoints`` holds every ``ckpt_step{K}.json``; ``summary`` the flat metrics of the final model:
-``ir_r1 … tr_r10``, ``rsum``, ``loss_<name>_end``), ``run_info.json``.
+Files in ``out_dir``: ``train_state.safetensors`` (everything needed to resume, :mod:`.train_state`,
+written every ``ckpt_every`` steps), ``last.safetensors`` (the model), ``ckpt_step{K}.safetensors``
+(the model at each ``save_steps`` K of the seed stage and at the end) with ``ckpt_step{K}.json``
+(its zero-shot retrieval and end losses, written when it is saved, so a resumed run keeps them),
+``metrics.json`` (``checkpoints`` holds every ``ckpt_step{K}.json``; ``summary`` the flat metrics of
+the final model: ``ir_r1 … tr_r10``, ``rsum``, ``loss_<name>_end``), ``run_info.json``.
 """
 
 from __future__ import annotations
@@ -283,10 +286,11 @@ def _resume(run: _Run) -> bool:
     """Continue from the run folder's train state when there is one; True if it did.
 
     What a resume restores is all that the next step depends on: the weights, AdamW's moments and
-    step counts, the RNG state (masking and ITM negatives draw from it), the step and the loss
-    history. The data order needs nothing: batch ``s`` is a pure function of ``(rng_seed, s)``. The
-    state also holds the configs, and a folder trained with other ones is refused. Steps after the
-    state's are redone, bit for bit, so a ``ckpt_step{K}`` they had written is written again equal.
+    step counts, the global torch RNG state (stochastic depth draws from it), the step and the loss
+    history. The batches need nothing: order, augmentation, masks and ITM negatives come from
+    generators seeded by ``(rng_seed, step, micro-step)``. The state also holds the configs, and a
+    folder trained with other ones is refused. Steps after the state's are redone bit for bit, so a
+    ``ckpt_step{K}`` they had written is written again, equal.
     """
     if not run.state_path.exists():
         if run.info.is_main:  # a fresh start: the checkpoint metrics of an earlier run in this
