@@ -61,7 +61,7 @@ def resize_transform(size: int) -> Transform:
         im = im.convert("RGB")
         if im.size != (size, size):
             im = im.resize((size, size), Image.BICUBIC)
-        return image_to_tensor(np.asarray(im)[None])[0]  # (3, S, S)
+        return image_to_tensor(np.array(im)[None])[0]  # (3, S, S)
 
     return transform
 
