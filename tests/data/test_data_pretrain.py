@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pyarrow as pa
 import pytest
 import torch
 
 from vlmerge_core.config import profile_params
 from vlmerge_core.data import PairDataset
-from vlmerge_core.data.fixtures import write_arrow, write_fixtures
+from vlmerge_core.data.fixtures import write_arrow, write_fixtures, write_karpathy_folder
 from vlmerge_core.data.pretrain_data import (
     ArrowPairs,
     PretrainDataError,
@@ -55,7 +57,13 @@ def test_arrow_pairs_read_every_official_file(fx, tok, arrow_ds):
     tables = [pa.ipc.open_file(pa.memory_map(str(fx["arrows"] / f), "r")).read_all() for f in files]
     n_caps = sum(len(dict.fromkeys(c)) for t in tables for c in t["caption"].to_pylist())
     assert len(arrow_ds) == n_caps and arrow_ds.num_images == sum(len(t) for t in tables) == 5 + 4 + 4 + 4
-    assert arrow_ds.describe() == {"data_format": "arrow", "n_pairs": n_caps, "n_images": 17, "files": files}
+    assert arrow_ds.describe() == {
+        "data_format": "arrow",
+        "n_pairs": n_caps,
+        "n_images": 17,
+        "files": files,
+        "augment": "none",
+    }
     for i in (0, len(arrow_ds) - 1):
         _check_item(arrow_ds[i], arrow_ds.num_images)
     assert tok.decode(arrow_ds[0]["ids"], skip_special_tokens=True) == arrow_ds.texts[0].lower()
@@ -133,3 +141,34 @@ def test_loader_shards_disjointly_across_ranks(arrow_ds):
     assert not set(seen[0]) & set(seen[1]) and len(set(seen[0]) | set(seen[1])) == n
     one = list(make_pretrain_loader(arrow_ds, 2, seed=0).sampler)  # one process: the same permutation
     assert sorted(one[:n]) == sorted(seen[0] + seen[1])
+
+
+def test_augmentation_is_seeded_by_item_and_epoch(fx, tok):
+    ds = pretrain_pairs("coco_karpathy", fx["coco"], tok, T, SIZE, augment="official")
+    plain = pretrain_pairs("coco_karpathy", fx["coco"], tok, T, SIZE)
+    a = _first(make_pretrain_loader(ds, 4, seed=5, shuffle=False))["image"]
+    b = _first(make_pretrain_loader(ds, 4, seed=5, shuffle=False, num_workers=1))["image"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same draws in a worker
+    assert not torch.equal(a, _first(make_pretrain_loader(plain, 4, seed=5, shuffle=False))["image"])
+    assert not torch.equal(a, _first(make_pretrain_loader(ds, 4, seed=5, epoch=1, shuffle=False))["image"])
+    with pytest.raises(ValueError, match="augment must be one of"):
+        pretrain_pairs("coco_karpathy", fx["coco"], tok, T, SIZE, augment="randaug")
+
+
+def test_arrow_pairs_pickle_without_their_tables(arrow_ds):
+    arrow_ds[0]  # maps a file
+    assert arrow_ds._tables
+    copy = pickle.loads(pickle.dumps(arrow_ds))
+    assert copy._tables == {}
+    torch.testing.assert_close(copy[3]["image"], arrow_ds[3]["image"], rtol=0, atol=0)
+
+
+def test_karpathy_errors_name_the_image(tmp_path, tok):
+    write_karpathy_folder(tmp_path, 0, "coco")
+    (tmp_path / "val2014" / "COCO_val2014_000000000004.jpg").write_bytes(b"not a jpeg")  # restval
+    ds = pretrain_pairs("coco_karpathy", tmp_path, tok, T, SIZE)
+    with pytest.raises(PretrainDataError, match=r"COCO_val2014_000000000004\.jpg: cannot decode image"):
+        ds[ds.image_index.index(3)]
+    (tmp_path / "train2014" / "COCO_train2014_000000000001.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"COCO_train2014_000000000001\.jpg"):
+        pretrain_pairs("coco_karpathy", tmp_path, tok, T, SIZE)

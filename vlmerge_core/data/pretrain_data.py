@@ -5,7 +5,10 @@ is one (image, caption) pair, as the official ``BaseDataset`` indexes them (ever
 image is an item):
 ``{"image": float [3, S, S] in [-1, 1], "ids": Long [T], "mask": Bool [T], "index": image index}``,
 the items of :class:`~vlmerge_core.data.loaders.PairDataset`. Images are decoded, resized and
-tokenised on access, i.e. in the DataLoader's workers; nothing is held decoded in memory.
+tokenised on access, i.e. in the DataLoader's workers; nothing is held decoded in memory. With
+``augment`` (:data:`~vlmerge_core.data.augment.AUGMENT_MODES`) the train transform of
+:func:`~vlmerge_core.data.augment.augment_images` is applied after the resize to the model's size
+(the official ``square_transform_randaug`` crops the full-size image before resizing).
 
 - ``"arrow"`` (:class:`ArrowPairs`): the files of the official data preparation (ViLT's
   ``write_coco_karpathy.py``, ``write_vg.py``, ``write_conceptual_caption.py``, ``write_sbu.py``,
@@ -23,7 +26,7 @@ tokenised on access, i.e. in the DataLoader's workers; nothing is held decoded i
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vlmerge_core.data.augment import AUGMENT_MODES, augment_images
 from vlmerge_core.data.loaders import encode_text, image_to_tensor
 from vlmerge_core.tasks.real import read_karpathy
 
@@ -47,23 +51,17 @@ ARROW_STEMS: dict[str, tuple[str, ...]] = {
 }
 ARROW_COLUMNS = ("image", "caption")  # the columns every pre-training arrow file must have
 
-Transform = Callable[[Image.Image], torch.Tensor]
-
 
 class PretrainDataError(ValueError):
     """A pre-training data file is malformed (the message names the file and the record)."""
 
 
-def resize_transform(size: int) -> Transform:
-    """RGB, bicubic resize to ``size`` x ``size`` and :func:`image_to_tensor`'s normalisation."""
-
-    def transform(im: Image.Image) -> torch.Tensor:
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BICUBIC)
-        return image_to_tensor(np.array(im)[None])[0]  # (3, S, S)
-
-    return transform
+def resize_pixels(im: Image.Image, size: int) -> np.ndarray:
+    """RGB, bicubic resize to ``size`` x ``size`` (as :class:`~vlmerge_core.tasks.real.ImageFiles`): uint8 [S, S, 3]."""
+    im = im.convert("RGB")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BICUBIC)
+    return np.array(im)
 
 
 def decode_image(data: bytes, where: str) -> Image.Image:
@@ -85,9 +83,11 @@ class PretrainPairs(Dataset):
 
     data_format = ""
 
-    def __init__(self, tokenizer: Any, max_len: int, image_size: int, transform: Transform | None = None):
-        self.tokenizer, self.max_len, self.image_size = tokenizer, max_len, image_size
-        self.transform = transform or resize_transform(image_size)
+    def __init__(self, tokenizer: Any, max_len: int, image_size: int, augment: str = "none"):
+        if augment not in AUGMENT_MODES:
+            raise ValueError(f"augment must be one of {list(AUGMENT_MODES)}, got {augment!r}")
+        self.tokenizer, self.max_len, self.image_size, self.augment = tokenizer, max_len, image_size, augment
+        self.aug_seed, self.epoch = 0, 0  # set by the loader (PretrainLoader.set_epoch)
         self.texts: list[str] = []
         self.image_index: list[int] = []
         self.num_images = 0
@@ -99,11 +99,23 @@ class PretrainPairs(Dataset):
     def __len__(self) -> int:
         return len(self.texts)
 
+    def image(self, i: int) -> torch.Tensor:
+        """Item ``i``'s image: decoded, resized, augmented (``augment``), normalised: float [3, S, S].
+
+        The augmentation's draws come from a generator seeded by (``aug_seed``, ``epoch``, ``i``), so
+        an item looks the same whatever the worker, the number of workers or the rank that reads it.
+        """
+        x = resize_pixels(self.load_image(self.image_index[i]), self.image_size)[None]  # (1, S, S, 3)
+        if self.augment != "none":
+            state = np.random.SeedSequence([self.aug_seed, self.epoch, i]).generate_state(2, np.uint64)
+            x = augment_images(x, self.augment, torch.Generator().manual_seed(int(state[0] >> 1)))
+        return image_to_tensor(x)[0]
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         j = self.image_index[i]
         ids, mask = encode_text(self.tokenizer, [self.texts[i]], self.max_len)
         return {
-            "image": self.transform(self.load_image(j)),
+            "image": self.image(i),
             "ids": ids[0],
             "mask": mask[0],
             "index": torch.tensor(j),
@@ -111,7 +123,12 @@ class PretrainPairs(Dataset):
 
     def describe(self) -> dict[str, Any]:
         """What the source holds, for metrics and run records."""
-        return {"data_format": self.data_format, "n_pairs": len(self), "n_images": self.num_images}
+        return {
+            "data_format": self.data_format,
+            "n_pairs": len(self),
+            "n_images": self.num_images,
+            "augment": self.augment,
+        }
 
 
 # -------------------------------------------------------------------------------------------- arrow

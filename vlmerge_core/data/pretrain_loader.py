@@ -5,7 +5,8 @@
 with the ``num_replicas``/``rank`` given (default one replica), so one process and N processes
 draw from one permutation of the pairs, ``seed + epoch``, each rank a disjoint slice of it. The
 workers' RNGs (numpy, ``random``, torch; for random augmentations) derive from the loader's seeded
-generator, so a batch depends on the seed, the epoch and the rank only.
+generator, and the augmentation of an item on (seed, epoch, item) (:meth:`PretrainPairs.image`), so a
+batch depends on the seed, the epoch and the rank only.
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ class PretrainLoader(DataLoader):
     def __init__(self, dataset: PretrainPairs, seed: int, **kw: Any):
         super().__init__(dataset, **kw)
         self.data_format = dataset.data_format
-        self.seed = seed
+        self.seed = self.dataset.aug_seed = seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Shuffle epoch ``epoch``'s order (``seed + epoch``) and reseed the workers alike."""
-        self.epoch = epoch
+        self.epoch = self.dataset.epoch = epoch  # the items' augmentation draws follow the epoch
         self.sampler.set_epoch(epoch)
         self.generator.manual_seed(self.seed + epoch)
 
