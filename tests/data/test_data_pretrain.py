@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 
 import pyarrow as pa
 import pytest
 import torch
+import torch.distributed as dist
 
 from vlmerge_core.config import profile_params
 from vlmerge_core.data import PairDataset
@@ -35,7 +37,7 @@ def tok(fx):
 
 @pytest.fixture(scope="module")
 def arrow_ds(fx, tok):
-    return pretrain_pairs("arrow", (fx["arrows"], ["coco", "vg", "cc", "sbu"]), tok, T, SIZE)
+    return pretrain_pairs("arrow", (fx["arrows"], ["coco", "coco_restval", "vg", "cc", "sbu"]), tok, T, SIZE)
 
 
 def _check_item(item, n_images):
@@ -46,7 +48,7 @@ def _check_item(item, n_images):
 
 
 def test_arrow_pairs_read_every_official_file(fx, tok, arrow_ds):
-    files = [p.name for p in arrow_paths(fx["arrows"], ["coco", "vg", "cc", "sbu"])]
+    files = [p.name for p in arrow_paths(fx["arrows"], ["coco", "coco_restval", "vg", "cc", "sbu"])]
     assert files == [
         "coco_caption_karpathy_train.arrow",
         "coco_caption_karpathy_restval.arrow",
@@ -74,6 +76,8 @@ def test_arrow_errors_name_the_file(fx, tok, tmp_path):
         arrow_paths(tmp_path, ["sbu"])
     with pytest.raises(KeyError, match="unknown pre-training dataset 'laion'"):
         arrow_paths(fx["arrows"], ["laion"])
+    shutil.copy(fx["arrows"] / "sbu_0.arrow", tmp_path / "code224_sbu_3.arrow")  # vl-merging's name
+    assert arrow_paths(tmp_path, ["sbu"]) == [tmp_path / "code224_sbu_3.arrow"]
     write_arrow(tmp_path / "vg.arrow", [[b"x", "y"]], ["image", "text"])
     with pytest.raises(PretrainDataError, match=r"vg\.arrow: missing column\(s\) \['caption'\]"):
         ArrowPairs([tmp_path / "vg.arrow"], tok, T, SIZE)
@@ -92,7 +96,7 @@ def test_arrow_errors_name_the_file(fx, tok, tmp_path):
 def test_karpathy_pairs(fx, tok):
     ds = pretrain_pairs("coco_karpathy", fx["coco"], tok, T, SIZE)
     assert ds.data_format == "coco_karpathy" and ds.num_images == 5  # train + restval
-    arrow = pretrain_pairs("arrow", (fx["arrows"], ["coco"]), tok, T, SIZE)
+    arrow = pretrain_pairs("arrow", (fx["arrows"], ["coco", "coco_restval"]), tok, T, SIZE)
     assert sorted(ds.texts) == sorted(arrow.texts)  # the arrow files hold the same pairs
     _check_item(ds[len(ds) - 1], 5)
 
@@ -172,3 +176,13 @@ def test_karpathy_errors_name_the_image(tmp_path, tok):
     (tmp_path / "train2014" / "COCO_train2014_000000000001.jpg").unlink()
     with pytest.raises(FileNotFoundError, match=r"COCO_train2014_000000000001\.jpg"):
         pretrain_pairs("coco_karpathy", tmp_path, tok, T, SIZE)
+
+
+def test_loader_takes_its_share_from_the_process_group(arrow_ds, tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        loader = make_pretrain_loader(arrow_ds, 2, seed=0)
+        assert (loader.describe()["world_size"], loader.describe()["rank"]) == (1, 0)
+        assert make_pretrain_loader(arrow_ds, 2, seed=0, num_replicas=2, rank=1).describe()["rank"] == 1
+    finally:
+        dist.destroy_process_group()

@@ -43,12 +43,17 @@ from vlmerge_core.tasks.real import read_karpathy
 DATA_FORMATS = ("arrow", "coco_karpathy", "micro")  # what a pre-training run read (metrics' data_format)
 
 # file stems (``<root>/<stem>.arrow``) the official dataset classes read for their train split
+# (vl-merging's ``coco_caption_karpathy_dataset.py`` reads train only, ViLT's train + restval: both here)
 ARROW_STEMS: dict[str, tuple[str, ...]] = {
-    "coco": ("coco_caption_karpathy_train", "coco_caption_karpathy_restval"),
+    "coco": ("coco_caption_karpathy_train",),
+    "coco_restval": ("coco_caption_karpathy_restval",),
     "vg": ("vg",),
     "cc": tuple(f"conceptual_caption_train_{i}" for i in range(30)),
     "sbu": tuple(f"sbu_{i}" for i in range(9)),
 }
+ARROW_PREFIX = (
+    "code224_"  # vl-merging's name of the same files (``code224_vg.arrow``, ``code224_sbu_0.arrow``)
+)
 ARROW_COLUMNS = ("image", "caption")  # the columns every pre-training arrow file must have
 
 
@@ -135,14 +140,20 @@ class PretrainPairs(Dataset):
 def arrow_paths(root: str | Path, datasets: Sequence[str]) -> list[Path]:
     """The arrow files of ``datasets`` (keys of :data:`ARROW_STEMS`) under ``root``.
 
-    As the official dataset classes, shards that are absent are skipped (the CC and SBU shard counts
-    depend on how many images were downloaded), but a dataset without any file is an error.
+    A stem is read from ``<stem>.arrow`` (ViLT's ``write_*.py`` name) or else from
+    ``code224_<stem>.arrow`` (vl-merging's). As the official dataset classes, shards that are absent
+    are skipped (the CC and SBU shard counts depend on how many images were downloaded), but a
+    dataset without any file is an error.
     """
     root, out = Path(root), []
     for name in datasets:
         if name not in ARROW_STEMS:
             raise KeyError(f"unknown pre-training dataset {name!r}; expected one of {sorted(ARROW_STEMS)}")
-        found = [root / f"{s}.arrow" for s in ARROW_STEMS[name] if (root / f"{s}.arrow").is_file()]
+        names = [
+            next((n for n in (s, ARROW_PREFIX + s) if (root / f"{n}.arrow").is_file()), None)
+            for s in ARROW_STEMS[name]
+        ]
+        found = [root / f"{n}.arrow" for n in names if n]
         if not found:
             raise FileNotFoundError(
                 f"{root}: no arrow file of {name!r} (expected {ARROW_STEMS[name][0]}.arrow)"
