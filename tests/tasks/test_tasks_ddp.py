@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -147,3 +148,14 @@ def test_micro_rows_cover_the_batch_once():
     rows = torch.cat([pieces[k][r] for r in range(2) for k in range(2)])
     assert rows.tolist() == list(range(7))
     assert [len(p) for ranks in pieces for p in ranks] == [2, 2, 2, 1]
+
+
+def test_bf16_autocast_runs_the_tasks(tiny, smoke_world, model_cfg, monkeypatch):
+    """The amp path (bf16 autocast, fp32 losses and metrics) on every task; CPU autocast stands in for
+    cuda here (``task_runtime`` turns amp off on cpu, so the runtime is forced)."""
+    monkeypatch.setattr(engine_mod, "task_runtime", lambda device, amp: Runtime(amp=True))
+    cfg = dataclasses.replace(tiny, train_subsample=8, eval_subsample=6, val_subsample=6)
+    for task in ("vqa", "coco", "ade20k", "text"):  # fused, dual-encoder, patch-token and text paths
+        m = _metrics(task, cfg, smoke_world, model_cfg)
+        assert all(math.isfinite(v) for v in m["curve"]["loss"]), task
+        assert 0.0 <= m["main"] <= 100.0, task

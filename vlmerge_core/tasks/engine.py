@@ -16,6 +16,18 @@ backbone and head with the best selection metric over the validated trained epoc
 the bootstrap.
 Data order comes from a generator seeded with ``rng_seed``; evaluation runs in ``eval()`` mode under
 ``torch.no_grad()``.
+
+Where it runs (:mod:`~vlmerge_core.tasks.parallel`): ``device`` (``auto`` = cuda when available; bf16
+autocast of the forward passes with ``amp`` on cuda), one process or N under ``torchrun``. Each step
+the task draws the global batch's inputs once (:meth:`train_batch`: data order and augmentation as
+one process draws them), each rank takes its contiguous share, in ``grad_accum`` micro-batches, and
+DDP averages the gradients; a mean loss is weighted by its share of the batch's terms, so the step is
+the global batch's (up to float rounding; dropout and drop-path masks are drawn per rank). Retrieval's
+contrastive loss is over the embeddings of all ranks, all-gathered with gradients; evaluation
+all-gathers per-example results in rank order. Step losses stay on the device and are read once per
+epoch (one sync), where a non-finite one is an error naming its step. With ``run_dir`` the train state
+is written after every epoch and a run started again continues from it
+(:mod:`~vlmerge_core.tasks.trainstate`).
 """
 
 from __future__ import annotations

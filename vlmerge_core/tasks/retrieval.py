@@ -11,7 +11,9 @@ image retrieval (text query, ``ir_r*``) and text retrieval (image query, ``tr_r*
 split, top-K with ties by index as the official code (pessimistic ties as extra ``*_pessimistic``
 fields; :func:`~vlmerge_core.tasks.metrics.retrieval_outcomes`); the best epoch is chosen on IR@1 +
 TR@1 (``r1_sum``), the headline is the mean of the six recalls (``r_mean``). The bootstrap unit is
-a test image with its captions.
+a test image with its captions. Under N processes the InfoNCE is over the embeddings of every rank,
+all-gathered with gradients (the official ``all_gather_with_grad``); every rank holds the global loss
+and DDP averages the ranks' gradients, so the step is exactly one process's (not scaled by 1/N).
 """
 
 from __future__ import annotations
