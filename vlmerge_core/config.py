@@ -233,6 +233,11 @@ class FinetuneConfig:
     text_dropout: float = _f(0.1, lo=0.0, hi=1.0)  # text-embedding dropout while fine-tuning (official 0.1)
     augment: str = _f("photometric", choices=("official", "photometric", "none"))  # train image transform
     freeze_backbone: bool = False  # linear probe: train the task head only, the backbone frozen in eval mode
+    device: str = _f("cpu", choices=("auto", "cpu", "cuda"))  # where tasks run; auto = cuda when available
+    amp: bool = False  # bf16 autocast of the forward passes on cuda (no effect on cpu)
+    grad_accum: int = _f(1, lo=1)  # micro-batches per optimizer step; batch_size stays the global batch
+    eval_batch_size: int = _f(256, lo=1)  # evaluation batch per process (no gradients)
+    run_dir: str = ""  # folder of the resumable train state (<task>_train_state.pt, every epoch); "" = none
 
 
 # ------------------------------------------------------------------------------------------- report

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
-from vlmerge_core.tasks.base import ClassifierTask, image_batch, subsample, subsample_size
+from vlmerge_core.tasks.base import ClassifierTask, augment_batch, subsample, subsample_size
 from vlmerge_core.tasks.heads import LinearClassifier
 from vlmerge_core.tasks.real import read_image_folders
 
@@ -50,11 +50,13 @@ class ClassificationTask(ClassifierTask):
             }
         self.head = LinearClassifier(self.dim, len(self.classes))
 
-    def _logits(
-        self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        images = image_batch(s["images"][s["image"][idx.numpy()]], self.cfg, generator)
-        return self.head(model.forward_image(images)["tokens"].mean(1))  # (B, 1+N, D) -> (B, D)
+    def _inputs(
+        self, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Any]:
+        return {"images": augment_batch(s["images"][s["image"][idx.numpy()]], self.cfg, generator)}
+
+    def _forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        return self.head(model.forward_image(batch["images"])["tokens"].mean(1))  # (B, 1+N, D) -> (B, D)
 
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
         s, idx, pred = self._first_predictions(model, split, n)

@@ -241,9 +241,14 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def accuracy_outcomes(logits: torch.Tensor, labels: torch.Tensor, name: str = "accuracy") -> Outcomes:
     """Per-example correctness (first maximum on ties); the metric ``name`` is top-1 accuracy (percent)."""
+    return accuracy_from_predictions(logits.argmax(dim=-1), labels, name)
+
+
+def accuracy_from_predictions(pred: torch.Tensor, labels: torch.Tensor, name: str = "accuracy") -> Outcomes:
+    """:func:`accuracy_outcomes` from the predicted classes ``[N]`` (what evaluation ranks gather)."""
     if len(labels) == 0:
         raise ValueError(f"{name}: accuracy of an empty set")
-    return mean_outcomes((logits.argmax(dim=-1) == labels).double(), name)
+    return mean_outcomes((pred == labels).double(), name)
 
 
 # -------------------------------------------------------------------------------------- segmentation

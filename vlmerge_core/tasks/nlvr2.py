@@ -20,7 +20,7 @@ from torch import nn
 from vlmerge_core.config import FinetuneConfig
 from vlmerge_core.tasks.base import (
     ClassifierTask,
-    image_batch,
+    augment_batch,
     subsample,
     subsample_size,
     text_batch,
@@ -62,15 +62,19 @@ class NLVR2Task(ClassifierTask):
         self.head = MLPClassifier(2 * self.dim, 2 * self.dim, 2)
         self.second_type = model.add_token_type() if model.token_type_embed.num_embeddings < 3 else 2
 
-    def _logits(
-        self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def _inputs(
+        self, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Any]:
         i = idx.numpy()
         ids, mask = text_batch(s["ids"], s["mask"], idx)
-        left = model.forward_fused(image_batch(s["images"][s["left"][i]], self.cfg, generator), ids, mask)
-        right = model.forward_fused(
-            image_batch(s["images"][s["right"][i]], self.cfg, generator), ids, mask, self.second_type
-        )
+        left = augment_batch(s["images"][s["left"][i]], self.cfg, generator)
+        right = augment_batch(s["images"][s["right"][i]], self.cfg, generator)
+        return {"ids": ids, "mask": mask, "left": left, "right": right}
+
+    def _forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        ids, mask = batch["ids"], batch["mask"]
+        left = model.forward_fused(batch["left"], ids, mask)
+        right = model.forward_fused(batch["right"], ids, mask, self.second_type)
         return self.head(torch.cat([left["cls"], right["cls"]], dim=-1))  # (B, 2D) -> (B, 2)
 
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:

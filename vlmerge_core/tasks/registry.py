@@ -251,14 +251,14 @@ def finetune_task(
         cfg: the ``finetune`` section; ``cfg.overrides[task]`` is applied here.
         world: the micro-world (a ``World`` or its folder); may be ``None`` when the task reads real data
             and ``cfg.real_paths["tokenizer"]`` is set.
-        out_dir: folder of the metrics file.
+        out_dir: folder of the metrics file (written by rank 0 under several processes).
         **kwargs: keyword arguments of :func:`run_task` (``epochs``, ``model_cfg``, ``n_bootstrap``,
             ``bootstrap_seed``).
     """
-    metrics = run_task(task, backbone, cfg, world, **kwargs).metrics
-    if out_dir is not None:
-        write_json(resolve(out_dir) / f"{task}.json", metrics)
-    return metrics
+    run = run_task(task, backbone, cfg, world, **kwargs)
+    if out_dir is not None and run.task.runtime.is_main:  # under torchrun, rank 0 writes
+        write_json(resolve(out_dir) / f"{task}.json", run.metrics)
+    return run.metrics
 
 
 @torch.no_grad()

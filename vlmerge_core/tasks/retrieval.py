@@ -11,7 +11,9 @@ image retrieval (text query, ``ir_r*``) and text retrieval (image query, ``tr_r*
 split, top-K with ties by index as the official code (pessimistic ties as extra ``*_pessimistic``
 fields; :func:`~vlmerge_core.tasks.metrics.retrieval_outcomes`); the best epoch is chosen on IR@1 +
 TR@1 (``r1_sum``), the headline is the mean of the six recalls (``r_mean``). The bootstrap unit is
-a test image with its captions.
+a test image with its captions. Under N processes the InfoNCE is over the embeddings of every rank,
+all-gathered with gradients (the official ``all_gather_with_grad``); every rank holds the global loss
+and DDP averages the ranks' gradients, so the step is exactly one process's (not scaled by 1/N).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from torch import nn
 from vlmerge_core.config import FinetuneConfig
 from vlmerge_core.tasks.base import (
     BaseTask,
-    batches,
-    image_batch,
+    augment_batch,
+    images_to_tensor,
     subsample,
     subsample_size,
     text_batch,
@@ -35,6 +37,7 @@ from vlmerge_core.tasks.base import (
 )
 from vlmerge_core.tasks.heads import ProjectionPair
 from vlmerge_core.tasks.metrics import Outcomes, retrieval_outcomes
+from vlmerge_core.tasks.parallel import gather_rows_with_grad
 from vlmerge_core.tasks.real import read_karpathy
 
 
@@ -49,6 +52,7 @@ def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str, tas
 class RetrievalTask(BaseTask):
     select_metric = "r1_sum"
     main_metric = "r_mean"
+    global_loss = True  # the InfoNCE over all-gathered embeddings: the global batch's loss on every rank
 
     def __init__(
         self, model: nn.Module, data: dict[str, Any], cfg: FinetuneConfig, tokenizer: Any, name: str = "coco"
@@ -88,28 +92,47 @@ class RetrievalTask(BaseTask):
     def embed_images(
         self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        images = image_batch(s["images"][s["image"][idx.numpy()]], self.cfg, generator)
+        images = augment_batch(s["images"][s["image"][idx.numpy()]], self.cfg, generator)
+        return self._embed_images(model, images_to_tensor(images).to(self.runtime.device))
+
+    def _embed_images(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self._proj(model).itc_image(model.forward_image(images)["cls"]), dim=-1)
 
     def embed_texts(self, model: nn.Module, s: dict[str, Any], tidx: torch.Tensor) -> torch.Tensor:
-        out = model.forward_text(*text_batch(s["ids"], s["mask"], tidx))
-        return F.normalize(self._proj(model).itc_text(out["cls"]), dim=-1)
+        ids, mask = (t.to(self.runtime.device) for t in text_batch(s["ids"], s["mask"], tidx))
+        return self._embed_texts(model, ids, mask)
 
-    def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """InfoNCE over a batch of captions ``idx`` and their images (an image may recur in a batch
-        through two of its captions, as in the official data module)."""
+    def _embed_texts(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self._proj(model).itc_text(model.forward_text(ids, mask)["cls"]), dim=-1)
+
+    def train_batch(self, idx: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
+        """Captions ``idx`` and their images (an image may recur in a batch through two of its
+        captions, as in the official data module)."""
         s = self.splits["train"]
-        img = self.embed_images(model, s, s["text_image"][idx], generator)
-        txt = self.embed_texts(model, s, idx)
+        ids, mask = text_batch(s["ids"], s["mask"], idx)
+        images = augment_batch(s["images"][s["image"][s["text_image"][idx].numpy()]], self.cfg, generator)
+        return {"images": images, "ids": ids, "mask": mask}
+
+    def batch_loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """Symmetric InfoNCE over the global batch; under several processes over the embeddings of
+        every rank, all-gathered with gradients (``batch["rank_rows"]``: each rank's rows), so each rank
+        holds the global loss (:attr:`global_loss`)."""
+        b = self._device(batch)
+        img = self._embed_images(model, b["images"]).float()
+        txt = self._embed_texts(model, b["ids"], b["mask"]).float()
+        if "rank_rows" in b:
+            img = gather_rows_with_grad(img, b["rank_rows"], self.runtime.rank)
+            txt = gather_rows_with_grad(txt, b["rank_rows"], self.runtime.rank)
         logits = model.logit_scale.exp() * img @ txt.t()  # (B, B)
-        target = torch.arange(len(idx))
+        target = torch.arange(len(img), device=logits.device)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
     def _sim(self, model: nn.Module, split: str) -> torch.Tensor:
         s = self.splits[split]
-        img = torch.cat([self.embed_images(model, s, i) for i in batches(len(s["image"]))])
-        txt = torch.cat([self.embed_texts(model, s, t) for t in batches(len(s["captions"]))])
-        return img @ txt.t()
+        img = self._eval_rows(len(s["image"]), lambda i: (self.embed_images(model, s, i).float().cpu(),))
+        txt = self._eval_rows(len(s["captions"]), lambda t: (self.embed_texts(model, s, t).float().cpu(),))
+        empty = torch.zeros(0, self.dim)
+        return (img[0] if img else empty) @ (txt[0] if txt else empty).t()
 
     def outcomes(self, model: nn.Module, split: str) -> Outcomes:
         return retrieval_outcomes(self._sim(model, split), self.splits[split]["text_image"])

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
-from vlmerge_core.tasks.base import BaseTask, batches, image_batch, subsample, subsample_size
+from vlmerge_core.tasks.base import BaseTask, augment_batch, subsample, subsample_size
 from vlmerge_core.tasks.heads import SegDecoder
 from vlmerge_core.tasks.metrics import SEG_IGNORE_LABEL, Outcomes, segmentation_counts, segmentation_outcomes
 from vlmerge_core.tasks.real import read_ade20k
@@ -58,40 +58,56 @@ class SegmentationTask(BaseTask):
     def n_train(self) -> int:
         return len(self.splits["train"]["image"])
 
+    def _inputs(
+        self, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Any]:
+        # masks are not transformed, so training images get the photometric ops only
+        images = augment_batch(
+            s["images"][s["image"][idx.numpy()]], self.cfg, generator, photometric_only=True
+        )
+        return {"images": images, "masks": self._masks(s, idx)}
+
+    def _forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        return self.head(
+            model.forward_image(batch["images"])["tokens"][:, 1:]
+        )  # patch tokens -> (B, C, S, S)
+
     def _logits(
         self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        # masks are not transformed, so training images get the photometric ops only
-        images = image_batch(s["images"][s["image"][idx.numpy()]], self.cfg, generator, photometric_only=True)
-        return self.head(model.forward_image(images)["tokens"][:, 1:])  # patch tokens -> (B, C, S, S)
+        return self._forward(model, self._device(self._inputs(s, idx, generator)))
 
     def _masks(self, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(np.asarray(s["masks"][s["image"][idx.numpy()]]), dtype=torch.long)
 
-    def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        s = self.splits["train"]
-        return F.cross_entropy(
-            self._logits(model, s, idx, generator), self._masks(s, idx), ignore_index=SEG_IGNORE_LABEL
-        )
+    def train_batch(self, idx: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
+        return self._inputs(self.splits["train"], idx, generator)
+
+    def batch_loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        b = self._device(batch)
+        return F.cross_entropy(self._forward(model, b), b["masks"], ignore_index=SEG_IGNORE_LABEL)
+
+    def loss_weight(self, batch: dict[str, Any]) -> int:
+        """Labelled pixels: the cross-entropy is their mean."""
+        return int((batch["masks"] != SEG_IGNORE_LABEL).sum())
+
+    def _counts(
+        self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pred = self._logits(model, s, idx).argmax(1).cpu()
+        return segmentation_counts(pred, self._masks(s, idx), self.num_classes, SEG_IGNORE_LABEL)
 
     def outcomes(self, model: nn.Module, split: str) -> Outcomes:
         s = self.splits[split]
-        inter, union = [], []
-        for idx in batches(len(s["image"])):
-            pred = self._logits(model, s, idx).argmax(1)
-            i, u = segmentation_counts(pred, self._masks(s, idx), self.num_classes, SEG_IGNORE_LABEL)
-            inter.append(i)
-            union.append(u)
+        rows = self._eval_rows(len(s["image"]), lambda idx: self._counts(model, s, idx))
         empty = torch.zeros(0, self.num_classes, dtype=torch.long)
-        return segmentation_outcomes(
-            torch.cat(inter) if inter else empty, torch.cat(union) if union else empty
-        )
+        return segmentation_outcomes(*(rows if rows else (empty, empty)))
 
     @torch.no_grad()
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
         s = self.splits[split]
         idx = torch.arange(min(n, len(s["image"])))
-        pred, true = self._logits(model, s, idx).argmax(1), self._masks(s, idx)
+        pred, true = self._logits(model, s, idx).argmax(1).cpu(), self._masks(s, idx)
         out = []
         for k, i in enumerate(idx.tolist()):
             acc = 100.0 * (pred[k] == true[k]).float().mean().item()

@@ -45,10 +45,14 @@ class TextClsTask(ClassifierTask):
             }
         self.head = LinearClassifier(self.dim, self.num_classes)
 
-    def _logits(
-        self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        return self.head(model.forward_text(*text_batch(s["ids"], s["mask"], idx))["cls"])
+    def _inputs(
+        self, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Any]:
+        ids, mask = text_batch(s["ids"], s["mask"], idx)
+        return {"ids": ids, "mask": mask}
+
+    def _forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        return self.head(model.forward_text(batch["ids"], batch["mask"])["cls"])
 
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
         s, idx, pred = self._first_predictions(model, split, n)

@@ -22,8 +22,7 @@ from torch import nn
 from vlmerge_core.config import FinetuneConfig
 from vlmerge_core.tasks.base import (
     BaseTask,
-    batches,
-    image_batch,
+    augment_batch,
     subsample,
     subsample_size,
     text_batch,
@@ -78,30 +77,46 @@ class VQATask(BaseTask):
     def n_train(self) -> int:
         return len(self.splits["train"]["image"])
 
+    def _inputs(
+        self, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Any]:
+        ids, mask = text_batch(s["ids"], s["mask"], idx)
+        return {
+            "images": augment_batch(s["images"][s["image"][idx.numpy()]], self.cfg, generator),
+            "ids": ids,
+            "mask": mask,
+        }
+
+    def _forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        return self.head(model.forward_fused(batch["images"], batch["ids"], batch["mask"])["cls"])
+
     def _logits(
         self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        images = image_batch(s["images"][s["image"][idx.numpy()]], self.cfg, generator)
-        out = model.forward_fused(images, *text_batch(s["ids"], s["mask"], idx))
-        return self.head(out["cls"])
+        return self._forward(model, self._device(self._inputs(s, idx, generator)))
 
     def _targets(self, s: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
         i = idx.tolist()
         return dense_targets([s["labels"][k] for k in i], [s["scores"][k] for k in i], len(self.vocab))
 
-    def train_loss(self, model: nn.Module, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def train_batch(self, idx: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
         s = self.splits["train"]
-        logits = self._logits(model, s, idx, generator)
-        targets = self._targets(s, idx)
+        return {**self._inputs(s, idx, generator), "targets": self._targets(s, idx)}
+
+    def batch_loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        b = self._device(batch)
+        logits, targets = self._forward(model, b), b["targets"]
         return F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]
+
+    def _scores(self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor) -> tuple[torch.Tensor]:
+        targets = self._targets(s, idx).to(self.runtime.device)
+        return (vqa_score(self._logits(model, s, idx).float(), targets).cpu(),)
 
     def outcomes(self, model: nn.Module, split: str) -> Outcomes:
         """Per-question VQA score (the unit is a question)."""
         s = self.splits[split]
-        per = [
-            vqa_score(self._logits(model, s, idx), self._targets(s, idx)) for idx in batches(len(s["image"]))
-        ]
-        return mean_outcomes(torch.cat(per) if per else torch.zeros(0), "vqa_score")
+        rows = self._eval_rows(len(s["image"]), lambda idx: self._scores(model, s, idx))
+        return mean_outcomes(rows[0] if rows else torch.zeros(0), "vqa_score")
 
     @torch.no_grad()
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
