@@ -143,6 +143,9 @@ class PretrainConfig:
     # training image transform: micro keeps the ops of the official one that change no label at 32 px
     augment: str = _f("photometric", choices=("official", "photometric", "none"))
     eval_batch_size: int = _f(256, lo=1)  # batch size of the zero-shot retrieval evaluation
+    # ITC gradients on several ranks: "exact" (gathered features carry gradients: the global loss's
+    # gradient), "official" (compute_ifm: plain all_gather, so feature gradients are 1/world-size of it)
+    itc_grad: str = _f("exact", choices=("exact", "official"))
 
 
 @dataclass
@@ -233,6 +236,7 @@ class FinetuneConfig:
     text_dropout: float = _f(0.1, lo=0.0, hi=1.0)  # text-embedding dropout while fine-tuning (official 0.1)
     augment: str = _f("photometric", choices=("official", "photometric", "none"))  # train image transform
     freeze_backbone: bool = False  # linear probe: train the task head only, the backbone frozen in eval mode
+    image_size: int = _f(0, lo=0)  # task resolution; 0 = the checkpoint's (else position bias interpolated)
 
 
 # ------------------------------------------------------------------------------------------- report
