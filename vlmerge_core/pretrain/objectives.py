@@ -7,7 +7,10 @@ which is exactly what separate passes compute, at a fraction of the cost.
 
 Data parallelism: every rank holds the same *global* micro-batch and computes the rows
 ``[lo, hi)``. Each loss returns its local sum divided by the *global* count, so the sum over ranks
-is the global mean; contrastive logits use the features of all ranks (gathered with gradient).
+is the global mean; contrastive logits use the features of all ranks (gathered with gradient), or,
+with ``itc_grad="official"`` (``PretrainConfig.itc_grad``), the official ``compute_ifm`` gradients:
+other ranks' features without gradient, so ITC feature gradients are 1/world-size of the exact ones.
+:class:`LossModule` takes it as ``itc_grad`` (the pre-training loop gives it ``cfg.itc_grad``).
 """
 
 from __future__ import annotations
