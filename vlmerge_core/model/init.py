@@ -203,17 +203,24 @@ def load_timm_into_v(
         elif key == "rel_pos_bias.relative_position_bias_table":  # BEiT's shared table: every block
             _put_image_bias(model, value, range(len(model.blocks)), key)
             done.append("rel_pos_bias.relative_position_bias_table")
-    if "pos_embed" not in sd and model.pos_embed is not None:
-        with torch.no_grad():  # BEiT has no absolute positions: positions come from the bias
-            model.pos_embed.zero_()
-    if not any(k.endswith((".gamma_1", ".gamma_2")) for k in sd):
-        for name, p in own.items():
-            if name.endswith(("gamma_1", "gamma_2")):
-                with torch.no_grad():  # no layer scale in the checkpoint: gamma = 1 is the identity
-                    p.fill_(1.0)
-                done.append(name)
+    done += _fill_absent(model, sd, own)
     log.info("load_timm_into_v: set %d tensors", len(done))
     return done
+
+
+def _fill_absent(model: nn.Module, sd: Mapping[str, torch.Tensor], own: dict[str, nn.Parameter]) -> list[str]:
+    """What the checkpoint lacks: absolute positions zeroed (BEiT's come from the bias), layer scale
+    set to 1 (a plain ViT: the identity). Returns the names of the layer-scale tensors set."""
+    if "pos_embed" not in sd and model.pos_embed is not None:
+        with torch.no_grad():
+            model.pos_embed.zero_()
+    if any(k.endswith((".gamma_1", ".gamma_2")) for k in sd):
+        return []
+    names = [name for name in own if name.endswith(("gamma_1", "gamma_2"))]
+    with torch.no_grad():
+        for name in names:
+            own[name].fill_(1.0)
+    return names
 
 
 def _put_image_bias(model: nn.Module, value: torch.Tensor, blocks, src: str) -> None:
