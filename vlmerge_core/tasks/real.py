@@ -48,6 +48,7 @@ from vlmerge_core.tasks.metrics import SEG_IGNORE_LABEL
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 HELDOUT_SEED = 0  # RNG seed of the validation examples held out of train (ours)
 HELDOUT_VAL = {"imagenet": 10000, "ade20k": 2000, "text": 872}  # held-out val size (SST-2: its dev size)
+_TSV_LABELLED = {"train": "train", "val": "dev", "test": "test"}  # text files when test.tsv has labels
 
 
 class RealFormatError(ValueError):
@@ -362,7 +363,7 @@ def read_text_tsv(root: str | Path, split: str) -> list[dict[str, Any]]:
     if split not in ("train", "val", "test"):
         raise KeyError(f"text split {split!r}: expected train, val or test")
     if _labelled(root / "test.tsv"):
-        return _read_tsv(root / f"{ {'train': 'train', 'val': 'dev', 'test': 'test'}[split] }.tsv")
+        return _read_tsv(root / f"{_TSV_LABELLED[split]}.tsv")
     if split == "test":
         return _read_tsv(root / "dev.tsv")
     rows = _read_tsv(root / "train.tsv")
