@@ -19,3 +19,12 @@ def test_params_bad_file_is_a_clear_error(tmp_path, capsys):
     bad.write_text(yaml.safe_dump({"model": {"wdth": 1}}))
     assert main(["params", "--file", str(bad)]) == 2
     assert "model.wdth" in capsys.readouterr().err
+
+
+def test_params_paper_prints_per_task_resolutions_and_recipes(capsys):
+    assert main(["params", "--profile", "paper"]) == 0
+    over = yaml.safe_load(capsys.readouterr().out)["finetune"]["overrides"]
+    assert {t: r.get("image_size") for t, r in over.items()} == {
+        "vqa": 480, "coco": 384, "flickr": 384, "nlvr2": 384, "imagenet": 224, "ade20k": 224, "text": None
+    }  # fmt: skip
+    assert over["coco"]["lr"] == 6.25e-6 and over["vqa"]["head_lr_mult"] == 10.0

@@ -140,3 +140,48 @@ def test_relative_params_path_resolves_from_repo_root(tmp_path, monkeypatch):
     monkeypatch.setenv("VLMERGE_ROOT", str(tmp_path))
     monkeypatch.chdir(tmp_path / "cfg")  # a relative path is never read from the current directory
     assert load_params("cfg/p.yaml").profile == "smoke"
+
+
+def test_paper_profile_names_every_task_recipe_and_resolution():
+    """``overrides`` replaces the default dict as a whole, so the paper profile gives every task its
+    recipe in full (none falls back to the generic one); resolutions as the official named configs."""
+    from vlmerge_core.tasks.engine import task_config
+    from vlmerge_core.tasks.registry import PAPER_RECIPES
+
+    p = profile_params("paper")
+    over = p.finetune.overrides
+    assert set(over) == set(p.finetune.tasks) and over == PAPER_RECIPES
+    for task in p.finetune.tasks:
+        assert {"lr", "batch_size", "epochs", "head_lr_mult", "warmup_frac"} <= set(over[task]), task
+    sizes = {t: task_config(p.finetune, t).image_size for t in p.finetune.tasks}
+    assert sizes == {
+        "vqa": 480,
+        "coco": 384,
+        "flickr": 384,
+        "nlvr2": 384,
+        "imagenet": 224,
+        "ade20k": 224,
+        "text": 0,
+    }
+    assert task_config(p.finetune, "imagenet").weight_decay == 0.05  # not the generic 0.01
+
+
+def test_paper_profile_pretraining_details():
+    """The MA baseline (K_VL steps, its own schedule) warms up as the official ma_200k_vlpt (step200k:
+    2500 steps); the ITC gradient scale is the official one."""
+    import dataclasses
+
+    from vlmerge_core.pretrain.optim import warmup_steps
+
+    p = profile_params("paper")
+    baseline = dataclasses.replace(p.seed_pretrain, steps=p.ms_pretrain.steps)
+    assert p.ms_pretrain.steps == 200000 and warmup_steps(baseline) == 2500
+    assert warmup_steps(dataclasses.replace(p.seed_pretrain, steps=100000)) == 1250  # step100k
+    assert p.seed_pretrain.itc_grad == p.ms_pretrain.itc_grad == "official"
+
+
+def test_new_fields_default_to_no_change():
+    p = profile_params("micro")
+    assert p.finetune.image_size == 0 and p.seed_pretrain.itc_grad == "exact"
+    with pytest.raises(ParamsError, match="itc_grad"):
+        params_from_dict({"seed_pretrain": {"itc_grad": "half"}})

@@ -143,6 +143,9 @@ class PretrainConfig:
     # training image transform: micro keeps the ops of the official one that change no label at 32 px
     augment: str = _f("photometric", choices=("official", "photometric", "none"))
     eval_batch_size: int = _f(256, lo=1)  # batch size of the zero-shot retrieval evaluation
+    # ITC gradients on several ranks: "exact" (gathered features carry gradients: the global loss's
+    # gradient), "official" (compute_ifm: plain all_gather, so feature gradients are 1/world-size of it)
+    itc_grad: str = _f("exact", choices=("exact", "official"))
 
 
 @dataclass
@@ -238,6 +241,7 @@ class FinetuneConfig:
     grad_accum: int = _f(1, lo=1)  # micro-batches per optimizer step; batch_size stays the global batch
     eval_batch_size: int = _f(256, lo=1)  # evaluation batch per process (no gradients)
     run_dir: str = ""  # folder of the resumable train state (<task>_train_state.pt, every epoch); "" = none
+    image_size: int = _f(0, lo=0)  # task resolution; 0 = the checkpoint's (else position bias interpolated)
 
 
 # ------------------------------------------------------------------------------------------- report

@@ -47,3 +47,36 @@ def test_truth_changes_measures_what_the_official_ops_break(smoke_world):
     assert 0 <= out["flip.captions"] <= 1 and 0 <= out["crop"] <= 1
     assert out["colour.Brightness"] <= out["colour.AutoContrast"] + 1e-9 or out["colour.AutoContrast"] > 0
     assert out["geometry.TranslateX"] >= 0
+
+
+# the official op list (vl-merging ``square_transform_randaug``: RandomAugment(2, 7, augs=[...]))
+OFFICIAL_AUGS = [
+    "Identity", "AutoContrast", "Equalize", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX",
+    "TranslateY", "Rotate",
+]  # fmt: skip
+
+
+def test_official_op_list():
+    assert list(augment.OFFICIAL_OPS) == OFFICIAL_AUGS
+    assert (augment.N_OPS, augment.LEVEL, augment.MAX_LEVEL) == (2, 7, 10)
+
+
+@pytest.mark.parametrize("mode", ["official", "photometric", "none"])
+def test_at_the_task_resolution(mode):
+    """``size``: official crops to the task's resolution (RandomResizedCrop(size)), the others resize."""
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    a = augment.augment_images(imgs, mode, torch.Generator().manual_seed(1), size=48)
+    b = augment.augment_images(imgs, mode, torch.Generator().manual_seed(1), size=48)
+    assert a.shape == (3, 48, 48, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    if mode == "official":
+        c = augment.augment_images(imgs, mode, torch.Generator().manual_seed(2), size=48)
+        assert not np.array_equal(a, c)
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        augment.augment_images(imgs, mode, torch.Generator(), size=0)
+
+
+def test_official_translation_is_7px_at_and_above_224():
+    img = np.zeros((256, 256, 3), np.uint8)
+    img[:, 100] = 255
+    moved = augment._apply("TranslateX", img, 1.0, 256)
+    assert np.flatnonzero(moved[0, :, 0] == 255).tolist() == [93]  # 7 px, as the official code at any size

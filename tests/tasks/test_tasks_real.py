@@ -12,6 +12,7 @@ from PIL import Image
 from vlmerge_core.tasks.metrics import SEG_IGNORE_LABEL
 from vlmerge_core.tasks.real import (
     RealFormatError,
+    heldout_split,
     read_ade20k,
     read_image_folders,
     read_karpathy,
@@ -186,16 +187,18 @@ def test_nlvr2_errors(tmp_path):
 
 
 def test_image_folders_reader(tmp_path):
-    for split in ("train", "val"):
+    for split, n in (("train", 2), ("val", 1)):
         for k, wnid in enumerate(["n01440764", "n01443537"]):
-            _img(tmp_path / split / wnid / f"{wnid}_{split}_0.JPEG", (100 * k, 0, 0))
-    tr = read_image_folders(tmp_path, "train", SIZE)
-    assert tr["classes"] == ["n01440764", "n01443537"] and tr["labels"].tolist() == [0, 1]
+            for i in range(n):
+                _img(tmp_path / split / wnid / f"{wnid}_{split}_{i}.JPEG", (100 * k, 0, 0))
+    tr, va = (read_image_folders(tmp_path, s, SIZE) for s in ("train", "val"))  # val held out of train
+    assert tr["classes"] == ["n01440764", "n01443537"]
+    assert sorted(tr["labels"].tolist() + va["labels"].tolist()) == [0, 0, 1, 1] and len(va["labels"]) == 1
     te = read_image_folders(tmp_path, "test", SIZE)  # no test folder -> val
     assert te["labels"].tolist() == [0, 1]
     _img(tmp_path / "val" / "n99999999" / "x.JPEG")
     with pytest.raises(RealFormatError, match="n99999999"):
-        read_image_folders(tmp_path, "val", SIZE)
+        read_image_folders(tmp_path, "test", SIZE)
 
 
 def test_ade20k_reader(tmp_path):
@@ -206,18 +209,21 @@ def test_ade20k_reader(tmp_path):
         mask[4:, :4] = 3
         (tmp_path / "annotations" / sub).mkdir(parents=True, exist_ok=True)
         Image.fromarray(mask).save(tmp_path / "annotations" / sub / f"ADE_{sub}_00000001.png")
-    m = read_ade20k(tmp_path, "train", SIZE)["masks"][np.array([0])]
+    m = read_ade20k(tmp_path, "test", SIZE)["masks"][np.array([0])]
     assert m.shape == (1, SIZE, SIZE)
     assert m[0, 0, 0] == 0 and m[0, -1, 0] == 2 and m[0, -1, -1] == SEG_IGNORE_LABEL  # reduce_zero_label
+    with pytest.raises(RealFormatError, match="at least 2 are needed to hold out a val split"):
+        read_ade20k(tmp_path, "val", SIZE)  # one training image: nothing to hold out
     (tmp_path / "annotations" / "validation" / "ADE_validation_00000001.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"ADE_validation_00000001\.jpg: annotation"):
-        read_ade20k(tmp_path, "val", SIZE)
+        read_ade20k(tmp_path, "test", SIZE)
 
 
 def test_text_tsv_reader(tmp_path):
     (tmp_path / "train.tsv").write_text("sentence\tlabel\nit 's a charming journey . \t1\nbad film \t0\n")
     (tmp_path / "dev.tsv").write_text("sentence\tlabel\nfine\t1\noops\tx\n")
-    assert read_text_tsv(tmp_path, "train")[1] == {"text": "bad film ", "label": 0}
+    rows = read_text_tsv(tmp_path, "train") + read_text_tsv(tmp_path, "val")  # val held out of train
+    assert {"text": "bad film ", "label": 0} in rows and len(rows) == 2
     with pytest.raises(RealFormatError, match=r"dev\.tsv: row 2: label 'x'"):
         read_text_tsv(tmp_path, "test")
 
@@ -238,10 +244,12 @@ def test_real_formats_through_finetune(tmp_path, smoke_world, pico_cfg):
     for split in ("train", "val"):
         for k, wnid in enumerate(["n01", "n02"]):
             _img(tmp_path / "imagenet" / split / wnid / "a.JPEG", (200 * k, 0, 0))
-    for sub in ("training", "validation"):
-        _img(tmp_path / "ade" / "images" / sub / "a.jpg", size=(8, 8))
-        (tmp_path / "ade" / "annotations" / sub).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.full((8, 8), 2, np.uint8)).save(tmp_path / "ade" / "annotations" / sub / "a.png")
+    for sub, names in (("training", "ab"), ("validation", "a")):
+        for name in names:
+            _img(tmp_path / "ade" / "images" / sub / f"{name}.jpg", size=(8, 8))
+            (tmp_path / "ade" / "annotations" / sub).mkdir(parents=True, exist_ok=True)
+            mask = np.full((8, 8), 2, np.uint8)
+            Image.fromarray(mask).save(tmp_path / "ade" / "annotations" / sub / f"{name}.png")
     paths = {t: str(tmp_path / t) for t in ("vqa", "flickr", "nlvr2", "imagenet")}
     paths["ade20k"] = str(tmp_path / "ade")
     cfg = FinetuneConfig(epochs=1, batch_size=4, real_paths=paths, vqa_min_answer_count=1)
@@ -286,3 +294,66 @@ def test_vqa_evaluates_with_the_official_soft_score(smoke_world, pico_cfg):
             out.bias[task.vocab.index(answer)] = 10.0
             scores[answer] = task.evaluate(model, "test")["vqa_score"]
     assert scores["blue"] == pytest.approx(60.0) and scores["green"] == pytest.approx(100.0)
+
+
+def test_heldout_split_is_seeded_and_disjoint():
+    train, val = heldout_split(100, 872)
+    assert len(val) == 10 and len(train) == 90  # at most a tenth of train
+    assert not set(train) & set(val) and sorted([*train, *val]) == list(range(100))
+    assert np.array_equal(heldout_split(100, 872)[1], val)  # seeded: the same split every time
+    assert not np.array_equal(heldout_split(100, 872, seed=1)[1], val)
+    assert len(heldout_split(5, 872)[1]) == 1
+
+
+def test_val_is_never_the_reported_split(tmp_path):
+    """ImageNet, ADE20k and SST-2 without a labelled test split: test = the released val/dev split, val
+    held out of train, disjoint from the training examples."""
+    for k, wnid in enumerate(["n01", "n02"]):
+        for i in range(3):
+            _img(tmp_path / "in" / "train" / wnid / f"{i}.JPEG", (100 * k, i, 0))
+        _img(tmp_path / "in" / "val" / wnid / "v.JPEG", (100 * k, 9, 0))
+    split = {
+        s: read_image_folders(tmp_path / "in", s, SIZE)["images"].paths for s in ("train", "val", "test")
+    }
+    assert len(split["val"]) == 1 and len(split["train"]) == 5 and not set(split["val"]) & set(split["train"])
+    assert all(p.parent.parent.name == "val" for p in split["test"])
+    rows = "".join(f"s{i}\t{i % 2}\n" for i in range(20))
+    (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + rows)
+    (tmp_path / "dev.tsv").write_text("sentence\tlabel\nd0\t1\n")
+    (tmp_path / "test.tsv").write_text("index\tsentence\n0\tt0\n")  # GLUE: no test labels
+    text = {s: [r["text"] for r in read_text_tsv(tmp_path, s)] for s in ("train", "val", "test")}
+    assert text["test"] == ["d0"] and len(text["val"]) == 2 and len(text["train"]) == 18
+    assert not set(text["val"]) & set(text["train"])
+    (tmp_path / "test.tsv").write_text("sentence\tlabel\nt0\t0\n")  # labelled test: val = dev
+    assert read_text_tsv(tmp_path, "val") == [{"text": "d0", "label": 1}]
+    assert read_text_tsv(tmp_path, "test") == [{"text": "t0", "label": 0}]
+
+
+def test_task_resolution_from_overrides(tmp_path, smoke_world, pico_cfg):
+    """A per-task ``image_size`` (paper: retrieval/NLVR2 384, VQA 480) fine-tunes the checkpoint's
+    model at that resolution: position bias interpolated, images decoded at that size."""
+    import dataclasses
+
+    import torch
+
+    from vlmerge_core.config import FinetuneConfig
+    from vlmerge_core.model import MultiwayTransformer
+    from vlmerge_core.tasks.registry import run_task
+
+    for split in ("train", "val"):
+        for k, wnid in enumerate(["n01", "n02"]):
+            for i in range(2):
+                _img(tmp_path / split / wnid / f"{i}.JPEG", (200 * k, 50 * i, 0))
+    size = 2 * pico_cfg.image_size
+    cfg = FinetuneConfig(
+        epochs=1,
+        batch_size=2,
+        real_paths={"imagenet": str(tmp_path)},
+        overrides={"imagenet": {"image_size": size}},
+    )
+    torch.manual_seed(0)
+    model = MultiwayTransformer(dataclasses.replace(pico_cfg, vocab_size=len(smoke_world.tokenizer())))
+    run = run_task("imagenet", model, cfg, smoke_world)
+    assert run.model.cfg.image_size == size and model.cfg.image_size == pico_cfg.image_size
+    assert run.task.splits["train"]["images"][np.array([0])].shape == (1, size, size, 3)
+    assert 0.0 <= run.metrics["main"] <= 100.0

@@ -9,7 +9,12 @@ shear ``0.21``, translation ``7`` px at 224 px, rotation ``21`` degrees, fill gr
 
 Modes (``PretrainConfig.augment`` / ``FinetuneConfig.augment``):
 
-- ``official``: all of it; geometry scaled to the canvas (translation ``7 * size / 224`` px);
+- ``official``: all of it, at the task's resolution (``augment_images(size=...)``; the real readers
+  decode at the model's size, which :func:`~vlmerge_core.model.resolution.at_resolution` sets to the
+  task's): translation 7 px as the official code at 224 px and above, scaled below (``7 * size / 224``
+  px on a micro canvas). Flips follow the official rule: each image is flipped on its own with
+  probability 0.5 and the text is left as it is (no "left" <-> "right" swap; NLVR2's two images draw
+  their flips independently), as ``transforms.RandomHorizontalFlip`` inside the image transform;
 - ``photometric``: ``RandomAugment(2, 7)`` over :data:`SURVIVING_OPS` only, no crop and no flip: what
   survives at 32 px in the micro-world. A flip swaps "left" and "right" in captions, answers and
   relations; a crop of half the area cuts objects of the border cells out; rotation, shear and
@@ -116,7 +121,9 @@ def _affine(img: np.ndarray, matrix: tuple[float, ...]) -> np.ndarray:
     from PIL import Image
 
     pil = Image.fromarray(img)
-    out = pil.transform(pil.size, Image.Transform.AFFINE, matrix, Image.Resampling.BILINEAR, fillcolor=(FILL,) * 3)
+    out = pil.transform(
+        pil.size, Image.Transform.AFFINE, matrix, Image.Resampling.BILINEAR, fillcolor=(FILL,) * 3
+    )
     return np.asarray(out)
 
 
@@ -141,7 +148,8 @@ def _apply(name: str, img: np.ndarray, sign: float, size: int) -> np.ndarray:
         return _affine(img, (1, sign * SHEAR, 0, 0, 1, 0))
     if name == "ShearY":
         return _affine(img, (1, 0, 0, sign * SHEAR, 1, 0))
-    shift = sign * TRANSLATE_224 * size / 224.0
+    # official: 7 px at any size; ours: scaled down below 224 px (micro canvases)
+    shift = sign * TRANSLATE_224 * min(size, 224) / 224.0
     if name == "TranslateX":
         return _affine(img, (1, 0, shift, 0, 1, 0))
     if name == "TranslateY":
@@ -151,11 +159,13 @@ def _apply(name: str, img: np.ndarray, sign: float, size: int) -> np.ndarray:
     raise KeyError(f"unknown augmentation op {name!r}")
 
 
-def _resized_crop(img: np.ndarray, g: torch.Generator) -> np.ndarray:
-    """torchvision's ``RandomResizedCrop`` (scale 0.5-1, ratio 3/4-4/3, bicubic) back to the same size."""
+def _resized_crop(img: np.ndarray, g: torch.Generator, size: int | None = None) -> np.ndarray:
+    """torchvision's ``RandomResizedCrop`` (scale 0.5-1, ratio 3/4-4/3, bicubic) to ``size`` (default:
+    the input's size); after 10 failed draws the whole image, resized."""
     from PIL import Image
 
     H, W = img.shape[:2]
+    out = (W, H) if size is None else (size, size)
     area = H * W
     for _ in range(10):
         target = area * (0.5 + 0.5 * float(torch.rand(1, generator=g)))
@@ -166,18 +176,34 @@ def _resized_crop(img: np.ndarray, g: torch.Generator) -> np.ndarray:
             top = int(torch.randint(0, H - h + 1, (1,), generator=g))
             left = int(torch.randint(0, W - w + 1, (1,), generator=g))
             crop = Image.fromarray(img[top : top + h, left : left + w])
-            return np.asarray(crop.resize((W, H), Image.Resampling.BICUBIC))
-    return img
+            return np.asarray(crop.resize(out, Image.Resampling.BICUBIC))
+    return img if out == (W, H) else _resize(img, out[0])
 
 
-def _augment_one(img: np.ndarray, mode: str, g: torch.Generator, photometric_only: bool) -> np.ndarray:
-    size = img.shape[0]
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    """Bicubic resize to ``size x size`` (the official eval transform ``square_transform``)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def _augment_one(
+    img: np.ndarray, mode: str, g: torch.Generator, photometric_only: bool, out_size: int | None = None
+) -> np.ndarray:
     geometric = mode == "official" and not photometric_only
     ops = OFFICIAL_OPS if mode == "official" else SURVIVING_OPS
     if photometric_only and mode == "official":
-        ops = tuple(o for o in OFFICIAL_OPS if o in ("Identity", "AutoContrast", "Equalize", "Brightness", "Sharpness"))
+        ops = tuple(
+            o
+            for o in OFFICIAL_OPS
+            if o in ("Identity", "AutoContrast", "Equalize", "Brightness", "Sharpness")
+        )
     if geometric:
-        img = _resized_crop(img, g)
+        img = _resized_crop(img, g, out_size)
+    elif out_size is not None and out_size != img.shape[0]:
+        img = _resize(img, out_size)
+    size = img.shape[0]
+    if geometric:
         if float(torch.rand(1, generator=g)) < 0.5:
             img = np.ascontiguousarray(img[:, ::-1])
     picks = torch.randint(0, len(ops), (N_OPS,), generator=g).tolist()
@@ -190,7 +216,11 @@ def _augment_one(img: np.ndarray, mode: str, g: torch.Generator, photometric_onl
 
 
 def augment_images(
-    images: np.ndarray, mode: str, generator: torch.Generator, photometric_only: bool = False
+    images: np.ndarray,
+    mode: str,
+    generator: torch.Generator,
+    photometric_only: bool = False,
+    size: int | None = None,
 ) -> np.ndarray:
     """The train transform of ``mode`` on a batch of uint8 images ``[B, H, W, 3]`` (a new array).
 
@@ -199,14 +229,24 @@ def augment_images(
         mode: one of :data:`AUGMENT_MODES`.
         generator: the source of every random draw.
         photometric_only: never move pixels (segmentation, whose masks are not transformed).
+        size: the output side, the task's resolution (default: the input's): ``official`` crops to it
+            (``RandomResizedCrop(size)``), the other modes resize to it (bicubic).
+
+    Returns:
+        uint8 ``[B, size, size, 3]``.
     """
     if mode not in AUGMENT_MODES:
         raise ValueError(f"augment must be one of {list(AUGMENT_MODES)}, got {mode!r}")
-    if mode == "none":
+    if size is not None and size < 1:
+        raise ValueError(f"augment_images: size must be >= 1, got {size}")
+    if mode == "none" and (size is None or size == images.shape[1]):
         return images
-    out = np.empty_like(images)
-    for i in range(len(images)):
-        out[i] = _augment_one(np.ascontiguousarray(images[i]), mode, generator, photometric_only)
+    if mode == "none":
+        return np.stack([_resize(np.ascontiguousarray(im), size) for im in images])
+    B = len(images)
+    out = np.empty((B, size, size, 3) if size else images.shape, dtype=images.dtype)
+    for i in range(B):
+        out[i] = _augment_one(np.ascontiguousarray(images[i]), mode, generator, photometric_only, size)
     return out
 
 

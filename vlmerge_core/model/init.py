@@ -25,6 +25,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from vlmerge_core.model.experts import EXPERT_KEY, strip_expert
+from vlmerge_core.model.resolution import IMAGE_EXTRA_BUCKETS, interpolate_image_bias
 
 __all__ = [
     "EXPERT_KEY",
@@ -141,7 +142,9 @@ def load_timm_into_v(
     ``cls_token``, ``pos_embed`` (if present), ``blocks.{i}.{norm1,norm2,attn,mlp,gamma_1,gamma_2}``,
     ViT's ``attn.qkv.bias`` (split into ``q_bias``/``v_bias``; a non-zero key bias is dropped with
     a warning since BEiT blocks have none), BEiT's per-block ``attn.relative_position_bias_table``
-    (into the slice of block i of ``rel_pos_bias``), and ``norm.*`` or ``fc_norm.*`` as final norm.
+    (into the slice of block i of ``rel_pos_bias``) or its shared ``rel_pos_bias.relative_position_bias_table``
+    (pt22k checkpoints: into every block's slice, as the official ``modify_checkpoint_beit``), either
+    interpolated when the model's image grid differs, and ``norm.*`` or ``fc_norm.*`` as final norm.
     Classifier heads are skipped. A checkpoint without layer scale (plain ViT) loaded into a model
     with layer scale sets every ``gamma_1``/``gamma_2`` to 1, so the blocks compute what the
     checkpoint's blocks compute.
@@ -200,26 +203,35 @@ def load_timm_into_v(
         elif key == "rel_pos_bias.relative_position_bias_table":  # BEiT's shared table: every block
             _put_image_bias(model, value, range(len(model.blocks)), key)
             done.append("rel_pos_bias.relative_position_bias_table")
-    if "pos_embed" not in sd and model.pos_embed is not None:
-        with torch.no_grad():  # BEiT has no absolute positions: positions come from the bias
-            model.pos_embed.zero_()
-    if not any(k.endswith((".gamma_1", ".gamma_2")) for k in sd):
-        for name, p in own.items():
-            if name.endswith(("gamma_1", "gamma_2")):
-                with torch.no_grad():  # no layer scale in the checkpoint: gamma = 1 is the identity
-                    p.fill_(1.0)
-                done.append(name)
+    done += _fill_absent(model, sd, own)
     log.info("load_timm_into_v: set %d tensors", len(done))
     return done
 
 
+def _fill_absent(model: nn.Module, sd: Mapping[str, torch.Tensor], own: dict[str, nn.Parameter]) -> list[str]:
+    """What the checkpoint lacks: absolute positions zeroed (BEiT's come from the bias), layer scale
+    set to 1 (a plain ViT: the identity). Returns the names of the layer-scale tensors set."""
+    if "pos_embed" not in sd and model.pos_embed is not None:
+        with torch.no_grad():
+            model.pos_embed.zero_()
+    if any(k.endswith((".gamma_1", ".gamma_2")) for k in sd):
+        return []
+    names = [name for name in own if name.endswith(("gamma_1", "gamma_2"))]
+    with torch.no_grad():
+        for name in names:
+            own[name].fill_(1.0)
+    return names
+
+
 def _put_image_bias(model: nn.Module, value: torch.Tensor, blocks, src: str) -> None:
     """A BEiT table [R_img, H] into the image rows of the given blocks' columns of our table (the
-    text and text<->image rows keep their init, as the official ``modify_checkpoint_beit``)."""
+    text and text<->image rows keep their init, as the official ``modify_checkpoint_beit``); a table of
+    another image grid (e.g. 224 px into a 384 px model) is interpolated as the official code does."""
     if model.rel_pos_bias is None:
         raise ValueError(f"load_timm_into_v: {src} needs a model with rel_pos_bias=True")
     table, H = model.rel_pos_bias.relative_position_bias_table, model.cfg.heads
     n_img = model.rel_pos_bias.text2image  # image rows come first
+    value = _image_bias_at_grid(value, model.cfg.image_size // model.cfg.patch_size, src)
     if tuple(value.shape) != (n_img, H):
         raise ValueError(
             f"load_timm_into_v: {src} {tuple(value.shape)} does not fit the image buckets ({n_img}, {H}) "
@@ -227,6 +239,17 @@ def _put_image_bias(model: nn.Module, value: torch.Tensor, blocks, src: str) -> 
         )
     for i in blocks:
         _copy_(table[:n_img, i * H : (i + 1) * H], value, f"rel_pos_bias[block {i}]", src)
+
+
+def _image_bias_at_grid(value: torch.Tensor, grid: int, src: str) -> torch.Tensor:
+    """A BEiT image table ``[(2g - 1)^2 + 3, H]`` resized to ``grid`` (unchanged when not a BEiT table)."""
+    side = math.isqrt(max(value.shape[0] - IMAGE_EXTRA_BUCKETS, 0))
+    if value.ndim != 2 or side * side + IMAGE_EXTRA_BUCKETS != value.shape[0] or side % 2 == 0:
+        return value  # not a square window of buckets: the shape check names it
+    old = (side + 1) // 2
+    if old != grid:
+        log.info("load_timm_into_v: %s interpolated from %dx%d to %dx%d patches", src, old, old, grid, grid)
+    return interpolate_image_bias(value, old, grid)
 
 
 def _read_timm(src: Mapping[str, torch.Tensor] | str | Path) -> dict[str, torch.Tensor]:

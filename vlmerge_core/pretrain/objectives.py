@@ -7,7 +7,10 @@ which is exactly what separate passes compute, at a fraction of the cost.
 
 Data parallelism: every rank holds the same *global* micro-batch and computes the rows
 ``[lo, hi)``. Each loss returns its local sum divided by the *global* count, so the sum over ranks
-is the global mean; contrastive logits use the features of all ranks (gathered with gradient).
+is the global mean; contrastive logits use the features of all ranks (gathered with gradient), or,
+with ``itc_grad="official"`` (``PretrainConfig.itc_grad``), the official ``compute_ifm`` gradients:
+other ranks' features without gradient, so ITC feature gradients are 1/world-size of the exact ones.
+:class:`LossModule` takes it as ``itc_grad`` (the pre-training loop gives it ``cfg.itc_grad``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from vlmerge_core.data.loaders import MLM_IGNORE_INDEX
@@ -34,6 +38,7 @@ __all__ = [
 
 LOSS_NAMES = ("mlm", "itc", "itc_vl", "itm", "mim", "tags", "text_mlm")
 ITM_NEGATIVES = ("official", "true_negatives", "uniform")  # PretrainConfig.itm_negatives
+ITC_GRADS = ("exact", "official")  # PretrainConfig.itc_grad
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +60,7 @@ def _local(batch: dict[str, torch.Tensor], key: str, shard: Shard) -> torch.Tens
 
 
 def contrastive_loss(
-    img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, shard: Shard
+    img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, shard: Shard, itc_grad: str = "exact"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE (CLIP, Radford et al. 2021; VLMo's ITC) over the global batch.
 
@@ -65,11 +70,20 @@ def contrastive_loss(
         logit_scale: log of the inverse temperature (init log(1/0.07); not clamped, as the official
             ``compute_ifm``, whose clamp is commented out).
         shard: the local rows.
+        itc_grad: ``"exact"``: the local rows' share, features of all ranks gathered with gradient,
+            so the summed gradients are the global loss's; ``"official"``: as ``compute_ifm``, which
+            gathers with a plain ``all_gather``: each rank takes the whole global loss with gradients
+            into its own features only, and DDP's mean leaves feature gradients at 1/world-size of
+            the exact ones (the temperature's stay exact). Equal on one process.
 
     Returns:
         (local share of the loss, detached global image-to-text logits [G, G]: the cosine
         similarities times the inverse temperature, the official ``ifm_i2t_logits``).
     """
+    if itc_grad not in ITC_GRADS:
+        raise ValueError(f"itc_grad must be one of {list(ITC_GRADS)}, got {itc_grad!r}")
+    if itc_grad == "official":
+        return _contrastive_official(img, txt, logit_scale, shard)
     all_img, all_txt = gather_with_grad(img), gather_with_grad(txt)  # (G, D)
     scale = logit_scale.exp()
     target = torch.arange(shard.lo, shard.hi, device=img.device)
@@ -77,6 +91,26 @@ def contrastive_loss(
     t2i = scale * _f32(txt) @ _f32(all_img).T  # (b, G)
     loss = (F.cross_entropy(i2t, target, reduction="sum") + F.cross_entropy(t2i, target, reduction="sum")) / 2
     return loss / shard.size, (scale * _f32(all_img) @ _f32(all_txt).T).detach()
+
+
+def _splice_local(x: torch.Tensor, shard: Shard) -> torch.Tensor:
+    """All ranks' rows of ``x`` [b, D] -> [G, D]: the others' without gradient, the local ones with."""
+    others = gather_with_grad(x.detach())  # (G, D), no gradient (a plain all_gather)
+    return torch.cat([others[: shard.lo], x, others[shard.hi :]], dim=0)
+
+
+def _contrastive_official(
+    img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, shard: Shard
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``contrastive_loss`` with the official gradients: the global mean loss over [G, G] logits with
+    gradients into the local features, divided by the world size (the loop sums the ranks' shares)."""
+    W = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    all_img, all_txt = _splice_local(img, shard), _splice_local(txt, shard)  # (G, D)
+    scale = logit_scale.exp()
+    i2t = scale * _f32(all_img) @ _f32(all_txt).T  # (G, G)
+    target = torch.arange(i2t.shape[0], device=img.device)
+    loss = (F.cross_entropy(i2t, target) + F.cross_entropy(i2t.T, target)) / 2
+    return loss / W, i2t.detach()
 
 
 def hard_negative_weights(
@@ -233,8 +267,10 @@ def compute_losses(
     shard: Shard,
     device: str | torch.device = "cpu",
     itm_negatives: str = "official",
+    itc_grad: str = "exact",
 ) -> dict[str, torch.Tensor]:
-    """Every active loss (weight > 0) on the local rows of a global micro-batch.
+    """Every active loss (weight > 0) on the local rows of a global micro-batch (``itc_grad``: see
+    :func:`contrastive_loss`).
 
     Returns:
         ``{name: local share}``; the sum over ranks of each value is that loss on the global batch.
@@ -262,7 +298,7 @@ def compute_losses(
                 continue
             fi = F.normalize(p_i(model.image_top(img_h, top_i)["cls"]), dim=-1)  # (b, D)
             ft = F.normalize(p_t(model.text_top(txt_h, loc["mask"], top_t)["cls"]), dim=-1)  # (b, D)
-            loss, lg = contrastive_loss(fi, ft, scale, shard)
+            loss, lg = contrastive_loss(fi, ft, scale, shard, itc_grad)
             if name in active:
                 out[name] = loss
             logits = lg if logits is None else logits
@@ -296,10 +332,13 @@ class LossModule(torch.nn.Module):
         shard: Shard,
         device: str | torch.device = "cpu",
         itm_negatives: str = "official",
+        itc_grad: str = "exact",
     ) -> None:
         super().__init__()
         self.model, self.losses, self.shard, self.device = model, dict(losses), shard, device
-        self.itm_negatives = itm_negatives
+        self.itm_negatives, self.itc_grad = itm_negatives, itc_grad
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return compute_losses(self.model, batch, self.losses, self.shard, self.device, self.itm_negatives)
+        return compute_losses(
+            self.model, batch, self.losses, self.shard, self.device, self.itm_negatives, self.itc_grad
+        )

@@ -16,11 +16,18 @@ image size), texts as strings. Layouts (those of the official vl-merging ``write
 - NLVR2: JSON lines ``nlvr2/data/{train,dev,test1}.json`` (``identifier``, ``sentence``, ``label``
   "True"/"False", ``directory`` for train); images ``images/train/{directory}/{pair}-img{0,1}.png`` or
   ``{dev,test1}/{pair}-img{0,1}.png`` where ``pair`` is the identifier without its sentence index.
-- ImageNet: class folders ``{train,val}/<wnid>/*``; test = ``test/`` if present, else ``val``.
+- ImageNet: class folders ``{train,val}/<wnid>/*``; with a labelled ``test/`` folder val = ``val/``
+  and test = ``test/``; without one (the usual release) test = ``val/`` and val is held out of train.
 - ADE20k: ``images/{training,validation}/*.jpg`` with ``annotations/{..}/*.png`` (0 = ignore, class c
-  stored as c + 1: mmsegmentation's ``reduce_zero_label``); val and test = validation.
+  stored as c + 1: mmsegmentation's ``reduce_zero_label``); test = validation, val held out of training.
 - Text classification (GLUE SST-2 style): ``{train,dev}.tsv`` with ``sentence`` and ``label`` columns;
-  test = ``test.tsv`` if it has labels, else dev.
+  with a labelled ``test.tsv`` val = dev and test = test; without one (GLUE's test labels are not
+  public) test = dev and val is held out of train.
+
+A held-out val (:func:`heldout_split`, ours: the release has no labelled split besides the one
+reported) is a seeded random subset of the training examples (``HELDOUT_VAL[dataset]`` of them, at
+most a tenth, seed :data:`HELDOUT_SEED`), removed from train, so that the epoch is never picked on
+the examples that are reported.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ from PIL import Image
 from vlmerge_core.tasks.metrics import SEG_IGNORE_LABEL
 
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+HELDOUT_SEED = 0  # RNG seed of the validation examples held out of train (ours)
+HELDOUT_VAL = {"imagenet": 10000, "ade20k": 2000, "text": 872}  # held-out val size (SST-2: its dev size)
+_TSV_LABELLED = {"train": "train", "val": "dev", "test": "test"}  # text files when test.tsv has labels
 
 
 class RealFormatError(ValueError):
@@ -249,31 +259,72 @@ def read_nlvr2(root: str | Path, split: str, size: int) -> dict[str, Any]:
     return {"images": ImageFiles(paths, size), "pairs": pairs}
 
 
+def heldout_split(
+    n: int, k: int, seed: int = HELDOUT_SEED, what: str = "train"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (kept train, held-out val) indices of ``n`` training examples: ``min(k, n // 10)`` (at
+    least 1) drawn by a permutation seeded with ``seed``.
+
+    Raises:
+        RealFormatError: fewer than 2 examples in ``what`` (nothing to hold out).
+    """
+    if n < 2:
+        raise RealFormatError(
+            f"{what}: {n} training example(s); at least 2 are needed to hold out a val split"
+        )
+    k = max(1, min(k, n // 10))
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def _heldout(split: str, n: int, dataset: str, what: str) -> np.ndarray:
+    """The training rows that ``split`` (``train`` or ``val``) keeps when val is held out of train."""
+    train, val = heldout_split(n, HELDOUT_VAL[dataset], what=what)
+    return train if split == "train" else val
+
+
 # ------------------------------------------------------------------------------------------ ImageNet
 def read_image_folders(root: str | Path, split: str, size: int) -> dict[str, Any]:
-    """ImageNet class-folder tree -> ``{"images", "labels": int64 [N], "classes": wnids}``."""
+    """ImageNet class-folder tree -> ``{"images", "labels": int64 [N], "classes": wnids}`` (module
+    docstring: without ``test/``, test = ``val/`` and val is held out of ``train/``)."""
     root = Path(root)
+    if split not in ("train", "val", "test"):
+        raise KeyError(f"ImageNet split {split!r}: expected train, val or test")
     classes = sorted(d.name for d in _need(root / "train").iterdir() if d.is_dir())
-    sub = {"train": "train", "val": "val", "test": "test" if (root / "test").is_dir() else "val"}[split]
-    folder = _need(root / sub)
+    if (root / "test").is_dir():
+        paths, labels = _class_images(_need(root / split), classes)
+    elif split == "test":
+        paths, labels = _class_images(_need(root / "val"), classes)
+    else:
+        paths, labels = _class_images(root / "train", classes)
+        keep = _heldout(split, len(paths), "imagenet", str(root / "train"))
+        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+    return {"images": ImageFiles(paths, size), "labels": np.asarray(labels, np.int64), "classes": classes}
+
+
+def _class_images(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    """Image files and class indices of a class-folder tree (sorted)."""
     paths, labels = [], []
     for d in sorted(p for p in folder.iterdir() if p.is_dir()):
         if d.name not in classes:
-            raise RealFormatError(f"{d}: class folder {d.name!r} is not a class of {root / 'train'}")
+            raise RealFormatError(f"{d}: class folder {d.name!r} is not a class of the train folder")
         for f in sorted(d.iterdir()):
             if f.suffix.lower() in _IMAGE_EXT:
                 paths.append(f)
                 labels.append(classes.index(d.name))
     if not paths:
         raise RealFormatError(f"{folder}: no images in class folders")
-    return {"images": ImageFiles(paths, size), "labels": np.asarray(labels, np.int64), "classes": classes}
+    return paths, labels
 
 
 # -------------------------------------------------------------------------------------------- ADE20k
 def read_ade20k(root: str | Path, split: str, size: int) -> dict[str, Any]:
-    """ADE20k -> ``{"images", "masks"}``; masks hold class - 1, ``SEG_IGNORE_LABEL`` where the file has 0."""
+    """ADE20k -> ``{"images", "masks"}``; masks hold class - 1, ``SEG_IGNORE_LABEL`` where the file has 0.
+    test = validation; train and val split training (module docstring)."""
     root = Path(root)
-    sub = {"train": "training", "val": "validation", "test": "validation"}[split]
+    if split not in ("train", "val", "test"):
+        raise KeyError(f"ADE20k split {split!r}: expected train, val or test")
+    sub = {"train": "training", "val": "training", "test": "validation"}[split]
     img_dir, ann_dir = _need(root / "images" / sub), _need(root / "annotations" / sub)
     images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in _IMAGE_EXT)
     masks = []
@@ -284,6 +335,9 @@ def read_ade20k(root: str | Path, split: str, size: int) -> dict[str, Any]:
         masks.append(m)
     if not images:
         raise RealFormatError(f"{img_dir}: no images")
+    if split != "test":
+        keep = _heldout(split, len(images), "ade20k", str(img_dir))
+        images, masks = [images[i] for i in keep], [masks[i] for i in keep]
     return {"images": ImageFiles(images, size), "masks": _ReducedMasks(ImageFiles(masks, size, mask=True))}
 
 
@@ -303,14 +357,29 @@ class _ReducedMasks:
 
 # ---------------------------------------------------------------------------------------------- text
 def read_text_tsv(root: str | Path, split: str) -> list[dict[str, Any]]:
-    """GLUE-style TSV (``sentence``, ``label`` columns) -> ``[{text, label}]``."""
+    """GLUE-style TSV (``sentence``, ``label`` columns) -> ``[{text, label}]`` (module docstring: without
+    a labelled ``test.tsv``, test = dev and val is held out of train)."""
     root = Path(root)
-    name = {"train": "train", "val": "dev", "test": "dev"}[split]
-    if split == "test" and (root / "test.tsv").exists():
-        with open(root / "test.tsv", newline="") as fh:
-            if "label" in (csv.DictReader(fh, delimiter="\t").fieldnames or []):
-                name = "test"
-    path = _need(root / f"{name}.tsv")
+    if split not in ("train", "val", "test"):
+        raise KeyError(f"text split {split!r}: expected train, val or test")
+    if _labelled(root / "test.tsv"):
+        return _read_tsv(root / f"{_TSV_LABELLED[split]}.tsv")
+    if split == "test":
+        return _read_tsv(root / "dev.tsv")
+    rows = _read_tsv(root / "train.tsv")
+    return [rows[i] for i in _heldout(split, len(rows), "text", str(root / "train.tsv"))]
+
+
+def _labelled(path: Path) -> bool:
+    """Whether a TSV file exists and has a ``label`` column."""
+    if not path.exists():
+        return False
+    with open(path, newline="") as fh:
+        return "label" in (csv.DictReader(fh, delimiter="\t").fieldnames or [])
+
+
+def _read_tsv(path: Path) -> list[dict[str, Any]]:
+    path = _need(path)
     out = []
     with open(path, newline="") as fh:
         for i, row in enumerate(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)):

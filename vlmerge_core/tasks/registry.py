@@ -5,7 +5,8 @@
 object; the caller's model is never changed), builds the task (data adapter for the micro-world, or
 the real dataset when ``cfg.real_paths[task]`` is set, and the head), fine-tunes with
 :func:`~vlmerge_core.tasks.engine.run_finetune` under the task's resolved config
-(``cfg.overrides[task]`` applied) and returns flat metrics::
+(``cfg.overrides[task]`` applied; a task ``image_size`` other than the checkpoint's resizes the position
+bias first, :func:`~vlmerge_core.model.resolution.at_resolution`) and returns flat metrics::
 
     {"task", "main", "main_metric", "select_metric", <test metrics>, "val_<metric>"..., "ci": {metric:
      [low, high]}, "val_last_gain", "best_epoch", "epochs", "steps", "n_train", "seconds",
@@ -28,10 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlmerge_core.config import FinetuneConfig, ModelConfig
+from vlmerge_core.config import FinetuneConfig, ModelConfig, profile_params
 from vlmerge_core.data.tokenizer import check_tokenizer
 from vlmerge_core.io import write_json
 from vlmerge_core.model.experts import RETRIEVAL_TASKS, TASKS
+from vlmerge_core.model.resolution import at_resolution
 from vlmerge_core.paths import resolve
 from vlmerge_core.tasks import classification, nlvr2, retrieval, segmentation, text_cls, vqa
 from vlmerge_core.tasks.base import SPLITS, BaseTask
@@ -62,17 +64,10 @@ _REGISTRY: dict[str, tuple[Callable[..., dict], Callable[..., BaseTask]]] = {
 if set(_REGISTRY) != set(TASKS):  # experts.TASKS is the one list of tasks
     raise ImportError(f"tasks registry {sorted(_REGISTRY)} does not cover model.experts.TASKS {list(TASKS)}")
 
-# The paper's fine-tuning settings (PAPER.md section 6 and the official ``config.py``), for reference and
-# for a paper profile's ``finetune.overrides``; image sizes (VQA 480, retrieval 384) are the model's.
-# NLVR2's lr is unclear (5e-5 or 6.25e-6); ImageNet is the ``..._image384`` preset of the code, its use in
-# the paper is not confirmed; no recipe was found for ADE20k and the text task.
-PAPER_RECIPES: dict[str, dict[str, Any]] = {
-    "vqa": {"lr": 3e-5, "head_lr_mult": 10.0, "batch_size": 128, "epochs": 10, "warmup_frac": 0.1},
-    "coco": {"lr": 6.25e-6, "batch_size": 640, "epochs": 20, "warmup_frac": 0.1},
-    "flickr": {"lr": 6.25e-7, "batch_size": 128, "epochs": 40, "warmup_frac": 0.1},
-    "nlvr2": {"lr": 5e-5, "head_lr_mult": 1.0, "batch_size": 128, "epochs": 10, "warmup_frac": 0.1},
-    "imagenet": {"lr": 1e-3, "head_lr_mult": 10.0, "batch_size": 512, "epochs": 100, "warmup_frac": 0.1},
-}
+# The paper's fine-tuning recipe of every task (PAPER.md section 6 and the official ``config.py``): the
+# paper profile's ``finetune.overrides``, its one definition (``profiles/paper.yaml`` cites the named
+# configs; ADE20k and the text task have no official recipe and say which one they borrow).
+PAPER_RECIPES: dict[str, dict[str, Any]] = profile_params("paper").finetune.overrides
 
 
 @dataclasses.dataclass
@@ -202,7 +197,7 @@ def run_task(
     tcfg = task_config(cfg, task)
     if epochs is not None:
         tcfg = dataclasses.replace(tcfg, epochs=epochs)
-    model = load_backbone(backbone, model_cfg)
+    model = at_resolution(load_backbone(backbone, model_cfg), tcfg.image_size)  # the task's resolution
     model.set_dropout(tcfg.drop_path, tcfg.text_dropout)  # fine-tuning regularisation (official drop_rate)
     torch.manual_seed(tcfg.rng_seed)  # head init and drop-path draws
     obj = build_task(
