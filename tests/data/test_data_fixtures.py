@@ -21,6 +21,8 @@ from vlmerge_core.model.init import load_timm_into_v
 from vlmerge_core.tasks import finetune_task
 from vlmerge_core.tasks.metrics import SEG_IGNORE_LABEL
 from vlmerge_core.tasks.real import (
+    HELDOUT_VAL,
+    heldout_split,
     read_ade20k,
     read_image_folders,
     read_karpathy,
@@ -104,14 +106,17 @@ def test_vqa_nlvr2_fixture_read(fx):
 
 def test_imagenet_ade20k_text_fixture_read(fx):
     tr = read_image_folders(fx["imagenet"], "train", SIZE)
-    assert tr["labels"].tolist() == [0, 0, 0, 1, 1, 1]
+    keep, held = heldout_split(6, HELDOUT_VAL["imagenet"])  # val is held out of the 6 training images
+    assert tr["labels"].tolist() == np.array([0, 0, 0, 1, 1, 1])[keep].tolist()
+    assert len(read_image_folders(fx["imagenet"], "val", SIZE)["labels"]) == len(held)
     assert read_image_folders(fx["imagenet"], "test", SIZE)["labels"].tolist() == [0, 1]
     ade = read_ade20k(fx["ade20k"], "train", SIZE)
-    m = ade["masks"][np.arange(3)]
-    assert m.shape == (3, SIZE, SIZE) and set(np.unique(m).tolist()) <= {0, 1, 2, 3, SEG_IGNORE_LABEL}
-    assert len(read_ade20k(fx["ade20k"], "val", SIZE)["images"]) == 2
+    m = ade["masks"][np.arange(2)]  # 3 training images, 1 held out as val
+    assert m.shape == (2, SIZE, SIZE) and set(np.unique(m).tolist()) <= {0, 1, 2, 3, SEG_IGNORE_LABEL}
+    assert len(read_ade20k(fx["ade20k"], "val", SIZE)["images"]) == 1
+    assert len(read_ade20k(fx["ade20k"], "test", SIZE)["images"]) == 2  # the released val split
     rows = read_text_tsv(fx["text"], "train")
-    assert len(rows) == 8 and {r["label"] for r in rows} <= {0, 1}
+    assert len(rows) == 7 and {r["label"] for r in rows} <= {0, 1}  # 8, one held out as val
     assert len(read_text_tsv(fx["text"], "test")) == 4
 
 
@@ -153,7 +158,7 @@ def test_every_task_finetunes_on_the_fixtures(fx, model_cfg):
     torch.manual_seed(0)
     model = MultiwayTransformer(cfg)
     load_timm_into_v(model, fx["beit"])
-    n_train = {"vqa": 6, "coco": 17, "flickr": 17, "nlvr2": 3, "imagenet": 6, "ade20k": 3, "text": 8}
+    n_train = {"vqa": 6, "coco": 17, "flickr": 17, "nlvr2": 3, "imagenet": 5, "ade20k": 2, "text": 7}
     for task in TASKS:
         m = finetune_task(task, model, ft, None)
         assert m["n_train"] == n_train[task], task

@@ -63,7 +63,9 @@ def _assert_close(got: dict, want: dict, where: str) -> None:
 
 def _torchrun(world_root: Path, out: Path, cfg: FinetuneConfig, model_cfg, tasks) -> dict:
     spec = {"finetune": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg), "tasks": list(tasks)}
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    root = str(Path(__file__).resolve().parents[2])  # this checkout's package, installed or not
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH", "")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += [str(WORKER), str(world_root), str(out), json.dumps(spec)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

@@ -305,7 +305,9 @@ def _resume(run: _Run) -> bool:
 
 def _loss_module(run: _Run) -> nn.Module:
     """The model and its objectives as one module, wrapped in DDP when there are several processes."""
-    module = objectives.LossModule(run.model, run.losses, run.shard, run.info.device, run.cfg.itm_negatives)
+    module = objectives.LossModule(
+        run.model, run.losses, run.shard, run.info.device, run.cfg.itm_negatives, itc_grad=run.cfg.itc_grad
+    )
     if not run.info.distributed:
         return module
     # find_unused_parameters: some parameters get no gradient from a stage's objectives (the text
