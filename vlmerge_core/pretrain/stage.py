@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
-from vlmerge_core.config import load_params
+import torch
+
+from vlmerge_core.config import Params, stage_params
 from vlmerge_core.data import ensure_world
 from vlmerge_core.io import write_json
 from vlmerge_core.paths import resolve
@@ -17,6 +20,7 @@ __all__ = [
     "clear_run",
     "curve_path",
     "curve_records",
+    "pretrain_run",
     "run_pretrain_stage",
     "summary_table",
 ]
@@ -25,10 +29,23 @@ log = logging.getLogger(__name__)
 
 
 def run_pretrain_stage(
+    stage: str = "seed", *, profile: str = "smoke", params_file: str = "", **kwargs: Any
+) -> dict:
+    """Entry point (notebook 02, DVC): parse the params once, then :func:`pretrain_run`.
+
+    Args:
+        stage: ``"init"``, ``"seed"`` or ``"ms"``.
+        profile: parameter preset used when ``params_file`` is empty.
+        params_file: params file relative to the repo root (e.g. ``params.yaml``).
+        **kwargs: the arguments of :func:`pretrain_run`.
+    """
+    return pretrain_run(stage_params(params_file, profile), stage, **kwargs)
+
+
+def pretrain_run(
+    params: Params,
     stage: str = "seed",
     *,
-    profile: str = "smoke",
-    params_file: str = "",
     variant: str = "",
     init: str = "",
     world_dir: str = "",
@@ -40,12 +57,11 @@ def run_pretrain_stage(
     lr_mult: float = 1.0,
     threads: int = 0,
 ) -> dict:
-    """Resolve the parameters, open (or generate) the world, and run one pre-training stage.
+    """Open (or generate) the world and run one pre-training stage of ``params``.
 
     Args:
+        params: the study's parameters.
         stage: ``"init"``, ``"seed"`` or ``"ms"``.
-        profile: parameter preset used when ``params_file`` is empty.
-        params_file: params file relative to the repo root (e.g. ``params.yaml``).
         variant: MS variant (``all``, ``attn``, ``ffn``, ``ln``) for ``stage="ms"``.
         init: checkpoint to start from (relative to the repo root); empty = random (init/seed only).
         world_dir: micro-world folder; empty = ``data.root`` of the parameters (generated if missing).
@@ -64,10 +80,7 @@ def run_pretrain_stage(
         The run's metrics.
     """
     if threads > 0:
-        import torch
-
         torch.set_num_threads(threads)
-    params = load_params(params_file) if params_file else load_params(profile=profile)
     cfg, model_cfg = stage_configs(params, stage, variant)
     if steps > 0:
         keep = [s for s in getattr(cfg, "save_steps", []) if s <= steps]
