@@ -130,43 +130,26 @@ def _grams(
     return grams
 
 
-def _merge(params: Params, run: plan.MSRun, job: MergeJob, grams: dict[bool, Path], runs: str) -> list[dict]:
-    """The checkpoints of one study merge (one per task group), with its option and experiments."""
-    t0 = time.perf_counter()
-    used = job.option == plan.OPTION_USED_EXPERTS or params.merge.only_used_experts
-    unimodal = params.merge.unimodal_paths
-    recs = run_jobs(
-        resolve(run.ckpt(runs)),
-        resolve(plan.merge_dir(run.id, runs)) / (job.option or "default"),
-        merge_jobs(
-            [(job.method, job.params)], tasks=job.tasks, only_used_experts=used, unimodal_paths=unimodal
-        ),
-        central_path=resolve(run.central_ckpt(runs)),
-        gram_path=grams.get(job.option == plan.OPTION_GRAM_NOPAD)
-        if get_method(job.method).needs_grams
-        else None,
-        only_used_experts=used,
-        unimodal_paths=unimodal,
-    )
-    seconds = (time.perf_counter() - t0) / max(len(recs), 1)
-    root = resolve(".")
-    for rec in recs:
-        path = Path(rec["path"])
-        rel = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-        rec.update(
-            {"option": job.option, "experiments": list(job.experiments), "seconds": seconds, "path": rel}
-        )
-    return recs
-
-
 def _merge_unit(args: dict[str, Any]) -> dict:
-    """Gram matrices, every merge and the distances of one MS run (in a worker)."""
+    """Gram matrices, every merge (its checkpoints, one per task group) and the distances of one MS run
+    (in a worker). A merge's records carry its option and experiments; ``seconds`` is its mean time."""
     params, runs = args["params"], args["runs_dir"]
-    run = plan.ms_runs(params)[args["ms_id"]]
+    run, cfg = plan.ms_runs(params)[args["ms_id"]], params.merge
     jobs = plan.study_merges(params, run.id)
     ms_path, central = resolve(run.ckpt(runs)), resolve(run.central_ckpt(runs))
     grams = _grams(params, run, jobs, ms_path, args)
-    records = [rec for job in jobs for rec in _merge(params, run, job, grams, runs)]
+    records = []
+    for job in jobs:
+        t0 = time.perf_counter()
+        used = job.option == plan.OPTION_USED_EXPERTS or cfg.only_used_experts
+        split = merge_jobs([(job.method, job.params)], tasks=job.tasks, only_used_experts=used,
+                           unimodal_paths=cfg.unimodal_paths)  # fmt: skip
+        recs = run_jobs(ms_path, resolve(plan.merge_dir(run.id, runs)) / (job.option or "default"), split,
+                        central_path=central, gram_path=grams.get(job.option == plan.OPTION_GRAM_NOPAD),
+                        only_used_experts=used, unimodal_paths=cfg.unimodal_paths)  # fmt: skip
+        seconds = (time.perf_counter() - t0) / max(len(recs), 1)
+        extra = {"option": job.option, "experiments": list(job.experiments), "seconds": seconds}
+        records += [{**rec, **extra} for rec in recs]
     info = {"model_id": run.model_id, **run.info()}
     dist = expert_distances(params, ms_ckpt=str(ms_path), central_ckpt=str(central))
     return {"merges": {"model": info, "records": records}, "distance": {**dist, "model": info}}
