@@ -134,7 +134,7 @@ def clear_run(out_dir: Path) -> list[Path]:
 
 def summary_table(metrics: dict):
     """A small DataFrame: start/end loss per objective and the zero-shot retrieval recalls vs chance."""
-    import pandas as pd
+    import pandas as pd  # heavy, for the notebook's tables only: not loaded by every study worker
 
     rows = [
         {"quantity": f"loss {n}", "start": metrics["loss_start"][n], "end": metrics["loss_end"][n]}
@@ -157,7 +157,7 @@ def summary_table(metrics: dict):
 
 def checkpoints_table(metrics: dict):
     """One row per kept checkpoint (seed lengths): zero-shot retrieval (percent) and end losses."""
-    import pandas as pd
+    import pandas as pd  # heavy, for the notebook's tables only: not loaded by every study worker
 
     rows = {int(k): rec["summary"] for k, rec in (metrics.get("checkpoints") or {}).items()}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("step").sort_index()
@@ -165,7 +165,7 @@ def checkpoints_table(metrics: dict):
 
 def runs_table(runs: dict[str, dict]):
     """One row per run of a study pre-training stage: steps, zero-shot val rsum, end losses."""
-    import pandas as pd
+    import pandas as pd  # heavy, for the notebook's tables only: not loaded by every study worker
 
     rows = {
         rid: {"steps": m.get("steps"), "rsum": (m.get("summary") or {}).get("rsum"),
