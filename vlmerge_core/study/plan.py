@@ -2,7 +2,7 @@
 each gets, and which experiments each row feeds.
 
 One definition of the study (PAPER.md §7, E0-E6; DESIGN.md §11) derived from ``params.yaml``, read by
-the DVC stage functions of :mod:`vlmerge_core.study.stage` and by the collection of metrics. Nothing
+the DVC stage functions of :mod:`vlmerge_core.study.execute` and by the collection of metrics. Nothing
 here trains or reads a checkpoint.
 
 The unit of replication is a pre-training run: every claim-carrying model is pre-trained once per RNG
@@ -240,8 +240,11 @@ def _key(method: str, kp: dict[str, Any], option: str = "") -> tuple:
 
 
 def study_merges(params: Params, ms_id: str) -> list[MergeJob]:
-    """Every merge of MS run ``ms_id``, with the experiments it feeds and its tasks (``group="all"``:
-    the merge stage splits a task-dependent merge by task group, :func:`~vlmerge_core.merge.grid.merge_jobs`)."""
+    """Every merge of MS run ``ms_id``, with the experiments it feeds and its tasks.
+
+    Each job has ``group="all"``: the merge stage splits a task-dependent merge into one checkpoint
+    per task group (:func:`~vlmerge_core.merge.grid.merge_jobs`).
+    """
     run = ms_runs(params)[ms_id]
     st = params.study
     tasks = tuple(params.finetune.tasks)
