@@ -69,7 +69,7 @@ def test_wrong_type_names_key(tmp_path, data, key):
 @pytest.mark.parametrize(
     "data, key",
     [
-        ({"merge": {"ratios": [0.5, 1.5]}}, "merge.ratios"),
+        ({"merge": {"gram_batches": 0}}, "merge.gram_batches"),  # knob ranges: test_merge_registry
         ({"model": {"width": 0}}, "model.width"),
         ({"seed_pretrain": {"schedule": "exp"}}, "seed_pretrain.schedule"),
         ({"profile": "huge"}, "profile"),

@@ -6,7 +6,8 @@ An unknown key, a value of the wrong type or a value out of range raises :class:
 naming the file and the dotted key.
 
 Each section owner keeps the fields of their dataclass; every field carries a one-line comment.
-Range checks live in the field's metadata (``_f(default, lo=..., hi=..., choices=...)``).
+Range checks live in the field's metadata (``_f(default, lo=..., hi=..., choices=...)``), but for the
+merge methods' knobs, whose ranges live in their registry declarations (:class:`MergeConfig`).
 """
 
 from __future__ import annotations
@@ -182,23 +183,25 @@ class MSPretrainConfig(PretrainConfig):
 # ------------------------------------------------------------------------------------------ merging
 @dataclass
 class MergeConfig:
+    """The merge section. A field that a merge method's ``Knob`` names (``params_key``) holds only its
+    value(s): its range lives in that declaration (``vlmerge_core.merge.methods``), checked by
+    ``merge.grid.method_grid`` and ``study.plan.check``, so a method's settings are declared once."""
+
     methods: list[str] = _f(  # methods of the E2 sweep
         factory=lambda: ["interpolation", "arithmetic", "arithmetic_formula", "regmean", "ties", "dare"]
     )
-    ratios: list[float] = _f(
-        factory=lambda: [0.5, 0.25, 0.75], lo=0.0, hi=1.0
-    )  # interpolation ratio (v weight)
-    lambdas: list[float] = _f(factory=lambda: [0.75, 0.5])  # modality-arithmetic lambda (README example 0.75)
-    regmean_alphas: list[float] = _f(factory=lambda: [1.0])  # RegMean off-diagonal scale alpha_R
-    ties_densities: list[float] = _f(factory=lambda: [0.5])  # TIES kept fraction
-    dare_drop_rates: list[float] = _f(factory=lambda: [0.5])  # DARE drop rate
+    ratios: list[float] = _f(factory=lambda: [0.5, 0.25, 0.75])  # interpolation ratio (v weight); knob
+    lambdas: list[float] = _f(factory=lambda: [0.75, 0.5])  # modality-arithmetic lambda (README 0.75); knob
+    regmean_alphas: list[float] = _f(factory=lambda: [1.0])  # RegMean off-diagonal scale alpha_R; knob
+    ties_densities: list[float] = _f(factory=lambda: [0.5])  # TIES kept fraction; knob
+    dare_drop_rates: list[float] = _f(factory=lambda: [0.5])  # DARE drop rate; knob
     only_used_experts: bool = False  # only_activate_used_experts of the official code (default False)
     gram_batches: int = _f(8, lo=1)  # batches used to collect RegMean Gram matrices
     tssd_k: float = _f(0.5, lo=0.0, hi=1.0)  # TSSD keeps the top-k fraction per row
-    rng_seed: int = _f(0, lo=0)  # RNG seed of stochastic methods (DARE)
-    ties_lambda: float = _f(1.0, lo=0.0)  # TIES scale of the merged modality vector
-    ties_trim: str = _f("vector", choices=("vector", "tensor"))  # TIES top-k per vector (Yadav) / tensor
-    dare_lambda: float = _f(0.5, lo=0.0)  # DARE scale of the summed rescaled modality vectors
+    rng_seed: int = 0  # RNG seed of stochastic methods (DARE); knob
+    ties_lambda: float = 1.0  # TIES scale of the merged modality vector; knob
+    ties_trim: str = "vector"  # TIES top-k per vector (Yadav) / tensor; knob
+    dare_lambda: float = 0.5  # DARE scale of the summed rescaled modality vectors; knob
     unimodal_paths: bool = False  # ours: image-only tasks merged from v, text-only from l
     gram_batch_size: int = _f(32, lo=1)  # batch size of the Gram-matrix collection
 
@@ -493,6 +496,17 @@ def load_params(path: str | Path | None = None, profile: str | None = None) -> P
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     return params_from_dict(data, str(path))
+
+
+def stage_params(path: str = "", profile: str = "smoke") -> Params:
+    """The parameters of a stage entry point, parsed once and passed down as the object.
+
+    ``path`` (a params file, from the repo root) if given, else the ``profile`` preset, else (both
+    empty) the repo's ``params.yaml``.
+    """
+    if path:
+        return load_params(path)
+    return load_params(profile=profile) if profile else load_params()
 
 
 def to_dict(obj: Any) -> dict:

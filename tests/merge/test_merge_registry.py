@@ -10,10 +10,19 @@ import pytest
 import torch
 from torch import Tensor
 
-from vlmerge_core.config import MergeConfig, ParamsError
-from vlmerge_core.merge.grid import knob_value, merge_jobs, method_grid, run_name
+from vlmerge_core.config import MergeConfig, ParamsError, params_from_dict
+from vlmerge_core.merge.grid import (
+    MergeJob,
+    check_inputs,
+    check_knobs,
+    knob_value,
+    merge_jobs,
+    method_grid,
+    run_name,
+)
 from vlmerge_core.merge.methods import METHODS, Knob, MergeError, merge_method
 from vlmerge_core.model.experts import TASKS
+from vlmerge_core.study import plan
 
 
 def test_declarations_match_the_functions_and_the_params():
@@ -73,6 +82,69 @@ def test_task_dependent_merges_are_one_job_per_task_group():
         ("regmean", "retrieval", ("coco",)),
         ("regmean", "other", ("text",)),
     ]
+
+
+def test_a_knob_is_declared_once_its_range_in_the_registry():
+    """A MergeConfig field that a knob names holds its value only; the range is the knob's."""
+    fields = MergeConfig.__dataclass_fields__
+    for m in METHODS.values():
+        for k in m.knobs:
+            meta = fields[k.attr].metadata
+            assert all(meta.get(x) is None for x in ("lo", "hi", "choices")), (m.name, k.attr)
+    check_knobs(MergeConfig())  # the defaults are in range
+
+
+@pytest.mark.parametrize(
+    "merge, message",
+    [
+        ({"ratios": [0.5, 1.5]}, r"merge.ratios: ratio must be in \[0, 1\], got 1.5"),
+        ({"ties_trim": "row"}, r"merge.ties_trim: trim must be one of \['vector', 'tensor'\]"),
+        ({"rng_seed": -1}, "merge.rng_seed: rng_seed must be in"),
+        ({"ties_lambda": -0.5}, "merge.ties_lambda: lam must be in"),
+    ],
+)
+def test_knob_values_are_checked_by_their_declaration(merge, message):
+    params = params_from_dict({"profile": "smoke", "merge": merge})  # the loader takes the value
+    with pytest.raises(ParamsError, match=message):
+        check_knobs(params.merge)
+    with pytest.raises(ParamsError, match=message):
+        plan.check(params)  # what every study stage runs on its parsed params
+
+
+def test_check_inputs_names_the_missing_input():
+    check_inputs(["interpolation", "arithmetic", "regmean"], central=True, grams=True)
+    check_inputs(["interpolation"], central=False, grams=False)
+    with pytest.raises(ParamsError, match="central_ckpt: merge method 'ties' needs"):
+        check_inputs(["interpolation", "ties"], central=False, grams=True)
+    with pytest.raises(ParamsError, match="gram_path: merge method 'regmean' needs"):
+        check_inputs(["regmean"], central=True, grams=False)
+    with pytest.raises(MergeError, match="unknown merge method 'nope'"):
+        check_inputs(["nope"], central=True, grams=True)
+
+
+def test_one_merge_job_from_the_plan_to_the_checkpoint():
+    """A study merge (group "all") and its split by task group are the same class; the split keeps the
+    option and the experiments, and the swept knob comes from the registry."""
+    job = MergeJob("regmean", {"alpha": 1.0}, "gram_nopad", ("E6",), ("vqa", "coco", "text"))
+    assert (job.group, job.task, job.run_name, job.knob, job.knob_value) == (
+        "all",
+        None,
+        "regmean_alpha1",
+        "alpha",
+        1.0,
+    )
+    split = merge_jobs(
+        [(job.method, job.params)], tasks=job.tasks, option=job.option, experiments=job.experiments
+    )
+    assert [(j.stem, j.tasks, j.task) for j in split] == [
+        ("regmean_alpha1__vqa", ("vqa",), "vqa"),
+        ("regmean_alpha1__retrieval", ("coco",), "coco"),
+        ("regmean_alpha1__other", ("text",), "text"),
+    ]
+    assert all(j.option == "gram_nopad" and j.experiments == ("E6",) for j in split)
+    assert MergeJob("interpolation", {"ratio": 0.5}) == MergeJob("interpolation", {"ratio": 0.5})
+    assert MergeJob("interpolation", {"ratio": 0.5}) != MergeJob("interpolation", {"ratio": 0.25})
+    assert MergeJob("arithmetic_formula", {"lam": 0.5}).stem == "arithmetic_formula_lam0.5"
 
 
 def test_registration_is_checked():

@@ -56,19 +56,19 @@ def test_bad_grid_entries_are_refused(micro):
         plan.check(params_from_dict(bad))
 
 
-def test_merge_jobs_by_role(micro):
+def test_study_merges_by_role(micro):
     st = micro.study
     r0, r1 = plan.recipe_ids(micro)[:2]
-    jobs = plan.merge_jobs(micro, r0)
+    jobs = plan.study_merges(micro, r0)
     assert {j.method for j in jobs if not j.option} == set(micro.merge.methods)  # E2 sweep
     assert {j.option for j in jobs} == {"", *st.options}  # E6
     every = {j.method for j in jobs if j.tasks == tuple(micro.finetune.tasks)}
     assert every == set(st.recipe_methods)  # C5's methods on every task
-    other = {(j.method, j.tasks) for j in plan.merge_jobs(micro, r1)}
+    other = {(j.method, j.tasks) for j in plan.study_merges(micro, r1)}
     assert other == {(m, tuple(micro.finetune.tasks)) for m in st.recipe_methods}
-    e1 = plan.merge_jobs(micro, f"all_s{st.seed_lengths[-1]}_r0")
+    e1 = plan.study_merges(micro, f"all_s{st.seed_lengths[-1]}_r0")
     assert [j.method for j in e1] == list(st.e1_methods) and all("E4" in j.experiments for j in e1)
-    variant = plan.merge_jobs(micro, next(k for k, v in st.grid.items() if v.get("variant") == "attn"))
+    variant = plan.study_merges(micro, next(k for k, v in st.grid.items() if v.get("variant") == "attn"))
     sweep = tuple(t for t in micro.finetune.tasks if t in st.sweep_tasks)
     assert {(j.method, j.tasks) for j in variant if j.method != st.e1_methods[0]} == {
         (m, sweep) for m in st.recipe_methods if m != st.e1_methods[0]
@@ -158,7 +158,7 @@ def test_clean_copy_ignores_outputs_and_run_metadata(tmp_path):
 def test_checkpoints_for_picks_the_option_and_the_task_group():
     """The study's lookup is the merge stage's (record_for_task), over the records of one option."""
     from vlmerge_core.merge.methods.registry import MergeError
-    from vlmerge_core.study.stage import checkpoints_for
+    from vlmerge_core.study.execute import checkpoints_for
 
     recs = [
         {"run": "regmean_alpha1", "option": "", "group": "vqa", "tasks": ["vqa"], "path": "m/rv.st"},
@@ -181,7 +181,7 @@ def test_checkpoints_for_picks_the_option_and_the_task_group():
 
 
 def test_units_are_submitted_costliest_first_and_returned_in_plan_order(micro):
-    from vlmerge_core.study.stage import _unit_cost
+    from vlmerge_core.study.execute import _unit_cost
     from vlmerge_core.study.workers import lpt_order
 
     assert lpt_order([1.0, 5.0, 2.0, 5.0]) == [1, 3, 2, 0]  # ties keep their order

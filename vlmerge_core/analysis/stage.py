@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from vlmerge_core.analysis.distance import METRICS, weight_distances
-from vlmerge_core.config import load_params, profile_params
+from vlmerge_core.config import Params, stage_params
 from vlmerge_core.io import load_safetensors, write_json
 from vlmerge_core.paths import resolve
 
-__all__ = ["distance_rows", "run_distance_stage"]
+__all__ = ["distance_rows", "expert_distances", "run_distance_stage"]
 
 
 def distance_rows(dist: dict) -> list[dict]:
@@ -23,10 +24,20 @@ def distance_rows(dist: dict) -> list[dict]:
     ]
 
 
-def run_distance_stage(
-    params_file: str = "",
+def run_distance_stage(params_file: str = "", *, profile: str = "smoke", **kwargs: Any) -> dict:
+    """Entry point (notebook 03, DVC): parse the params once, then :func:`expert_distances`.
+
+    Args:
+        params_file: params file (relative to the repo root); empty = ``profile``.
+        profile: params preset used when ``params_file`` is empty.
+        **kwargs: the arguments of :func:`expert_distances`.
+    """
+    return expert_distances(stage_params(params_file, profile), **kwargs)
+
+
+def expert_distances(
+    params: Params,
     *,
-    profile: str = "smoke",
     ms_ckpt: str,
     central_ckpt: str = "",
     metrics_out: str = "",
@@ -40,7 +51,6 @@ def run_distance_stage(
         ``{"ms_ckpt", "central_ckpt", "k", "total", "blocks", "rows"}`` (``rows``: tidy
         ``{metric, scope, value}``); written to ``metrics_out`` when given.
     """
-    params = load_params(params_file) if params_file else profile_params(profile)
     ms, _ = load_safetensors(resolve(ms_ckpt))
     central = load_safetensors(resolve(central_ckpt))[0] if central_ckpt else None
     dist = weight_distances(ms, central, params.merge.tssd_k, per_param=False)

@@ -1,9 +1,13 @@
 """The merge stages as single calls (for DVC, papermill and ``notebooks/03_merge.ipynb``).
 
-- :func:`run_gram_stage`: RegMean's Gram matrices of an MS checkpoint on micro-world image-text pairs.
-- :func:`run_merge_stage`: every method and knob of ``params.merge`` on one MS checkpoint, one
-  merged checkpoint per task group for a task-dependent merge (:mod:`vlmerge_core.merge.grid`),
-  written as ``<out_dir>/<run_name>[__<group>].safetensors`` with an index ``<out_dir>/merges.json``.
+- :func:`run_gram_stage` (:func:`write_grams` on parsed params): RegMean's Gram matrices of an MS
+  checkpoint on micro-world image-text pairs.
+- :func:`run_merge_stage` (:func:`write_merges`): every method and knob of ``params.merge`` on one MS
+  checkpoint, one merged checkpoint per task group for a task-dependent merge
+  (:mod:`vlmerge_core.merge.grid`), written as ``<out_dir>/<run_name>[__<group>].safetensors`` with an
+  index ``<out_dir>/merges.json``.
+- :func:`run_jobs`: one checkpoint per :class:`~vlmerge_core.merge.grid.MergeJob` (the study's merges
+  too).
 - :func:`record_for_task` / :func:`checkpoint_for_task`: which of those checkpoints a task is
   evaluated with.
 - :func:`make_demo_checkpoints`: a pico central (MA) model, a noisy MS copy and its Gram matrices, so
@@ -21,18 +25,20 @@ from typing import Any
 
 import torch
 
-from vlmerge_core.config import ParamsError, load_params, profile_params
+from vlmerge_core.config import Params, profile_params, stage_params
+from vlmerge_core.data import ensure_world
 from vlmerge_core.io import read_json, write_json
-from vlmerge_core.merge.grid import MergeJob, merge_jobs, method_grid, run_name
+from vlmerge_core.merge.gram import collect_grams, save_grams
+from vlmerge_core.merge.grid import MergeJob, check_inputs, merge_jobs, method_grid, run_name
 from vlmerge_core.merge.methods import MergeError, get_method
 from vlmerge_core.merge.stream import merge_checkpoint
+from vlmerge_core.model import MultiwayTransformer, init_ms_from_ma, load_model, save_model
 from vlmerge_core.model.experts import COMPONENTS, EXPERTS, TASKS
 from vlmerge_core.paths import repo_root, resolve
 
 __all__ = [
     "checkpoint_for_task",
     "make_demo_checkpoints",
-    "merge_all",
     "method_grid",
     "random_batches",
     "record_for_task",
@@ -40,14 +46,12 @@ __all__ = [
     "run_jobs",
     "run_merge_stage",
     "run_name",
+    "write_grams",
+    "write_merges",
 ]
 
 log = logging.getLogger(__name__)
 INDEX = "merges.json"  # the records of run_merge_stage, beside the checkpoints
-
-
-def _params(params_file: str, profile: str):
-    return load_params(params_file) if params_file else profile_params(profile)
 
 
 def _shown(path: Path) -> str:
@@ -58,10 +62,20 @@ def _shown(path: Path) -> str:
         return path.resolve().as_posix()
 
 
-def run_gram_stage(
-    params_file: str = "",
+def run_gram_stage(params_file: str = "", *, profile: str = "smoke", **kwargs: Any) -> dict:
+    """Entry point (notebook 03, DVC): parse the params once, then :func:`write_grams`.
+
+    Args:
+        params_file: params file (relative to the repo root); empty = ``profile``.
+        profile: params preset used when ``params_file`` is empty.
+        **kwargs: the arguments of :func:`write_grams`.
+    """
+    return write_grams(stage_params(params_file, profile), **kwargs)
+
+
+def write_grams(
+    params: Params,
     *,
-    profile: str = "smoke",
     ms_ckpt: str,
     world_dir: str = "",
     out: str,
@@ -71,8 +85,7 @@ def run_gram_stage(
     """Collect RegMean's Gram matrices of ``ms_ckpt`` on the micro-world's training pairs.
 
     Args:
-        params_file: params file (relative to the repo root); empty = ``profile``.
-        profile: params preset used when ``params_file`` is empty.
+        params: the study's parameters (``merge.gram_batches``, ``merge.gram_batch_size``, ``data``).
         ms_ckpt: the MS checkpoint.
         world_dir: micro-world folder; empty = ``data.root`` of the params (generated if missing).
         out: output ``.safetensors`` (float64, keyed by module name).
@@ -82,11 +95,6 @@ def run_gram_stage(
     Returns:
         ``{"out", "ms_ckpt", "batches", "batch_size", "exclude_padding", "matrices"}``.
     """
-    from vlmerge_core.data import ensure_world
-    from vlmerge_core.merge.gram import collect_grams, save_grams
-    from vlmerge_core.model import load_model
-
-    params = _params(params_file, profile)
     cfg = params.merge
     world = ensure_world(params.data, resolve(world_dir) if world_dir else None)
     model = load_model(resolve(ms_ckpt))
@@ -119,19 +127,16 @@ def run_jobs(
     only_used_experts: bool = False,
     unimodal_paths: bool = False,
 ) -> list[dict[str, Any]]:
-    """Write one checkpoint per job; returns one record per checkpoint.
+    """Write one checkpoint per job (:func:`~vlmerge_core.merge.grid.merge_jobs`, split by task group).
 
     Records: ``{method, run, knob, knob_value, params, group, tasks, path, seconds}`` (``run`` the
     run name, e.g. ``regmean_alpha1``; ``path`` relative to the repo root when inside it).
     """
+    check_inputs([j.method for j in jobs], central=central_path is not None, grams=gram_path is not None)
     out_dir = Path(out_dir)
     records = []
     for job in jobs:
         method = get_method(job.method)
-        if method.needs_central and central_path is None:
-            raise MergeError(f"merge method {job.method!r} needs central_ckpt (the seed checkpoint)")
-        if method.needs_grams and gram_path is None:
-            raise MergeError(f"merge method {job.method!r} needs gram_path (run run_gram_stage first)")
         path = out_dir / f"{job.stem}.safetensors"
         t0 = time.perf_counter()
         merge_checkpoint(
@@ -163,35 +168,20 @@ def run_jobs(
     return records
 
 
-def merge_all(
-    ms_path: str | Path,
-    out_dir: str | Path,
-    grid: Sequence[tuple[str, dict[str, Any]]],
-    *,
-    central_path: str | Path | None = None,
-    gram_path: str | Path | None = None,
-    only_used_experts: bool = False,
-    unimodal_paths: bool = False,
-    tasks: Sequence[str] = TASKS,
-) -> list[dict[str, Any]]:
-    """Merge ``ms_path`` by every ``(method, params)`` of ``grid`` (:func:`method_grid`), one
-    checkpoint per task group of ``tasks`` for a task-dependent merge; records as :func:`run_jobs`."""
-    jobs = merge_jobs(grid, only_used_experts=only_used_experts, unimodal_paths=unimodal_paths, tasks=tasks)
-    return run_jobs(
-        ms_path,
-        out_dir,
-        jobs,
-        central_path=central_path,
-        gram_path=gram_path,
-        only_used_experts=only_used_experts,
-        unimodal_paths=unimodal_paths,
-    )
+def run_merge_stage(params_file: str = "", *, profile: str = "smoke", **kwargs: Any) -> dict:
+    """Entry point (notebook 03, DVC): parse the params once, then :func:`write_merges`.
+
+    Args:
+        params_file: params file (relative to the repo root); empty = ``profile``.
+        profile: params preset used when ``params_file`` is empty.
+        **kwargs: the arguments of :func:`write_merges`.
+    """
+    return write_merges(stage_params(params_file, profile), **kwargs)
 
 
-def run_merge_stage(
-    params_file: str = "",
+def write_merges(
+    params: Params,
     *,
-    profile: str = "smoke",
     ms_ckpt: str,
     central_ckpt: str = "",
     gram_path: str = "",
@@ -206,8 +196,7 @@ def run_merge_stage(
     ``merge.unimodal_paths``) gives one checkpoint per task group of ``finetune.tasks``.
 
     Args:
-        params_file: params file (relative to the repo root); empty = ``profile``.
-        profile: params preset used when ``params_file`` is empty.
+        params: the study's parameters (``merge``, ``finetune.tasks``).
         ms_ckpt: the MS checkpoint.
         central_ckpt: the seed (MA) checkpoint, for methods that need it.
         gram_path: Gram matrices (:func:`run_gram_stage`), for methods that need them.
@@ -220,27 +209,21 @@ def run_merge_stage(
         ``{"ms_ckpt", "central_ckpt", "only_used_experts", "unimodal_paths", "merges": [records]}``,
         each record ``{method, run, knob, knob_value, params, group, tasks, path, seconds}``.
     """
-    params = _params(params_file, profile)
     cfg = params.merge
     used = cfg.only_used_experts if only_used_experts is None else bool(only_used_experts)
     grid = method_grid(cfg, methods)
-    for m in dict(grid):
-        method = get_method(m)
-        if method.needs_central and not central_ckpt:
-            raise ParamsError(f"central_ckpt: merge method {m!r} needs the seed (central) checkpoint")
-        if method.needs_grams and not gram_path:
-            raise ParamsError(f"gram_path: merge method {m!r} needs Gram matrices (run_gram_stage)")
+    check_inputs(dict(grid), central=bool(central_ckpt), grams=bool(gram_path))
     tasks = [t for t in params.finetune.tasks if t in TASKS] or list(TASKS)
+    jobs = merge_jobs(grid, tasks=tasks, only_used_experts=used, unimodal_paths=cfg.unimodal_paths)
     out = resolve(out_dir)
-    records = merge_all(
+    records = run_jobs(
         resolve(ms_ckpt),
         out,
-        grid,
+        jobs,
         central_path=resolve(central_ckpt) if central_ckpt else None,
         gram_path=resolve(gram_path) if gram_path else None,
         only_used_experts=used,
         unimodal_paths=cfg.unimodal_paths,
-        tasks=tasks,
     )
     result = {
         "ms_ckpt": Path(ms_ckpt).name,
@@ -315,9 +298,6 @@ def random_batches(cfg: Any, n: int, batch_size: int = 8, rng_seed: int = 0) -> 
 
 def make_demo_checkpoints(out_dir: str | Path, noise: float = 0.02, rng_seed: int = 0) -> dict[str, Path]:
     """A pico central (MA) checkpoint, an MS checkpoint = central + per-expert noise, and its Gram file."""
-    from vlmerge_core.merge.gram import collect_grams, save_grams
-    from vlmerge_core.model import MultiwayTransformer, init_ms_from_ma, save_model
-
     out_dir = Path(out_dir)
     torch.manual_seed(rng_seed)
     cfg = dataclasses.replace(profile_params("smoke").model, layer_scale_init=0.1)

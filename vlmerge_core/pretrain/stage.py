@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
 import torch
 
-from vlmerge_core.config import ModelConfig, Params, PretrainConfig, load_params
+from vlmerge_core.config import Params, stage_params
 from vlmerge_core.data import ensure_world
 from vlmerge_core.io import write_json
 from vlmerge_core.paths import resolve
@@ -20,6 +20,7 @@ __all__ = [
     "clear_run",
     "curve_path",
     "curve_records",
+    "pretrain_run",
     "run_pretrain_stage",
     "summary_table",
 ]
@@ -28,10 +29,23 @@ log = logging.getLogger(__name__)
 
 
 def run_pretrain_stage(
+    stage: str = "seed", *, profile: str = "smoke", params_file: str = "", **kwargs: Any
+) -> dict:
+    """Entry point (notebook 02, DVC): parse the params once, then :func:`pretrain_run`.
+
+    Args:
+        stage: ``"init"``, ``"seed"`` or ``"ms"``.
+        profile: parameter preset used when ``params_file`` is empty.
+        params_file: params file relative to the repo root (e.g. ``params.yaml``).
+        **kwargs: the arguments of :func:`pretrain_run`.
+    """
+    return pretrain_run(stage_params(params_file, profile), stage, **kwargs)
+
+
+def pretrain_run(
+    params: Params,
     stage: str = "seed",
     *,
-    profile: str = "smoke",
-    params_file: str = "",
     variant: str = "",
     init: str = "",
     world_dir: str = "",
@@ -43,12 +57,11 @@ def run_pretrain_stage(
     lr_mult: float = 1.0,
     threads: int = 0,
 ) -> dict:
-    """Resolve the parameters, open (or generate) the world, and run one pre-training stage.
+    """Open (or generate) the world and run one pre-training stage of ``params``.
 
     Args:
+        params: the study's parameters.
         stage: ``"init"``, ``"seed"`` or ``"ms"``.
-        profile: parameter preset used when ``params_file`` is empty.
-        params_file: params file relative to the repo root (e.g. ``params.yaml``).
         variant: MS variant (``all``, ``attn``, ``ffn``, ``ln``) for ``stage="ms"``.
         init: checkpoint to start from (relative to the repo root); empty = random (init/seed only).
         world_dir: micro-world folder; empty = ``data.root`` of the parameters (generated if missing).
@@ -68,23 +81,6 @@ def run_pretrain_stage(
     """
     if threads > 0:
         torch.set_num_threads(threads)
-    params = load_params(params_file) if params_file else load_params(profile=profile)
-    cfg, model_cfg = _run_configs(params, stage, variant, steps, rng_seed, lr_mult)
-    world = ensure_world(params.data, world_dir or None)
-    if not resume:
-        clear_run(resolve(out_dir))
-    metrics = run_pretrain(
-        cfg, model_cfg, world, resolve(out_dir), init=resolve(init) if init else None, stage=stage
-    )
-    if metrics_out:
-        _write_metrics(resolve(metrics_out), metrics)
-    return metrics
-
-
-def _run_configs(
-    params: Params, stage: str, variant: str, steps: int, rng_seed: int, lr_mult: float
-) -> tuple[PretrainConfig, ModelConfig]:
-    """The stage's configs with :func:`run_pretrain_stage`'s overrides (steps, seed, LR) applied."""
     cfg, model_cfg = stage_configs(params, stage, variant)
     if steps > 0:
         keep = [s for s in getattr(cfg, "save_steps", []) if s <= steps]
@@ -94,14 +90,18 @@ def _run_configs(
         cfg = dataclasses.replace(cfg, rng_seed=rng_seed)
     if lr_mult != 1.0:
         cfg = dataclasses.replace(cfg, lr=cfg.lr * lr_mult)
-    return cfg, model_cfg
-
-
-def _write_metrics(out: Path, metrics: dict) -> None:
-    """The metrics at ``out`` and the loss curve beside them as DVC plot records."""
-    write_json(out, metrics)
-    write_json(curve_path(out), curve_records(metrics))
-    log.info("metrics written to %s", out)
+    world = ensure_world(params.data, world_dir or None)
+    if not resume:
+        clear_run(resolve(out_dir))
+    metrics = run_pretrain(
+        cfg, model_cfg, world, resolve(out_dir), init=resolve(init) if init else None, stage=stage
+    )
+    if metrics_out:
+        out = resolve(metrics_out)
+        write_json(out, metrics)
+        write_json(curve_path(out), curve_records(metrics))
+        log.info("metrics written to %s", out)
+    return metrics
 
 
 def curve_path(metrics_out: str | Path) -> Path:
@@ -134,6 +134,8 @@ def clear_run(out_dir: Path) -> list[Path]:
 
 def summary_table(metrics: dict):
     """A small DataFrame: start/end loss per objective and the zero-shot retrieval recalls vs chance."""
+    import pandas as pd  # heavy, for the notebook's tables only: not loaded by every study worker
+
     rows = [
         {"quantity": f"loss {n}", "start": metrics["loss_start"][n], "end": metrics["loss_end"][n]}
         for n in metrics.get("loss_start") or {}
@@ -155,12 +157,16 @@ def summary_table(metrics: dict):
 
 def checkpoints_table(metrics: dict):
     """One row per kept checkpoint (seed lengths): zero-shot retrieval (percent) and end losses."""
+    import pandas as pd  # heavy, for the notebook's tables only: not loaded by every study worker
+
     rows = {int(k): rec["summary"] for k, rec in (metrics.get("checkpoints") or {}).items()}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("step").sort_index()
 
 
 def runs_table(runs: dict[str, dict]):
     """One row per run of a study pre-training stage: steps, zero-shot val rsum, end losses."""
+    import pandas as pd  # heavy, for the notebook's tables only: not loaded by every study worker
+
     rows = {
         rid: {"steps": m.get("steps"), "rsum": (m.get("summary") or {}).get("rsum"),
               **{f"{n} end": v for n, v in (m.get("loss_end") or {}).items()}}

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 
+from vlmerge_core.config import Params
 from vlmerge_core.paths import resolve
+from vlmerge_core.pretrain.stage import pretrain_run
 from vlmerge_core.study import plan
+from vlmerge_core.study.execute import merge_grid, pretrain_group
 
 log = logging.getLogger(__name__)
 
@@ -32,30 +35,22 @@ def records_dir(runs_dir: str) -> str:
     return f"{runs_dir}/records/merge"
 
 
-def prepare(params_file: str, profile: str, runs_dir: str, *, upto: str) -> None:
+def prepare(params: Params, runs_dir: str, *, upto: str) -> None:
     """Build the missing upstream artefacts of stage ``upto`` (one of :data:`ORDER`) under ``runs_dir``."""
-    from vlmerge_core.config import load_params
-    from vlmerge_core.pretrain.stage import run_pretrain_stage
-    from vlmerge_core.study.stage import run_merge_grid_stage, run_study_pretrain_stage
-
     if upto not in NEEDS:
         raise KeyError(f"demo: unknown stage {upto!r}; expected one of {list(NEEDS)}")
-    params = load_params(params_file) if params_file else load_params(profile=profile)
-    common = {"params_file": params_file, "profile": profile}
     needs = NEEDS[upto]
     if "init" in needs and not resolve(plan.init_ckpt(runs_dir)).exists():
         log.info("demo: init -> %s", plan.init_ckpt(runs_dir))
-        run_pretrain_stage("init", out_dir=f"{runs_dir}/init", resume=False, **common)
+        pretrain_run(params, "init", out_dir=f"{runs_dir}/init", resume=False)
     if "pretrain_ma" in needs and any(
         not resolve(r.ckpt(runs_dir)).exists() for r in plan.ma_runs(params).values()
     ):
-        run_study_pretrain_stage(group="ma", runs_dir=runs_dir, **common)
+        pretrain_group(params, "ma", runs_dir=runs_dir)
     if "pretrain_ms" in needs and any(
         not resolve(r.ckpt(runs_dir)).exists() for r in plan.ms_runs(params).values()
     ):
-        run_study_pretrain_stage(group="ms", runs_dir=runs_dir, **common)
+        pretrain_group(params, "ms", runs_dir=runs_dir)
     out = records_dir(runs_dir)
     if "merge" in needs and any(not resolve(f"{out}/{i}.json").exists() for i in plan.ms_runs(params)):
-        run_merge_grid_stage(
-            runs_dir=runs_dir, merge_dir=out, distance_dir=f"{runs_dir}/records/distance", **common
-        )
+        merge_grid(params, runs_dir=runs_dir, merge_dir=out, distance_dir=f"{runs_dir}/records/distance")

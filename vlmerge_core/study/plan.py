@@ -2,7 +2,7 @@
 each gets, and which experiments each row feeds.
 
 One definition of the study (PAPER.md §7, E0-E6; DESIGN.md §11) derived from ``params.yaml``, read by
-the DVC stage functions of :mod:`vlmerge_core.study.stage` and by the collection of metrics. Nothing
+the DVC stage functions of :mod:`vlmerge_core.study.execute` and by the collection of metrics. Nothing
 here trains or reads a checkpoint.
 
 The unit of replication is a pre-training run: every claim-carrying model is pre-trained once per RNG
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlmerge_core.config import Params, ParamsError
-from vlmerge_core.merge.grid import method_grid, run_name
-from vlmerge_core.merge.methods import METHODS, get_method
+from vlmerge_core.merge.grid import MergeJob, check_knobs, method_grid
+from vlmerge_core.merge.methods import METHODS
 from vlmerge_core.model.block import MS_VARIANTS
 
 RUNS = "runs"  # run folder of the pipeline, relative to the repo root (tests and notebooks use a scratch one)
@@ -226,21 +226,6 @@ def naive_ids(params: Params) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- merges
-@dataclass(frozen=True)
-class MergeJob:
-    """A merge of one MS run: a method with its knobs and an option, and the tasks it is fine-tuned on."""
-
-    method: str
-    params: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-    option: str = ""  # "" or one of OPTIONS
-    experiments: tuple[str, ...] = ()
-    tasks: tuple[str, ...] = ()
-
-    @property
-    def run(self) -> str:
-        return run_name(self.method, self.params)
-
-
 def e1_merges(params: Params) -> list[tuple[str, dict[str, Any]]]:
     """Each method of ``study.e1_methods`` at its first knob value (the first is the recipe's merge)."""
     return [method_grid(params.merge, [m])[0] for m in params.study.e1_methods]
@@ -254,8 +239,12 @@ def _key(method: str, kp: dict[str, Any], option: str = "") -> tuple:
     return (method, tuple(sorted(kp.items())), option)
 
 
-def merge_jobs(params: Params, ms_id: str) -> list[MergeJob]:
-    """Every merge of MS run ``ms_id``, with the experiments it feeds and its tasks."""
+def study_merges(params: Params, ms_id: str) -> list[MergeJob]:
+    """Every merge of MS run ``ms_id``, with the experiments it feeds and its tasks.
+
+    Each job has ``group="all"``: the merge stage splits a task-dependent merge into one checkpoint
+    per task group (:func:`~vlmerge_core.merge.grid.merge_jobs`).
+    """
     run = ms_runs(params)[ms_id]
     st = params.study
     tasks = tuple(params.finetune.tasks)
@@ -371,19 +360,19 @@ def evaluate_jobs(params: Params, runs: str = RUNS) -> list[FinetuneJob]:
                     run.model_id, "ms", sweep, (st.ft_seed,), ("E3",), {**base, "checkpoint": run.ckpt(runs)}
                 )
             )
-        for job in merge_jobs(params, ms_id):
-            knob, value = _knob(job.method, job.params)
+        for job in study_merges(params, ms_id):
+            knob, value = _knob(job)
             info = {
                 **base,
                 "method": job.method,
                 "knob": knob,
                 "knob_value": value,
                 "option": job.option,
-                "run": job.run,
+                "run": job.run_name,
             }
             jobs.append(
                 FinetuneJob(
-                    merged_id(ms_id, job.run, job.option),
+                    merged_id(ms_id, job.run_name, job.option),
                     "merged",
                     job.tasks,
                     (st.ft_seed,),
@@ -394,19 +383,22 @@ def evaluate_jobs(params: Params, runs: str = RUNS) -> list[FinetuneJob]:
     return jobs
 
 
-def _knob(method: str, kp: dict[str, Any]) -> tuple[str, float | None]:
+def _knob(job: MergeJob) -> tuple[str, float | None]:
     """The swept knob of a merge (the method's declared ``sweep_knob``), for the tables' x axis."""
-    knob = get_method(method).sweep_knob
-    if knob is None or knob.name not in kp:
+    if job.knob is None or job.knob not in job.params:
         return "", None
-    return knob.name, float(kp[knob.name])
+    return job.knob, float(job.knob_value)
 
 
 def check(params: Params) -> None:
-    """Checks across sections that need the registry and the grid (the loader checks the rest)."""
+    """Checks across sections that need the registry and the grid (the loader checks the rest): the
+    merge and study methods are registered, every knob value is in the range its method's declaration
+    gives (:func:`~vlmerge_core.merge.grid.check_knobs`), the grid's runs are valid."""
     st = params.study
     for name, methods in (("e1_methods", st.e1_methods), ("recipe_methods", st.recipe_methods)):
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise ParamsError(f"study.{name}: unknown method(s) {unknown}; known: {list(METHODS)}")
+    check_knobs(params.merge)
+    method_grid(params.merge)
     ms_runs(params)

@@ -18,7 +18,9 @@ import functools
 import hashlib
 import json
 import logging
+import multiprocessing as mp
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +51,6 @@ def run_units(
     units must pickle: a module-level function and plain data)."""
     if workers <= 1 or len(units) <= 1:
         return [fn(u) for u in units]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     order = lpt_order(costs or [1.0] * len(units))
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:

@@ -22,13 +22,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from vlmerge_core.config import ModelConfig, Params, ParamsError, load_params
+from vlmerge_core.config import ModelConfig, Params, ParamsError, stage_params
+from vlmerge_core.data import ensure_world
 from vlmerge_core.io import write_json
+from vlmerge_core.model import CheckpointMismatchError, model_config_of
 from vlmerge_core.model.experts import TASKS
 from vlmerge_core.paths import resolve
 from vlmerge_core.tasks.registry import RANDOM_PREFIX, TaskRun, predictions, run_task
 
-__all__ = ["check_architecture", "run_finetune_stage", "stage_params"]
+__all__ = ["check_architecture", "finetune_models", "run_finetune_stage", "stage_params"]
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +39,12 @@ ARCH_FIELDS = ("width", "depth", "heads", "mlp_ratio", "vl_start", "image_size",
 ARCH_FIELDS += ("vocab_size", "max_text_len")
 
 
-def stage_params(params_file: str = "", profile: str = "smoke") -> Params:
-    """The parameters of a stage: ``params_file`` (from the repo root) if given, else the profile's
-    preset, else (both empty) the repo's ``params.yaml``."""
-    if params_file:
-        return load_params(params_file)
-    return load_params(profile=profile) if profile else load_params()
-
-
 def check_architecture(checkpoint: str | Path, model_cfg: ModelConfig) -> None:
     """Raise when the checkpoint's architecture differs from ``model_cfg`` (the file and key named).
 
     Only the fields of :data:`ARCH_FIELDS` are compared: MS components, layer scale, drop path and
     init may differ (MS, merged and MA checkpoints of one study all fit).
     """
-    from vlmerge_core.model import CheckpointMismatchError, model_config_of
-
     stored = model_config_of(checkpoint)
     for name in ARCH_FIELDS:
         if getattr(stored, name) != getattr(model_cfg, name):
@@ -98,10 +90,21 @@ def _record(task: str, ft_seed: int, spec: str, run: TaskRun) -> dict[str, Any]:
     }
 
 
-def run_finetune_stage(
-    params_file: str = "",
+def run_finetune_stage(params_file: str = "", *, profile: str = "smoke", **kwargs: Any) -> dict:
+    """Entry point (notebook 04, DVC): parse the params once, then :func:`finetune_models`.
+
+    Args:
+        params_file: params file from the repo root; empty = ``profile``'s preset (both empty: the
+            repo's ``params.yaml``).
+        profile: parameter preset used when ``params_file`` is empty.
+        **kwargs: the arguments of :func:`finetune_models`.
+    """
+    return finetune_models(stage_params(params_file, profile), **kwargs)
+
+
+def finetune_models(
+    params: Params,
     *,
-    profile: str = "smoke",
     checkpoint: str = "",
     checkpoints: dict[str, str] | None = None,
     tasks: list[str] | None = None,
@@ -115,9 +118,7 @@ def run_finetune_stage(
     """Fine-tune and evaluate one model on each task and fine-tuning seed; write one metrics file.
 
     Args:
-        params_file: params file from the repo root; empty = ``profile``'s preset (both empty: the
-            repo's ``params.yaml``).
-        profile: parameter preset used when ``params_file`` is empty.
+        params: the study's parameters.
         checkpoint: the model for every task without an entry in ``checkpoints``: a checkpoint file
             (from the repo root) or ``"random:<rng_seed>"`` (a random-init model of ``params.model``).
         checkpoints: task -> checkpoint, for a merge with one checkpoint per task group.
@@ -139,9 +140,6 @@ def run_finetune_stage(
         FileNotFoundError: a checkpoint file does not exist.
         CheckpointMismatchError: a checkpoint's architecture differs from ``params.model``.
     """
-    from vlmerge_core.data import ensure_world
-
-    params = stage_params(params_file, profile)
     cfg = params.finetune
     tasks = list(cfg.tasks) if tasks is None else list(tasks)
     unknown = [t for t in tasks if t not in TASKS]
