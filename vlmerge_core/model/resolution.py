@@ -23,8 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlmerge_core.model.multiway import MultiwayTransformer
-
 __all__ = ["IMAGE_EXTRA_BUCKETS", "at_resolution", "interpolate_image_bias", "interpolate_pos_embed"]
 
 log = logging.getLogger(__name__)
@@ -117,7 +115,7 @@ def at_resolution(model: nn.Module, image_size: int) -> nn.Module:
     log.info("position bias interpolated from %dx%d to %dx%d patches", old_grid, old_grid, new_grid, new_grid)
     param = next(model.parameters())
     with torch.random.fork_rng(devices=[]):  # the throw-away init draws leave the caller's RNG alone
-        new = MultiwayTransformer(dataclasses.replace(cfg, image_size=image_size))
+        new = type(model)(dataclasses.replace(cfg, image_size=image_size))  # the model's own class
     new = new.to(param.device, param.dtype)
     new.load_state_dict(_resized_state(model, old_grid, new_grid), strict=True)
     new.tokenizer_info = getattr(model, "tokenizer_info", None)
