@@ -26,7 +26,7 @@ from vlmerge_core.report.framework import fig_framework
 from vlmerge_core.report.load import Study, StudyError, load_study
 from vlmerge_core.report.outcomes import combine, combine_parts, rule_markdown
 from vlmerge_core.report.published import headline_gains, load_published
-from vlmerge_core.report.stage import run_paper_stage
+from vlmerge_core.report.stage import report_section, run_paper_stage
 from vlmerge_core.report.stats import Cell, Paired, holm, paired
 from vlmerge_core.report.synthetic import make_study
 from vlmerge_core.report.tableio import to_latex, to_markdown, write_table
@@ -64,6 +64,7 @@ __all__ = [
     "make_study",
     "paired",
     "read_design",
+    "report_section",
     "rule_markdown",
     "run_paper_stage",
     "save_figure",

@@ -145,3 +145,19 @@ def run_paper_stage(
         write_json(resolve(metrics_out), summary)
     log.info("paper: %s", {c: v["verdict"] for c, v in summary["verdicts"].items()})
     return {**summary, "out_dir": str(out)}
+
+
+def report_section(report: str | Path, heading: str) -> str:
+    """The text of the ``## <heading>`` section of a generated ``REPORT.md`` (up to the next ``## ``).
+
+    Raises:
+        KeyError: the report has no such section (naming the headings it has).
+    """
+    text = Path(report).read_text()
+    sections = {}
+    for part in text.split("\n## ")[1:]:
+        title, _, body = part.partition("\n")
+        sections[title.strip()] = body
+    if heading not in sections:
+        raise KeyError(f"{report}: no section '## {heading}'; sections: {list(sections)}")
+    return sections[heading]

@@ -30,7 +30,7 @@ from vlmerge_core.model.experts import TASKS
 from vlmerge_core.paths import resolve
 from vlmerge_core.tasks.registry import RANDOM_PREFIX, TaskRun, predictions, run_task
 
-__all__ = ["check_architecture", "finetune_models", "run_finetune_stage", "stage_params"]
+__all__ = ["check_architecture", "finetune_models", "records_table", "run_finetune_stage", "stage_params"]
 
 log = logging.getLogger(__name__)
 
@@ -176,3 +176,17 @@ def finetune_models(
     if n_examples > 0:
         result = {**result, "predictions": shown}
     return result
+
+
+def records_table(records: list[dict[str, Any]]):
+    """One row per fine-tuning record: the main test metric with its interval, convergence, time."""
+    import pandas as pd  # heavy, for the notebook's table only: not loaded by every study worker
+
+    rows = []
+    for r in records:
+        main = r["main_metric"]
+        lo, hi = r["ci"][main]
+        rows.append({"task": r["task"], "ft_seed": r["ft_seed"], "metric": main, "test": r["metrics"][main],
+                     "ci_low": lo, "ci_high": hi, "val_last_gain": r["val_last_gain"],
+                     "best_epoch": r["best_epoch"], "seconds": r["seconds"]})  # fmt: skip
+    return pd.DataFrame(rows).round(2)
