@@ -199,6 +199,68 @@ def merge_group(
     return out.contiguous()  # the writer needs contiguous tensors: copy now, while one group is alive
 
 
+Plan = list[tuple[str, list[str], list[str]]]  # (MA target, experts merged, their MS keys), by target
+
+
+def _check_inputs(
+    method: MergeMethod, get_central: Callable[[str], Tensor] | None, get_gram: Callable[[str], Tensor] | None
+) -> None:
+    """Refuse a method without the inputs it declares it needs."""
+    if method.needs_central and get_central is None:
+        raise MergeError(f"merge method {method.name!r} needs the central (seed) checkpoint")
+    if method.needs_grams and get_gram is None:
+        raise MergeError(f"merge method {method.name!r} needs Gram matrices")
+
+
+def _plan(
+    groups: Mapping[str, Mapping[str, str]], method: MergeMethod, *, vl_start: int, **rule: Any
+) -> Plan:
+    """One ``(target, experts, ms_keys)`` per group in sorted target order (``rule``: :func:`used_experts`)."""
+    plan = []
+    for target in sorted(groups):
+        members = groups[target]
+        use = used_experts(int(target.split(".")[1]), list(members), vl_start=vl_start, method=method, **rule)
+        plan.append((target, use, [members[e] for e in use]))
+    return plan
+
+
+def _central_reader(
+    method: MergeMethod, get_central: Callable[[str], Tensor] | None
+) -> Callable[[str], Tensor | None]:
+    """``central_of(target)``: the central tensor of ``target`` (None unless the method needs it)."""
+
+    def central_of(target: str) -> Tensor | None:
+        if not method.needs_central:
+            return None
+        try:
+            return get_central(target)
+        except KeyError:
+            raise MergeError(
+                f"central checkpoint has no tensor {target} (a checkpoint of another architecture?)"
+            ) from None
+
+    return central_of
+
+
+def _prepared(
+    method: MergeMethod,
+    plan: Plan,
+    get: Callable[[str], Tensor],
+    central_of: Callable[[str], Tensor | None],
+    params: dict[str, Any],
+) -> Callable[[str, Sequence[str]], dict[str, Any] | None] | None:
+    """The method's ``prepare`` hook run over every merged group (None without a hook)."""
+    if method.prepare is None:
+        return None
+
+    def read_groups() -> Iterator[tuple[str, list[str], list[Tensor], Tensor | None]]:
+        for target, use, ms_keys in plan:
+            if len(use) > 1:
+                yield target, use, [get(k) for k in ms_keys], central_of(target)
+
+    return method.prepare(read_groups, params)
+
+
 def iter_unified(
     keys: Sequence[str],
     get: Callable[[str], Tensor],
@@ -221,45 +283,12 @@ def iter_unified(
     """
     method = get_method(method)
     params = method_params(method, params)
-    if method.needs_central and get_central is None:
-        raise MergeError(f"merge method {method.name!r} needs the central (seed) checkpoint")
-    if method.needs_grams and get_gram is None:
-        raise MergeError(f"merge method {method.name!r} needs Gram matrices")
+    _check_inputs(method, get_central, get_gram)
     groups, passthrough = plan_groups(keys, vl_start, source)
-    plan = []
-    for target in sorted(groups):
-        members = groups[target]
-        use = used_experts(
-            int(target.split(".")[1]),
-            list(members),
-            vl_start=vl_start,
-            task=task,
-            only_used_experts=only_used_experts,
-            method=method,
-            experts=experts,
-            unimodal_paths=unimodal_paths,
-        )
-        plan.append((target, use, [members[e] for e in use]))
-
-    def central_of(target: str) -> Tensor | None:
-        if not method.needs_central:
-            return None
-        try:
-            return get_central(target)
-        except KeyError:
-            raise MergeError(
-                f"central checkpoint has no tensor {target} (a checkpoint of another architecture?)"
-            ) from None
-
-    per_group = None
-    if method.prepare is not None:
-
-        def read_groups() -> Iterator[tuple[str, list[str], list[Tensor], Tensor | None]]:
-            for target, use, ms_keys in plan:
-                if len(use) > 1:
-                    yield target, use, [get(k) for k in ms_keys], central_of(target)
-
-        per_group = method.prepare(read_groups, params)
+    rule = {"task": task, "only_used_experts": only_used_experts, "experts": experts}
+    plan = _plan(groups, method, vl_start=vl_start, unimodal_paths=unimodal_paths, **rule)
+    central_of = _central_reader(method, get_central)
+    per_group = _prepared(method, plan, get, central_of, params)
     for key in passthrough:
         yield key, get(key)
     for target, use, ms_keys in plan:
@@ -269,12 +298,10 @@ def iter_unified(
             grams = LazyGrams(target, [gram_key(target, e) for e in use], get_gram)
         extra = per_group(target, use) if per_group is not None and len(use) > 1 else None
         central = central_of(target) if len(use) > 1 else None
-        yield (
-            target,
-            merge_group(
-                method, target, tensors, use, central=central, grams=grams, params=params, extra=extra
-            ),
+        merged = merge_group(
+            method, target, tensors, use, central=central, grams=grams, params=params, extra=extra
         )
+        yield target, merged
 
 
 def _getter(sd: Mapping[str, Tensor], what: str) -> Callable[[str], Tensor]:

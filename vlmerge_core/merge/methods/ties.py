@@ -39,10 +39,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vlmerge_core.merge.methods.registry import Knob, MergeError, check_experts, f64, finish, merge_method
+from vlmerge_core.merge.methods.registry import Knob, MergeError, check_experts, f64, merge_method
 
 TRIMS = ("vector", "tensor")
 _TOP_BINS = 1 << 15  # top 16 bits of a non-negative float32 (sign bit 0)
+_CHUNK = 1 << 16  # entries merged at a time: float64 temporaries of 512 kB stay in cache
 
 
 def _mag32(t: Tensor, central: Tensor | None) -> Tensor:
@@ -96,8 +97,9 @@ def _resolve_ties(t32: float, need: int, count_eq: int, candidates: Callable[[],
     return Threshold(t32, t64, need - above)
 
 
-def tensor_threshold(m32: Tensor, tau64: Tensor, density: float) -> Threshold:
-    """The top-``density`` threshold of one tensor (``kthvalue`` on float32 magnitudes, O(n))."""
+def _threshold(m32: Tensor, density: float, mags64: Callable[[Tensor], Tensor]) -> Threshold:
+    """The top-``density`` threshold of ``m32`` (``kthvalue``, O(n)); ``mags64(mask)``: the float64
+    magnitudes of the flattened entries selected by a boolean ``mask``, read only to break a tie."""
     n = m32.numel()
     if density >= 1.0:
         return Threshold(-1.0)
@@ -108,7 +110,12 @@ def tensor_threshold(m32: Tensor, tau64: Tensor, density: float) -> Threshold:
     t32 = float(torch.kthvalue(flat, n - k + 1).values)
     eq = flat == t32
     need = k - int((flat > t32).sum())
-    return _resolve_ties(t32, need, int(eq.sum()), lambda: tau64.reshape(-1)[eq].abs())
+    return _resolve_ties(t32, need, int(eq.sum()), lambda: mags64(eq))
+
+
+def tensor_threshold(m32: Tensor, tau64: Tensor, density: float) -> Threshold:
+    """The top-``density`` threshold of one tensor (``kthvalue`` on float32 magnitudes, O(n))."""
+    return _threshold(m32, density, lambda eq: tau64.reshape(-1)[eq].abs())
 
 
 def topk_mask(x: Tensor, density: float) -> Tensor:
@@ -124,6 +131,69 @@ def topk_mask(x: Tensor, density: float) -> Tensor:
 GroupReader = Callable[[], Iterable[tuple[str, Sequence[str], Sequence[Tensor], Tensor | None]]]
 
 
+def _bits(t: Tensor, central: Tensor | None) -> Tensor:
+    """The float32 magnitudes ``m32`` of ``t - central`` as int32 bit patterns, flattened."""
+    return _mag32(t, central).view(torch.int32).reshape(-1)
+
+
+def _top_histograms(read_groups: GroupReader) -> tuple[dict[str, Tensor], dict[str, int]]:
+    """First pass: per expert, the histogram of the top 16 bits of every ``m32``, and its size."""
+    hist: dict[str, Tensor] = {}
+    count: dict[str, int] = {}
+    for _, names, tensors, central in read_groups():
+        for e, t in zip(names, tensors):
+            h = torch.bincount(_bits(t, central) >> 16, minlength=_TOP_BINS)
+            hist[e] = hist[e] + h if e in hist else h
+            count[e] = count.get(e, 0) + t.numel()
+    return hist, count
+
+
+def _select_bin(h: Tensor, rank: int) -> tuple[int, int, int]:
+    """``(bin, rank within it, entries in it)`` of the ``rank``-th largest entry counted by ``h``."""
+    from_top = h.flip(0).cumsum(0).flip(0)  # entries in this bin or above
+    b = int(torch.nonzero(from_top >= rank).max())
+    above = int(from_top[b + 1]) if b + 1 < h.numel() else 0
+    return b, rank - above, int(h[b])
+
+
+def _top_bins(hist: dict[str, Tensor], count: dict[str, int], density: float) -> dict[str, Any]:
+    """Per expert: a final :class:`Threshold` (density 0 or 1), or ``(top bin, rank in it)`` to refine."""
+    state: dict[str, Any] = {}
+    for e, h in hist.items():
+        if density >= 1.0:
+            state[e] = Threshold(-1.0)
+        elif density <= 0.0:
+            state[e] = Threshold()
+        else:
+            top, rank, _ = _select_bin(h, max(1, int(density * count[e])))
+            state[e] = (top, rank)
+    return state
+
+
+def _low_histograms(read_groups: GroupReader, refine: dict[str, tuple[int, int]]) -> dict[str, Tensor]:
+    """Second pass: per expert, the histogram of the low 16 bits of the ``m32`` in its top bin."""
+    low: dict[str, Tensor] = {}
+    for _, names, tensors, central in read_groups():
+        for e, t in zip(names, tensors):
+            if e in refine:
+                bits = _bits(t, central)
+                h = torch.bincount(bits[(bits >> 16) == refine[e][0]] & 0xFFFF, minlength=1 << 16)
+                low[e] = low[e] + h if e in low else h
+    return low
+
+
+def _tie_candidates(read_groups: GroupReader, pending: dict[str, tuple[float, int]]) -> dict[str, Tensor]:
+    """Third pass: per expert, the float64 magnitudes of its entries with ``m32 == t32``, in order."""
+    cands: dict[str, list[Tensor]] = {e: [] for e in pending}
+    for _, names, tensors, central in read_groups():
+        for e, t in zip(names, tensors):
+            if e in pending:
+                eq = (_mag32(t, central) == pending[e][0]).reshape(-1)
+                if eq.any():
+                    cands[e].append((f64(t.reshape(-1)[eq]) - f64(central.reshape(-1)[eq])).abs())
+    return {e: torch.cat(c) for e, c in cands.items()}
+
+
 def prepare_vector_trim(read_groups: GroupReader, params: dict[str, Any]) -> Callable[..., dict] | None:
     """First passes of ``trim="vector"``: one exact :class:`Threshold` per expert (module docstring).
 
@@ -135,67 +205,56 @@ def prepare_vector_trim(read_groups: GroupReader, params: dict[str, Any]) -> Cal
     Returns:
         ``per_group(target, names) -> {"thresholds": [...]}`` for the merge, or None (per tensor).
     """
-    density = float(params.get("density", 0.5))
     if params.get("trim", "vector") != "vector":
         return None
-    hist: dict[str, Tensor] = {}
-    count: dict[str, int] = {}
-    for _, names, tensors, central in read_groups():
-        for e, t in zip(names, tensors):
-            bins = _mag32(t, central).view(torch.int32).reshape(-1) >> 16
-            h = torch.bincount(bins, minlength=_TOP_BINS)
-            hist[e] = hist[e] + h if e in hist else h
-            count[e] = count.get(e, 0) + t.numel()
-    state: dict[str, Any] = {}  # expert -> Threshold, or (top bin, rank in it) while refining
-    for e, h in hist.items():
-        if density >= 1.0:
-            state[e] = Threshold(-1.0)
-            continue
-        if density <= 0.0:
-            state[e] = Threshold()
-            continue
-        k = max(1, int(density * count[e]))
-        from_top = h.flip(0).cumsum(0).flip(0)  # entries in this bin or above
-        top = int(torch.nonzero(from_top >= k).max())
-        state[e] = (top, k - int(from_top[top + 1]) if top + 1 < _TOP_BINS else k, k)
-    low: dict[str, Tensor] = {}
+    state = _top_bins(*_top_histograms(read_groups), float(params.get("density", 0.5)))
     refine = {e: s for e, s in state.items() if isinstance(s, tuple)}
-    if refine:
-        for _, names, tensors, central in read_groups():
-            for e, t in zip(names, tensors):
-                if e in refine:
-                    bits = _mag32(t, central).view(torch.int32).reshape(-1)
-                    sel = bits[(bits >> 16) == refine[e][0]] & 0xFFFF
-                    h = torch.bincount(sel, minlength=1 << 16)
-                    low[e] = low[e] + h if e in low else h
+    low = _low_histograms(read_groups, refine) if refine else {}
     pending: dict[str, tuple[float, int]] = {}
-    for e, (top, rank, _k) in refine.items():
-        from_top = low[e].flip(0).cumsum(0).flip(0)
-        lo16 = int(torch.nonzero(from_top >= rank).max())
+    for e, (top, rank) in refine.items():
+        lo16, need, count_eq = _select_bin(low[e], rank)
         t32 = torch.tensor([(top << 16) | lo16], dtype=torch.int32).view(torch.float32).item()
-        count_eq = int(low[e][lo16])
-        need = rank - (int(from_top[lo16 + 1]) if lo16 + 1 < (1 << 16) else 0)
-        if need >= count_eq:
-            state[e] = Threshold(t32)
-        else:
+        state[e] = Threshold(t32)
+        if need < count_eq:  # not every entry equal to t32 is kept: break the tie in float64
             pending[e] = (t32, need)
-            state[e] = None
-    if pending:
-        cands: dict[str, list[Tensor]] = {e: [] for e in pending}
-        for _, names, tensors, central in read_groups():
-            for e, t in zip(names, tensors):
-                if e in pending:
-                    eq = (_mag32(t, central) == pending[e][0]).reshape(-1)
-                    if eq.any():
-                        cands[e].append((f64(t.reshape(-1)[eq]) - f64(central.reshape(-1)[eq])).abs())
-        for e, (t32, need) in pending.items():
-            allc = torch.cat(cands[e])
-            state[e] = _resolve_ties(t32, need, allc.numel(), lambda a=allc: a)
+    for e, cands in (_tie_candidates(read_groups, pending) if pending else {}).items():
+        state[e] = _resolve_ties(pending[e][0], pending[e][1], cands.numel(), lambda a=cands: a)
 
     def per_group(target: str, names: Sequence[str]) -> dict[str, Any]:
         return {"thresholds": [state[e] for e in names]}
 
     return per_group
+
+
+def _tau_mags(t: Tensor, central: Tensor) -> Callable[[Tensor], Tensor]:
+    """``mags64(mask)``: ``|W^m - W0|`` in float64 at the entries of flat ``t`` selected by ``mask``."""
+    return lambda eq: (f64(t[eq]) - f64(central[eq])).abs()
+
+
+def _ties_chunk(ts: Sequence[Tensor], c32: Tensor, thresholds: Sequence[Threshold], lam: float) -> Tensor:
+    """TIES of one slice (flat expert slices ``ts``, central slice ``c32``, in order), in float64.
+
+    Element-wise, so merging a tensor slice by slice gives its whole-tensor result bit for bit; the
+    thresholds' ``keep`` is called on the slices in order (its tie state runs across them).
+    """
+    c = c32.to(torch.float64, copy=True)
+    trimmed = []
+    for t, thr in zip(ts, thresholds):
+        m32 = _mag32(t, c32)
+        tau = f64(t).sub_(c) if t.dtype != torch.float64 else t - c  # tau^m, float64 (exact for float32)
+        trimmed.append(tau.mul_(thr.keep(m32, tau)))
+    sign = trimmed[0].clone()
+    for tr in trimmed[1:]:
+        sign.add_(tr)
+    sign.sign_()  # elected sign of the total mass
+    acc = torch.zeros_like(c)
+    count = torch.zeros(c.shape, dtype=torch.int32)
+    for tr in trimmed:  # agreeing entries: tau * sign > 0; their sum is sign * sum |tau|
+        agree = tr.mul_(sign)
+        count += agree > 0
+        acc += agree.clamp_(min=0)
+    tau = acc.div_(count.clamp_(min=1)).mul_(sign)  # disjoint mean
+    return c.add_(tau.mul_(lam))
 
 
 @merge_method(
@@ -257,24 +316,17 @@ def ties(
         raise MergeError(f"{name}: TIES trim must be one of {list(TRIMS)}, got {trim!r}")
     if thresholds is not None and len(thresholds) != len(experts):
         raise MergeError(f"{name}: {len(thresholds)} TIES thresholds for {len(experts)} experts")
-    c = f64(central)
-    trimmed = []
-    for i, t in enumerate(experts):
-        m32 = _mag32(t, central)
-        tau = f64(t).sub_(c) if t.dtype != torch.float64 else t - c  # tau^m, float64 (exact for float32)
-        thr = thresholds[i] if thresholds is not None else tensor_threshold(m32, tau, density)
-        trimmed.append(tau.mul_(thr.keep(m32, tau)))
-        del m32
-    sign = trimmed[0].clone()
-    for tr in trimmed[1:]:
-        sign.add_(tr)
-    sign.sign_()  # elected sign of the total mass
-    acc = torch.zeros_like(c)
-    count = torch.zeros(c.shape, dtype=torch.int32)
-    for tr in trimmed:  # agreeing entries: tau * sign > 0; their sum is sign * sum |tau|
-        agree = tr.mul_(sign)
-        count += agree > 0
-        acc += agree.clamp_(min=0)
-    del trimmed
-    tau = acc.div_(count.clamp_(min=1)).mul_(sign)  # disjoint mean
-    return finish(c.add_(tau.mul_(lam)), experts, name, central)
+    ts = [t.detach().reshape(-1) for t in experts]
+    cf = central.detach().reshape(-1)
+    if thresholds is None:
+        thresholds = [_threshold(_mag32(t, cf), density, _tau_mags(t, cf)) for t in ts]
+    out = torch.empty(central.shape, dtype=experts[0].dtype)
+    flat = out.view(-1)
+    for a in range(0, cf.numel(), _CHUNK):
+        b = min(a + _CHUNK, cf.numel())
+        part = _ties_chunk([t[a:b] for t in ts], cf[a:b], thresholds, lam)
+        if torch.isnan(part.sum()) and torch.isnan(part).any():  # as finish(): a NaN input, name it
+            check_experts(experts, name, central)
+            raise MergeError(f"{name}: merged tensor contains NaN")
+        flat[a:b] = part
+    return out

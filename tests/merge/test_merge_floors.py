@@ -1,0 +1,88 @@
+"""The fast paths of the merge methods give the plain whole-tensor computation bit for bit.
+
+TIES merges a tensor slice by slice (its trimming thresholds keep their tie state across slices);
+DARE draws its masks slice by slice in worker threads. Each is checked against the whole-tensor
+formula written out here (the code before these paths), on tensors spanning several slices, in
+float32 and float64, with ties straddling the threshold.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlmerge_core.merge.methods import dare as dare_mod
+from vlmerge_core.merge.methods import get_method
+from vlmerge_core.merge.methods import ties as ties_mod
+from vlmerge_core.merge.methods.registry import f64
+
+
+def _experts(n: int, m: int, dtype: torch.dtype, rounded: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+    g = torch.Generator().manual_seed(n + m)
+    central = torch.randn(n, generator=g).to(dtype)
+    taus = [torch.randn(n, generator=g) * 3 for _ in range(m)]
+    if rounded:  # few distinct magnitudes: equal m32 at the threshold, broken by position
+        taus = [t.round() for t in taus]
+    return [central + t.to(dtype) for t in taus], central
+
+
+def _ties_whole(experts, central, density, lam):
+    """TIES on the whole tensors at once, per-tensor thresholds (the pre-slicing code)."""
+    c = f64(central).clone()
+    trimmed = []
+    for t in experts:
+        m32 = ties_mod._mag32(t, central)
+        tau = f64(t).sub_(c) if t.dtype != torch.float64 else t - c
+        trimmed.append(tau.mul_(ties_mod.tensor_threshold(m32, tau, density).keep(m32, tau)))
+    sign = trimmed[0].clone()
+    for tr in trimmed[1:]:
+        sign.add_(tr)
+    sign.sign_()
+    acc, count = torch.zeros_like(c), torch.zeros(c.shape, dtype=torch.int32)
+    for tr in trimmed:
+        agree = tr.mul_(sign)
+        count += agree > 0
+        acc += agree.clamp_(min=0)
+    return c.add_(acc.div_(count.clamp_(min=1)).mul_(sign).mul_(lam)).to(experts[0].dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rounded", [False, True])
+@pytest.mark.parametrize("m", [2, 3])
+def test_ties_by_slices_equals_whole_tensor(monkeypatch, dtype, rounded, m):
+    monkeypatch.setattr(ties_mod, "_CHUNK", 37)  # many slices, none aligned to a vector width
+    experts, central = _experts(1000, m, dtype, rounded)
+    for density in (0.0, 0.31, 0.5, 1.0):
+        got = get_method("ties")(experts, central=central, density=density, lam=0.7)
+        assert torch.equal(got, _ties_whole(experts, central, density, 0.7)), density
+        assert got.dtype == dtype
+
+
+def test_ties_keeps_its_inputs():
+    experts, central = _experts(300, 2, torch.float64, False)
+    before = [t.clone() for t in (*experts, central)]
+    get_method("ties")(experts, central=central, density=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(before, (*experts, central)))
+
+
+def _dare_whole(experts, central, drop_rate, lam, rng_seed, name):
+    """DARE with one ``torch.rand`` per expert (the pre-slicing code)."""
+    c = f64(central)
+    out = c.clone()
+    for i, t in enumerate(experts):
+        tau = f64(t) - c
+        g = dare_mod._generator(rng_seed, name, i)
+        tau.mul_(torch.rand(tau.shape, generator=g, dtype=torch.float64) >= drop_rate)
+        out.add_(tau, alpha=lam / (1.0 - drop_rate))
+    return out.to(experts[0].dtype)
+
+
+@pytest.mark.parametrize("drop_rate", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("m", [2, 3])
+def test_dare_masks_by_slices_in_threads_equal_one_draw(monkeypatch, drop_rate, m):
+    monkeypatch.setattr(dare_mod, "_CHUNK", 41)
+    experts, central = _experts(1000, m, torch.float32, False)
+    experts = [t.view(10, 100) for t in experts]
+    central = central.view(10, 100)
+    got = get_method("dare")(experts, central=central, drop_rate=drop_rate, lam=0.7, rng_seed=3, name="w")
+    assert torch.equal(got, _dare_whole(experts, central, drop_rate, 0.7, 3, "w"))
