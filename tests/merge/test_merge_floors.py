@@ -1,7 +1,8 @@
 """The fast paths of the merge methods give the plain whole-tensor computation bit for bit.
 
-TIES merges a tensor slice by slice (its trimming thresholds keep their tie state across slices);
-DARE draws its masks slice by slice in worker threads. Each is checked against the whole-tensor
+The element-wise methods merge a tensor slice by slice (``registry.by_slices``); TIES too (its
+trimming thresholds keep their tie state across slices); DARE draws its masks slice by slice in
+worker threads. Each is checked against the whole-tensor
 formula written out here (the code before these paths), on tensors spanning several slices, in
 float32 and float64, with ties straddling the threshold.
 """
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _merge_helpers import make_ma_sd, ms_from_ma
 
 from vlmerge_core.merge.methods import dare as dare_mod
-from vlmerge_core.merge.methods import get_method
+from vlmerge_core.merge.methods import get_method, registry
 from vlmerge_core.merge.methods import ties as ties_mod
 from vlmerge_core.merge.methods.registry import f64
+from vlmerge_core.merge.unify import unify_state_dict
 
 
 def _experts(n: int, m: int, dtype: torch.dtype, rounded: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -50,7 +53,7 @@ def _ties_whole(experts, central, density, lam):
 @pytest.mark.parametrize("rounded", [False, True])
 @pytest.mark.parametrize("m", [2, 3])
 def test_ties_by_slices_equals_whole_tensor(monkeypatch, dtype, rounded, m):
-    monkeypatch.setattr(ties_mod, "_CHUNK", 37)  # many slices, none aligned to a vector width
+    monkeypatch.setattr(ties_mod, "SLICE", 37)  # many slices, none aligned to a vector width
     experts, central = _experts(1000, m, dtype, rounded)
     for density in (0.0, 0.31, 0.5, 1.0):
         got = get_method("ties")(experts, central=central, density=density, lam=0.7)
@@ -80,9 +83,61 @@ def _dare_whole(experts, central, drop_rate, lam, rng_seed, name):
 @pytest.mark.parametrize("drop_rate", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("m", [2, 3])
 def test_dare_masks_by_slices_in_threads_equal_one_draw(monkeypatch, drop_rate, m):
-    monkeypatch.setattr(dare_mod, "_CHUNK", 41)
+    monkeypatch.setattr(dare_mod, "SLICE", 41)
+    monkeypatch.setattr(registry, "SLICE", 43)
     experts, central = _experts(1000, m, torch.float32, False)
     experts = [t.view(10, 100) for t in experts]
     central = central.view(10, 100)
     got = get_method("dare")(experts, central=central, drop_rate=drop_rate, lam=0.7, rng_seed=3, name="w")
     assert torch.equal(got, _dare_whole(experts, central, drop_rate, 0.7, 3, "w"))
+
+
+def _elementwise_whole(method, experts, central, lam):
+    """Interpolation and the two arithmetics on whole tensors (the pre-slicing code)."""
+    if method == "interpolation":
+        out = torch.zeros(experts[0].shape, dtype=torch.float64)
+        for t in experts:
+            out.add_(t, alpha=1.0 / len(experts))
+    elif method == "arithmetic":
+        out = f64(central).clone()
+        for t in experts:
+            out.add_(f64(t) - out, alpha=lam)
+    else:
+        out = f64(central) * (1.0 - lam * len(experts))
+        for t in experts:
+            out.add_(t, alpha=lam)
+    return out.to(experts[0].dtype)
+
+
+@pytest.mark.parametrize("method", ["interpolation", "arithmetic", "arithmetic_formula"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_elementwise_methods_by_slices_equal_whole_tensor(monkeypatch, method, dtype):
+    monkeypatch.setattr(registry, "SLICE", 37)
+    experts, central = _experts(1000, 3, dtype, False)
+    kw = {"weights": [1 / 3] * 3} if method == "interpolation" else {"central": central, "lam": 0.37}
+    got = get_method(method)(experts, **kw)
+    assert torch.equal(got, _elementwise_whole(method, experts, central, 0.37)) and got.dtype == dtype
+
+
+@pytest.mark.parametrize("rounded", [False, True])
+def test_vector_trim_passes_by_slices_equal_one_slice(monkeypatch, rounded):
+    """The histogram passes of ``trim="vector"`` over many slices select what one slice does."""
+    central = make_ma_sd(depth=3, width=8, seed=2)
+    ms = ms_from_ma(central, vl_start=1, noise=1.0, seed=7)
+    if rounded:
+        ms = {k: v.round() for k, v in ms.items()}
+        central = {k: v.round() for k, v in central.items()}
+    whole = unify_state_dict(ms, "ties", vl_start=1, central=central, density=0.3, lam=0.7)
+    monkeypatch.setattr(ties_mod, "SLICE", 5)
+    sliced = unify_state_dict(ms, "ties", vl_start=1, central=central, density=0.3, lam=0.7)
+    assert all(torch.equal(whole[k], sliced[k]) for k in whole)
+
+
+def test_has_nan_by_slices(monkeypatch):
+    monkeypatch.setattr(registry, "SLICE", 4)
+    x = torch.zeros(10, dtype=torch.float64)
+    assert not registry.has_nan(x)
+    x[5], x[6] = float("inf"), float("-inf")  # a NaN sum without a NaN
+    assert not registry.has_nan(x)
+    x[9] = float("nan")
+    assert registry.has_nan(x)

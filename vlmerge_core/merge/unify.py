@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from vlmerge_core.merge.methods import MergeError, MergeMethod, get_method
+from vlmerge_core.merge.methods.registry import SLICE
 from vlmerge_core.model.experts import EXPERTS, block_experts, experts_for_block, split_expert_key
 
 __all__ = [
@@ -44,12 +45,14 @@ _LINEAR = re.compile(r"^blocks\.(\d+)\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\
 def check_finite(t: Tensor, key: str, source: str) -> None:
     """Raise :class:`MergeError` ``"<source>: tensor <key> holds NaN/inf"`` if ``t`` is not all finite.
 
-    A sum detects it without a boolean temporary (NaN and inf propagate); only when the sum is not
+    Sums detect it without a boolean temporary (NaN and inf propagate); only when a sum is not
     finite (a non-finite value, or an overflow of the sum itself) does the element-wise test decide.
     """
     if not t.is_floating_point() or t.numel() == 0:
         return
-    if bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all()):
+    flat = t.detach().reshape(-1)  # summed slice by slice: each on one thread, in cache (see by_slices)
+    sums = (flat[a : a + SLICE].sum() for a in range(0, flat.numel(), SLICE))
+    if all(bool(torch.isfinite(x)) for x in sums) or bool(torch.isfinite(t).all()):
         return
     bad = "NaN" if bool(torch.isnan(t).any()) else "inf"
     raise MergeError(f"{source}: tensor {key} holds {bad} values; nothing was merged")

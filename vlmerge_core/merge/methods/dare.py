@@ -18,11 +18,13 @@ import torch
 from torch import Tensor
 
 from vlmerge_core.merge.methods.registry import (
+    SLICE,
     Knob,
     MergeError,
+    by_slices,
     check_experts,
     f64,
-    finish,
+    flat,
     lambdas,
     merge_method,
 )
@@ -35,18 +37,14 @@ def _generator(rng_seed: int, name: str, index: int) -> torch.Generator:
     return g
 
 
-_CHUNK = 1 << 16  # uniform draws per slice of a mask (a 512 kB float64 buffer)
-
-
-def _keep_mask(shape: torch.Size, drop_rate: float, g: torch.Generator) -> Tensor:
-    """``torch.rand(shape, generator=g, dtype=float64) >= drop_rate``, drawn slice by slice."""
-    n = shape.numel()
+def _keep_mask(n: int, drop_rate: float, g: torch.Generator) -> Tensor:
+    """``torch.rand(n, generator=g, dtype=float64) >= drop_rate``, drawn slice by slice."""
     keep = torch.empty(n, dtype=torch.bool)
-    buf = torch.empty(min(n, _CHUNK), dtype=torch.float64)
-    for a in range(0, n, _CHUNK):
-        b = min(a + _CHUNK, n)
+    buf = torch.empty(min(n, SLICE), dtype=torch.float64)
+    for a in range(0, n, SLICE):
+        b = min(a + SLICE, n)
         torch.ge(buf[: b - a].uniform_(0.0, 1.0, generator=g), drop_rate, out=keep[a:b])
-    return keep.view(shape)
+    return keep
 
 
 @merge_method(
@@ -92,19 +90,23 @@ def dare(
     if not 0.0 <= drop_rate < 1.0:
         raise MergeError(f"{name}: DARE drop rate must be in [0, 1), got {drop_rate}")
     lams = lambdas(lam, len(experts), name)
-    c = f64(central)
-    out = c.clone()
+    ts, c = [flat(t) for t in experts], flat(central)
     workers = min(len(experts), max(1, torch.get_num_threads())) if drop_rate > 0 else 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        masks = [
-            pool.submit(_keep_mask, t.shape, drop_rate, _generator(rng_seed, name, i)) if workers else None
-            for i, t in enumerate(experts)
+        futures = [
+            pool.submit(_keep_mask, t.numel(), drop_rate, _generator(rng_seed, name, i)) if workers else None
+            for i, t in enumerate(ts)
         ]
-        for lm, t, mask in zip(lams, experts, masks):
-            tau = f64(t) - c
+        masks = [f.result() if f is not None else None for f in futures]
+    scale = [lm / (1.0 - drop_rate) if drop_rate > 0 else lm for lm in lams]
+
+    def body(s: slice) -> Tensor:
+        out = f64(c[s]).clone()
+        for lm, t, mask in zip(scale, ts, masks):
+            tau = f64(t[s]) - f64(c[s])
             if mask is not None:
-                tau.mul_(mask.result())
-                lm = lm / (1.0 - drop_rate)
+                tau.mul_(mask[s])
             out.add_(tau, alpha=lm)
-            del tau, mask
-    return finish(out, experts, name, central)
+        return out
+
+    return by_slices(experts, name, body, central)

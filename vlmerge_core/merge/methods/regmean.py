@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from vlmerge_core.merge.methods.interpolation import interpolation
-from vlmerge_core.merge.methods.registry import Knob, MergeError, check_experts, f64, merge_method
+from vlmerge_core.merge.methods.registry import Knob, MergeError, check_experts, f64, has_nan, merge_method
 
 log = logging.getLogger(__name__)
 SOLVERS = ("cholesky", "lu", "inverse")
@@ -92,7 +92,7 @@ def _normal_equations(
         g = grams[i]  # grams may read lazily: one [in, in] matrix held at a time
         if tuple(g.shape) != (d_in, d_in):
             raise MergeError(f"{name}: Gram matrix {i} has shape {tuple(g.shape)}, expected ({d_in}, {d_in})")
-        if torch.isnan(g).any():
+        if has_nan(g):
             raise MergeError(f"{name}: Gram matrix {i} contains NaN")
         gt = regmean_gram(g, alpha)
         num.addmm_(f64(w), gt)  # num += W^m G~^m, no temporary

@@ -32,18 +32,17 @@ the float64 magnitudes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from vlmerge_core.merge.methods.registry import Knob, MergeError, check_experts, f64, merge_method
+from vlmerge_core.merge.methods.registry import SLICE, Knob, MergeError, check_experts, f64, merge_method
 
 TRIMS = ("vector", "tensor")
 _TOP_BINS = 1 << 15  # top 16 bits of a non-negative float32 (sign bit 0)
-_CHUNK = 1 << 16  # entries merged at a time: float64 temporaries of 512 kB stay in cache
 
 
 def _mag32(t: Tensor, central: Tensor | None) -> Tensor:
@@ -136,14 +135,22 @@ def _bits(t: Tensor, central: Tensor | None) -> Tensor:
     return _mag32(t, central).view(torch.int32).reshape(-1)
 
 
+def _slices(t: Tensor, central: Tensor | None) -> Iterator[Tensor]:
+    """The bit patterns of ``m32`` (:func:`_bits`) of flat ``t`` slice by slice (one thread, in cache)."""
+    ft, fc = t.detach().reshape(-1), central.detach().reshape(-1) if central is not None else None
+    for a in range(0, ft.numel(), SLICE):
+        yield _bits(ft[a : a + SLICE], fc[a : a + SLICE] if fc is not None else None)
+
+
 def _top_histograms(read_groups: GroupReader) -> tuple[dict[str, Tensor], dict[str, int]]:
     """First pass: per expert, the histogram of the top 16 bits of every ``m32``, and its size."""
     hist: dict[str, Tensor] = {}
     count: dict[str, int] = {}
     for _, names, tensors, central in read_groups():
         for e, t in zip(names, tensors):
-            h = torch.bincount(_bits(t, central) >> 16, minlength=_TOP_BINS)
-            hist[e] = hist[e] + h if e in hist else h
+            h = hist.setdefault(e, torch.zeros(_TOP_BINS, dtype=torch.int64))
+            for bits in _slices(t, central):
+                h += torch.bincount(bits >> 16, minlength=_TOP_BINS)
             count[e] = count.get(e, 0) + t.numel()
     return hist, count
 
@@ -171,15 +178,18 @@ def _top_bins(hist: dict[str, Tensor], count: dict[str, int], density: float) ->
 
 
 def _low_histograms(read_groups: GroupReader, refine: dict[str, tuple[int, int]]) -> dict[str, Tensor]:
-    """Second pass: per expert, the histogram of the low 16 bits of the ``m32`` in its top bin."""
-    low: dict[str, Tensor] = {}
+    """Second pass: per expert, the histogram of the low 16 bits of the ``m32`` in its top bin.
+
+    The entries of the top bin (a small fraction) are gathered and counted once per expert: a
+    ``bincount`` of 65 536 bins per tensor would cost more than the selection itself.
+    """
+    sel: dict[str, list[Tensor]] = {e: [] for e in refine}
     for _, names, tensors, central in read_groups():
         for e, t in zip(names, tensors):
             if e in refine:
-                bits = _bits(t, central)
-                h = torch.bincount(bits[(bits >> 16) == refine[e][0]] & 0xFFFF, minlength=1 << 16)
-                low[e] = low[e] + h if e in low else h
-    return low
+                top = refine[e][0]
+                sel[e].extend(bits[(bits >> 16) == top] & 0xFFFF for bits in _slices(t, central))
+    return {e: torch.bincount(torch.cat(parts), minlength=1 << 16) for e, parts in sel.items()}
 
 
 def _tie_candidates(read_groups: GroupReader, pending: dict[str, tuple[float, int]]) -> dict[str, Tensor]:
@@ -322,8 +332,8 @@ def ties(
         thresholds = [_threshold(_mag32(t, cf), density, _tau_mags(t, cf)) for t in ts]
     out = torch.empty(central.shape, dtype=experts[0].dtype)
     flat = out.view(-1)
-    for a in range(0, cf.numel(), _CHUNK):
-        b = min(a + _CHUNK, cf.numel())
+    for a in range(0, cf.numel(), SLICE):
+        b = min(a + SLICE, cf.numel())
         part = _ties_chunk([t[a:b] for t in ts], cf[a:b], thresholds, lam)
         if torch.isnan(part.sum()) and torch.isnan(part).any():  # as finish(): a NaN input, name it
             check_experts(experts, name, central)
