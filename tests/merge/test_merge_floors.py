@@ -141,3 +141,10 @@ def test_has_nan_by_slices(monkeypatch):
     assert not registry.has_nan(x)
     x[9] = float("nan")
     assert registry.has_nan(x)
+
+
+def test_cast_by_slices(monkeypatch):
+    monkeypatch.setattr(registry, "SLICE", 7)
+    x = torch.randn(5, 9, dtype=torch.float64) * 1e3
+    assert torch.equal(registry.cast(x, torch.float32), x.to(torch.float32))
+    assert registry.cast(x, torch.float64) is x

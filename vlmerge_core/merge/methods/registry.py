@@ -252,6 +252,17 @@ def by_slices(
     return out
 
 
+def cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` (a new tensor unless ``t`` has it), converted slice by slice (see :func:`by_slices`)."""
+    if t.dtype == dtype:
+        return t
+    out = torch.empty(t.shape, dtype=dtype)
+    src, dst = t.detach().reshape(-1), out.view(-1)
+    for a in range(0, dst.numel(), SLICE):
+        dst[a : a + SLICE] = src[a : a + SLICE]
+    return out
+
+
 def has_nan(t: Tensor) -> bool:
     """Whether ``t`` holds a NaN: summed slice by slice first (a NaN makes its slice's sum NaN), with
     no boolean temporary; only a NaN sum (a NaN, or inf - inf) calls the element-wise test."""

@@ -26,7 +26,15 @@ import torch
 from torch import Tensor
 
 from vlmerge_core.merge.methods.interpolation import interpolation
-from vlmerge_core.merge.methods.registry import Knob, MergeError, check_experts, f64, has_nan, merge_method
+from vlmerge_core.merge.methods.registry import (
+    Knob,
+    MergeError,
+    cast,
+    check_experts,
+    f64,
+    has_nan,
+    merge_method,
+)
 
 log = logging.getLogger(__name__)
 SOLVERS = ("cholesky", "lu", "inverse")
@@ -95,7 +103,7 @@ def _normal_equations(
         if has_nan(g):
             raise MergeError(f"{name}: Gram matrix {i} contains NaN")
         gt = regmean_gram(g, alpha)
-        num.addmm_(f64(w), gt)  # num += W^m G~^m, no temporary
+        num.addmm_(cast(w, torch.float64), gt)  # num += W^m G~^m, no temporary
         den += gt
         del g, gt
     return num, den
@@ -147,9 +155,9 @@ def regmean(
     num, den = _normal_equations(experts, grams, alpha, name)
     if solver == "cholesky":
         try:
-            return solve_normal(num, den, name, overwrite=True).to(experts[0].dtype)
+            return cast(solve_normal(num, den, name, overwrite=True), experts[0].dtype)
         except NotPositiveDefinite:
             log.warning("%s: summed Gram matrix is not positive definite; using the LU solve", name)
             num, den = _normal_equations(experts, grams, alpha, name)  # den was factored in place
             solver = "lu"
-    return solve_normal(num, den, name, solver).to(experts[0].dtype)
+    return cast(solve_normal(num, den, name, solver), experts[0].dtype)
