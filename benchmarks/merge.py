@@ -220,6 +220,68 @@ def solvers(n: int, cond: float, out_dim: int) -> dict:
     return res
 
 
+def run_jobs(args, d: Path, jobs: list[str]) -> dict[str, dict]:
+    """Each job in a fresh child process, then (outputs) once more: the same bytes?"""
+    rows = {}
+    for job in ["import", "matmul", "floor", "floor_central", *jobs]:
+        cmd = [sys.executable, __file__, "--child", job, "--dir", str(d), "--threads", str(args.threads)]
+        cmd += ["--keep"] if args.keep else []
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows[job] = json.loads(res.stdout.strip().splitlines()[-1])
+        if job not in ("import", "matmul"):  # the same input again, in another process: the same bytes?
+            again = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            rows[job]["same_bytes"] = (
+                json.loads(again.stdout.strip().splitlines()[-1])["sha256"] == rows[job]["sha256"]
+            )
+    return rows
+
+
+def print_table(args, d: Path, rows: dict[str, dict]) -> None:
+    """One row per job: seconds against its floor, peak RSS against the output size."""
+    mib = 2**20
+    base, floor, floor_c = rows["import"]["peak_rss"], rows["floor"], rows["floor_central"]
+    rate = rows["matmul"]["flops_per_s"]
+    flop_floor = regmean_flops(d / "ms.safetensors", args.vl_start) / rate
+    print(
+        f"\nwidth {args.width}, depth {args.depth}, vl_start {args.vl_start}; output {floor['out_bytes'] / mib:.0f} MiB; "
+        f"import-only RSS {base / mib:.0f} MiB; float64 matmul {rate / 1e9:.1f} GFLOP/s"
+    )
+    print(
+        f"floor: RegMean = its FLOPs at that rate ({flop_floor:.2f}s); others = the I/O floor of the same "
+        "reads (MS file; MS + central file for methods that need it)"
+    )
+    print(
+        f"{'job':18s} {'seconds':>8s} {'floor':>7s} {'x floor':>8s} {'peak RSS':>9s} {'net RSS':>8s} {'net/out':>8s} "
+        f"{'same bytes':>10s}"
+    )
+    from vlmerge_core.merge.methods import METHODS as methods  # after the children (their RSS is measured)
+
+    for job, r in rows.items():
+        if job in ("import", "matmul"):
+            continue
+        m = methods.get(job.partition(":")[0])
+        ref = flop_floor if m is not None and m.needs_grams else (floor_c if m and m.needs_central else floor)
+        ref_s = ref if isinstance(ref, float) else ref["seconds"]
+        net = r["peak_rss"] - base
+        print(
+            f"{job:18s} {r['seconds']:8.2f} {ref_s:7.2f} {r['seconds'] / ref_s:8.2f} {r['peak_rss'] / mib:8.0f}M "
+            f"{net / mib:7.0f}M {net / max(r['out_bytes'], 1):8.2f} {'yes' if r['same_bytes'] else 'NO':>10s}"
+        )
+
+
+def print_solvers(args) -> None:
+    """RegMean's three solvers on matrices of known solution."""
+    import torch  # the parent imports torch only after the children ran
+
+    torch.set_num_threads(args.threads)
+    print("\nRegMean solve X @ G = B (float64, known X; best of 3; relative Frobenius error)")
+    for n in (args.width, 4 * args.width):
+        for cond in (1e4, 1e10):
+            r = solvers(n, cond, args.width)
+            text = " | ".join(f"{s} {t:.3f}s err {e:.1e}" for s, (t, e) in r.items())
+            print(f"n={n:5d} cond={cond:.0e}: {text}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=768)
@@ -258,54 +320,9 @@ def main() -> None:
         listing = "from vlmerge_core.merge.methods import METHODS; print(','.join(METHODS))"
         names = subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True, check=True)
         jobs = [*names.stdout.strip().split(","), "ties:trim=tensor"]
-    rows = {}
-    for job in ["import", "matmul", "floor", "floor_central", *jobs]:
-        cmd = [sys.executable, __file__, "--child", job, "--dir", str(d), "--threads", str(args.threads)]
-        cmd += ["--keep"] if args.keep else []
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        rows[job] = json.loads(res.stdout.strip().splitlines()[-1])
-        if job not in ("import", "matmul"):  # the same input again, in another process: the same bytes?
-            again = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            rows[job]["same_bytes"] = (
-                json.loads(again.stdout.strip().splitlines()[-1])["sha256"] == rows[job]["sha256"]
-            )
-    base, floor, floor_c = rows["import"]["peak_rss"], rows["floor"], rows["floor_central"]
-    rate = rows["matmul"]["flops_per_s"]
-    flop_floor = regmean_flops(d / "ms.safetensors", args.vl_start) / rate
-    print(
-        f"\nwidth {args.width}, depth {args.depth}, vl_start {args.vl_start}; output {floor['out_bytes'] / mib:.0f} MiB; "
-        f"import-only RSS {base / mib:.0f} MiB; float64 matmul {rate / 1e9:.1f} GFLOP/s"
-    )
-    print(
-        f"floor: RegMean = its FLOPs at that rate ({flop_floor:.2f}s); others = the I/O floor of the same "
-        "reads (MS file; MS + central file for methods that need it)"
-    )
-    print(
-        f"{'job':18s} {'seconds':>8s} {'floor':>7s} {'x floor':>8s} {'peak RSS':>9s} {'net RSS':>8s} {'net/out':>8s} "
-        f"{'same bytes':>10s}"
-    )
-    from vlmerge_core.merge.methods import METHODS as methods  # after the children (their RSS is measured)
-
-    for job, r in rows.items():
-        if job in ("import", "matmul"):
-            continue
-        m = methods.get(job.partition(":")[0])
-        ref = flop_floor if m is not None and m.needs_grams else (floor_c if m and m.needs_central else floor)
-        ref_s = ref if isinstance(ref, float) else ref["seconds"]
-        net = r["peak_rss"] - base
-        print(
-            f"{job:18s} {r['seconds']:8.2f} {ref_s:7.2f} {r['seconds'] / ref_s:8.2f} {r['peak_rss'] / mib:8.0f}M "
-            f"{net / mib:7.0f}M {net / max(r['out_bytes'], 1):8.2f} {'yes' if r['same_bytes'] else 'NO':>10s}"
-        )
-    import torch
-
-    torch.set_num_threads(args.threads)
-    print("\nRegMean solve X @ G = B (float64, known X; best of 3; relative Frobenius error)")
-    for n in (args.width, 4 * args.width):
-        for cond in (1e4, 1e10):
-            r = solvers(n, cond, args.width)
-            text = " | ".join(f"{s} {t:.3f}s err {e:.1e}" for s, (t, e) in r.items())
-            print(f"n={n:5d} cond={cond:.0e}: {text}")
+    rows = run_jobs(args, d, jobs)
+    print_table(args, d, rows)
+    print_solvers(args)
 
 
 if __name__ == "__main__":
