@@ -148,3 +148,41 @@ def test_cast_by_slices(monkeypatch):
     x = torch.randn(5, 9, dtype=torch.float64) * 1e3
     assert torch.equal(registry.cast(x, torch.float32), x.to(torch.float32))
     assert registry.cast(x, torch.float64) is x
+
+
+class _RowGrams(list):
+    """Gram matrices that are also read by blocks of rows (as a file's ``LazyGrams``)."""
+
+    def rows(self, i, first, stop):
+        return self[i][first:stop].clone()
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.7])
+def test_regmean_sums_grams_by_rows_as_whole(monkeypatch, alpha):
+    from vlmerge_core.merge.methods import regmean as regmean_mod
+
+    monkeypatch.setattr(regmean_mod, "SLICE", 50)  # blocks of 50 // 12 = 4 rows, the last one short
+    g = torch.Generator().manual_seed(0)
+    experts = [torch.randn(5, 12, generator=g) for _ in range(3)]
+    grams = []
+    for _ in experts:
+        a = torch.randn(12, 40, generator=g, dtype=torch.float64)
+        grams.append(a @ a.T)
+    num, den = regmean_mod._normal_equations(experts, _RowGrams(grams), alpha, "w")
+    whole = sum(
+        (regmean_mod.regmean_gram(x, alpha) for x in grams[1:]),
+        torch.zeros(12, 12, dtype=torch.float64) + regmean_mod.regmean_gram(grams[0], alpha),
+    )
+    assert torch.equal(den, whole)
+    assert torch.equal(num, regmean_mod._normal_equations(experts, grams, alpha, "w")[0])
+
+
+def test_open_tensors_reads_rows(tmp_path):
+    from vlmerge_core.io import save_safetensors
+    from vlmerge_core.merge.stream import open_tensors
+
+    x = torch.arange(24, dtype=torch.float64).reshape(6, 4)
+    save_safetensors(tmp_path / "t.safetensors", {"x": x, "s": torch.tensor(3.0)})
+    with open_tensors(tmp_path / "t.safetensors", "test") as (get, _):
+        assert torch.equal(get.rows("x", 2, 5), x[2:5]) and torch.equal(get.rows("x", 4, 9), x[4:])
+        assert torch.equal(get("x"), x) and get("s").item() == 3.0

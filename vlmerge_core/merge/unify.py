@@ -76,6 +76,16 @@ class LazyGrams(Sequence):
         except KeyError:
             raise MergeError(f"{self.target}: Gram matrix {self.keys[i]} not found") from None
 
+    def rows(self, i: int, first: int, stop: int) -> Tensor:
+        """Rows ``first:stop`` of Gram matrix ``i``, read alone where ``get`` has a ``rows`` reader."""
+        read = getattr(self.get, "rows", None)
+        if read is None:
+            return self[i][first:stop]
+        try:
+            return read(self.keys[i], first, stop)
+        except KeyError:
+            raise MergeError(f"{self.target}: Gram matrix {self.keys[i]} not found") from None
+
 
 def gram_key(target: str, expert: str) -> str | None:
     """Gram-matrix key of a merged linear weight for one expert (``blocks.3.attn.v.qkv``); None otherwise."""
