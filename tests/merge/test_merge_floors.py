@@ -186,3 +186,14 @@ def test_open_tensors_reads_rows(tmp_path):
     with open_tensors(tmp_path / "t.safetensors", "test") as (get, _):
         assert torch.equal(get.rows("x", 2, 5), x[2:5]) and torch.equal(get.rows("x", 4, 9), x[4:])
         assert torch.equal(get("x"), x) and get("s").item() == 3.0
+
+
+@pytest.mark.parametrize("rounded", [False, True])
+def test_kth_largest_equals_kthvalue(monkeypatch, rounded):
+    monkeypatch.setattr(ties_mod, "SLICE", 29)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1000, generator=g).abs() * 10
+    x = x.round() if rounded else x
+    x[:7] = 0.0
+    for k in (1, 2, 500, 993, 1000):
+        assert ties_mod._kth_largest(x, k) == float(torch.kthvalue(x, 1000 - k + 1).values), k

@@ -97,8 +97,9 @@ def _resolve_ties(t32: float, need: int, count_eq: int, candidates: Callable[[],
 
 
 def _threshold(m32: Tensor, density: float, mags64: Callable[[Tensor], Tensor]) -> Threshold:
-    """The top-``density`` threshold of ``m32`` (``kthvalue``, O(n)); ``mags64(mask)``: the float64
-    magnitudes of the flattened entries selected by a boolean ``mask``, read only to break a tie."""
+    """The top-``density`` threshold of ``m32`` (radix selection, :func:`_kth_largest`); ``mags64(mask)``:
+    the float64 magnitudes of the flattened entries selected by a boolean ``mask``, read only to
+    break a tie. Counts are taken slice by slice (see ``by_slices``)."""
     n = m32.numel()
     if density >= 1.0:
         return Threshold(-1.0)
@@ -106,14 +107,36 @@ def _threshold(m32: Tensor, density: float, mags64: Callable[[Tensor], Tensor]) 
         return Threshold()
     k = max(1, int(density * n))
     flat = m32.reshape(-1)
-    t32 = float(torch.kthvalue(flat, n - k + 1).values)
-    eq = flat == t32
-    need = k - int((flat > t32).sum())
-    return _resolve_ties(t32, need, int(eq.sum()), lambda: mags64(eq))
+    t32 = _kth_largest(flat, k)
+    pieces = [flat[a : a + SLICE] for a in range(0, n, SLICE)]
+    need = k - sum(int((p > t32).sum()) for p in pieces)
+    count_eq = sum(int((p == t32).sum()) for p in pieces)
+    return _resolve_ties(t32, need, count_eq, lambda: mags64(flat == t32))
+
+
+def _kth_largest(flat: Tensor, k: int) -> float:
+    """The ``k``-th largest of the float32 magnitudes ``flat`` (``kthvalue(flat, n - k + 1)``), found
+    on their bit patterns as the vector trim does: the top 16 bits, then the low 16 of that bin."""
+    bits = list(flat.view(torch.int32).split(SLICE))
+    hist = torch.zeros(_TOP_BINS, dtype=torch.int64)
+    for b in bits:
+        hist += torch.bincount(b >> 16, minlength=_TOP_BINS)
+    top, rank, _ = _select_bin(hist, k)
+    low = torch.bincount(torch.cat([b[(b >> 16) == top] & 0xFFFF for b in bits]), minlength=1 << 16)
+    lo16, _, _ = _select_bin(low, rank)
+    return torch.tensor([(top << 16) | lo16], dtype=torch.int32).view(torch.float32).item()
+
+
+def _mag32_flat(t: Tensor, central: Tensor | None) -> Tensor:
+    """:func:`_mag32` of flat ``t`` (and ``central``), computed slice by slice into one tensor."""
+    out = torch.empty(t.numel(), dtype=torch.float32)
+    for a in range(0, t.numel(), SLICE):
+        out[a : a + SLICE] = _mag32(t[a : a + SLICE], central[a : a + SLICE] if central is not None else None)
+    return out
 
 
 def tensor_threshold(m32: Tensor, tau64: Tensor, density: float) -> Threshold:
-    """The top-``density`` threshold of one tensor (``kthvalue`` on float32 magnitudes, O(n))."""
+    """The top-``density`` threshold of one tensor (an exact selection on float32 magnitudes, O(n))."""
     return _threshold(m32, density, lambda eq: tau64.reshape(-1)[eq].abs())
 
 
@@ -329,7 +352,7 @@ def ties(
     ts = [t.detach().reshape(-1) for t in experts]
     cf = central.detach().reshape(-1)
     if thresholds is None:
-        thresholds = [_threshold(_mag32(t, cf), density, _tau_mags(t, cf)) for t in ts]
+        thresholds = [_threshold(_mag32_flat(t, cf), density, _tau_mags(t, cf)) for t in ts]
     out = torch.empty(central.shape, dtype=experts[0].dtype)
     flat = out.view(-1)
     for a in range(0, cf.numel(), SLICE):
