@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -120,9 +121,9 @@ def _kth_largest(flat: Tensor, k: int) -> float:
     bits = list(flat.view(torch.int32).split(SLICE))
     hist = torch.zeros(_TOP_BINS, dtype=torch.int64)
     for b in bits:
-        hist += torch.bincount(b >> 16, minlength=_TOP_BINS)
+        hist += _count(b >> 16, minlength=_TOP_BINS)
     top, rank, _ = _select_bin(hist, k)
-    low = torch.bincount(torch.cat([b[(b >> 16) == top] & 0xFFFF for b in bits]), minlength=1 << 16)
+    low = _count(torch.cat([b[(b >> 16) == top] & 0xFFFF for b in bits]), minlength=1 << 16)
     lo16, _, _ = _select_bin(low, rank)
     return torch.tensor([(top << 16) | lo16], dtype=torch.int32).view(torch.float32).item()
 
@@ -173,17 +174,26 @@ def _top_histograms(read_groups: GroupReader) -> tuple[dict[str, Tensor], dict[s
         for e, t in zip(names, tensors):
             h = hist.setdefault(e, torch.zeros(_TOP_BINS, dtype=torch.int64))
             for bits in _slices(t, central):
-                h += torch.bincount(bits >> 16, minlength=_TOP_BINS)
+                h += _count(bits >> 16, minlength=_TOP_BINS)
             count[e] = count.get(e, 0) + t.numel()
     return hist, count
 
 
+def _count(values: Tensor, minlength: int) -> Tensor:
+    """``torch.bincount(values, minlength=minlength)`` by numpy's (serial: no wait on threads)."""
+    return torch.from_numpy(np.bincount(values.numpy(), minlength=minlength))
+
+
 def _select_bin(h: Tensor, rank: int) -> tuple[int, int, int]:
-    """``(bin, rank within it, entries in it)`` of the ``rank``-th largest entry counted by ``h``."""
-    from_top = h.flip(0).cumsum(0).flip(0)  # entries in this bin or above
-    b = int(torch.nonzero(from_top >= rank).max())
-    above = int(from_top[b + 1]) if b + 1 < h.numel() else 0
-    return b, rank - above, int(h[b])
+    """``(bin, rank within it, entries in it)`` of the ``rank``-th largest entry counted by ``h``.
+
+    In numpy: a few serial passes over 65 536 counts, where torch's would wait on its threads.
+    """
+    counts = h.numpy()
+    from_top = counts[::-1].cumsum()[::-1]  # entries in this bin or above
+    b = int(np.flatnonzero(from_top >= rank)[-1])
+    above = int(from_top[b + 1]) if b + 1 < counts.size else 0
+    return b, rank - above, int(counts[b])
 
 
 def _top_bins(hist: dict[str, Tensor], count: dict[str, int], density: float) -> dict[str, Any]:
@@ -212,7 +222,7 @@ def _low_histograms(read_groups: GroupReader, refine: dict[str, tuple[int, int]]
             if e in refine:
                 top = refine[e][0]
                 sel[e].extend(bits[(bits >> 16) == top] & 0xFFFF for bits in _slices(t, central))
-    return {e: torch.bincount(torch.cat(parts), minlength=1 << 16) for e, parts in sel.items()}
+    return {e: _count(torch.cat(parts), minlength=1 << 16) for e, parts in sel.items()}
 
 
 def _tie_candidates(read_groups: GroupReader, pending: dict[str, tuple[float, int]]) -> dict[str, Tensor]:
