@@ -21,6 +21,12 @@ bits, which gives the exact float32 threshold; only if several entries share tha
 and not all of them fit in ``k`` does a third pass read their float64 magnitudes to break the tie
 exactly. Each selection pass reads the expert and central tensors again before the merge pass
 (three reads of the input instead of one, rarely four) for a memory cost of a few hundred kB.
+``trim="tensor"`` finds each tensor's threshold by the same selection (the value ``kthvalue`` gives).
+
+**Slice by slice.** Given the thresholds, TIES is element-wise: each tensor is merged in slices of
+``SLICE`` entries (``registry.by_slices``), and the selection passes count slice by slice, in numpy
+where torch would spread a small op over threads: the same values, without whole-tensor float64
+temporaries and without ops that wait on busy threads.
 
 **float32 magnitudes.** Ranking uses ``m32 = |fl32(W^m - W0)|`` (the float32 difference, no
 float64 temporary) and breaks equal ``m32`` by the float64 magnitude ``m64 = |W^m - W0|``, then by
