@@ -7,12 +7,14 @@ plain copies; ``floor_central`` reads the central file too), and ``merge_checkpo
 registered method with its knob defaults (plus ``ties:trim=tensor``). Peak RSS is the child's own
 ``ru_maxrss``; "net" subtracts the RSS of a child that only imports the library. Every job runs a
 second time in another process; "same bytes" says whether the two output files are identical.
+``--keep`` leaves the output files (``out_<job>.safetensors``) under ``--dir``, e.g. to ``cmp`` them
+with another commit's outputs for the same inputs.
 
 Floors: RegMean against its floating-point floor, i.e. its float64 FLOPs (``M`` products
 ``W^m G~^m`` of ``2 out in^2``, a Cholesky factor ``in^3 / 3`` and two triangular solves
 ``2 out in^2`` per linear weight) at this machine's measured float64 matmul rate; every other method
-against the I/O floor of the files it reads. Targets (issue 10.5): RegMean <= 2x its FLOP floor,
-the others <= 2x their I/O floor, net peak RSS <= 1.3x the output size.
+against the I/O floor of the files it reads. Targets (issue 22): RegMean <= 2x its FLOP floor,
+the others <= 3x their I/O floor, net peak RSS <= 1.3x the output size.
 
     python benchmarks/merge.py                       # ViT-B: width 768, 12 blocks, vl from block 10
     python benchmarks/merge.py --width 128 --heads 4 --depth 4 --vl-start 3   # quick
@@ -107,7 +109,7 @@ def _job(what: str) -> tuple[str, dict]:
     return method, params
 
 
-def child(what: str, d: Path, threads: int) -> dict:
+def child(what: str, d: Path, threads: int, keep: bool = False) -> dict:
     """Run one job in this (fresh) process; report seconds and own peak RSS."""
     import torch
 
@@ -162,7 +164,8 @@ def child(what: str, d: Path, threads: int) -> dict:
 
         with open(out, "rb") as fh:
             digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        out.unlink()
+        if not keep:
+            out.unlink()
     return {"job": what, "seconds": secs, "peak_rss": rss, "out_bytes": size, "sha256": digest}
 
 
@@ -217,46 +220,12 @@ def solvers(n: int, cond: float, out_dim: int) -> dict:
     return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--width", type=int, default=768)
-    ap.add_argument("--depth", type=int, default=12)
-    ap.add_argument("--heads", type=int, default=12)
-    ap.add_argument("--vl-start", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of every child")
-    ap.add_argument("--dir", default="/tmp/vlmerge_bench")
-    ap.add_argument("--methods", default="", help="jobs, e.g. regmean,ties:trim=tensor; default every method")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    d = Path(args.dir)
-    if args.child == "write":
-        import torch
-
-        torch.set_num_threads(args.threads)
-        write_inputs(args, d)
-        return
-    if args.child:
-        print(json.dumps(child(args.child, d, args.threads)))
-        return
-    # the parent stays small (no torch import): a child's ru_maxrss starts from its parent's RSS at fork
-    d.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    geometry = ["--width", str(args.width), "--depth", str(args.depth), "--heads", str(args.heads)]
-    geometry += ["--vl-start", str(args.vl_start), "--dir", str(d), "--threads", str(args.threads)]
-    subprocess.run([sys.executable, __file__, "--child", "write", *geometry], check=True)
-    mib = 2**20
-    print(
-        f"inputs written in {time.perf_counter() - t0:.1f}s: MS {os.path.getsize(d / 'ms.safetensors') / mib:.0f} MiB, "
-        f"grams {os.path.getsize(d / 'grams.safetensors') / mib:.0f} MiB; torch threads {args.threads}"
-    )
-    jobs = args.methods.split(",") if args.methods else None
-    if jobs is None:
-        listing = "from vlmerge_core.merge.methods import METHODS; print(','.join(METHODS))"
-        names = subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True, check=True)
-        jobs = [*names.stdout.strip().split(","), "ties:trim=tensor"]
+def run_jobs(args, d: Path, jobs: list[str]) -> dict[str, dict]:
+    """Each job in a fresh child process, then (outputs) once more: the same bytes?"""
     rows = {}
     for job in ["import", "matmul", "floor", "floor_central", *jobs]:
         cmd = [sys.executable, __file__, "--child", job, "--dir", str(d), "--threads", str(args.threads)]
+        cmd += ["--keep"] if args.keep else []
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows[job] = json.loads(res.stdout.strip().splitlines()[-1])
         if job not in ("import", "matmul"):  # the same input again, in another process: the same bytes?
@@ -264,6 +233,12 @@ def main() -> None:
             rows[job]["same_bytes"] = (
                 json.loads(again.stdout.strip().splitlines()[-1])["sha256"] == rows[job]["sha256"]
             )
+    return rows
+
+
+def print_table(args, d: Path, rows: dict[str, dict]) -> None:
+    """One row per job: seconds against its floor, peak RSS against the output size."""
+    mib = 2**20
     base, floor, floor_c = rows["import"]["peak_rss"], rows["floor"], rows["floor_central"]
     rate = rows["matmul"]["flops_per_s"]
     flop_floor = regmean_flops(d / "ms.safetensors", args.vl_start) / rate
@@ -292,7 +267,11 @@ def main() -> None:
             f"{job:18s} {r['seconds']:8.2f} {ref_s:7.2f} {r['seconds'] / ref_s:8.2f} {r['peak_rss'] / mib:8.0f}M "
             f"{net / mib:7.0f}M {net / max(r['out_bytes'], 1):8.2f} {'yes' if r['same_bytes'] else 'NO':>10s}"
         )
-    import torch
+
+
+def print_solvers(args) -> None:
+    """RegMean's three solvers on matrices of known solution."""
+    import torch  # the parent imports torch only after the children ran
 
     torch.set_num_threads(args.threads)
     print("\nRegMean solve X @ G = B (float64, known X; best of 3; relative Frobenius error)")
@@ -301,6 +280,49 @@ def main() -> None:
             r = solvers(n, cond, args.width)
             text = " | ".join(f"{s} {t:.3f}s err {e:.1e}" for s, (t, e) in r.items())
             print(f"n={n:5d} cond={cond:.0e}: {text}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--width", type=int, default=768)
+    ap.add_argument("--depth", type=int, default=12)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--vl-start", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of every child")
+    ap.add_argument("--dir", default="/tmp/vlmerge_bench")
+    ap.add_argument("--methods", default="", help="jobs, e.g. regmean,ties:trim=tensor; default every method")
+    ap.add_argument("--keep", action="store_true", help="leave the output files under --dir")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    d = Path(args.dir)
+    if args.child == "write":
+        import torch
+
+        torch.set_num_threads(args.threads)
+        write_inputs(args, d)
+        return
+    if args.child:
+        print(json.dumps(child(args.child, d, args.threads, args.keep)))
+        return
+    # the parent stays small (no torch import): a child's ru_maxrss starts from its parent's RSS at fork
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    geometry = ["--width", str(args.width), "--depth", str(args.depth), "--heads", str(args.heads)]
+    geometry += ["--vl-start", str(args.vl_start), "--dir", str(d), "--threads", str(args.threads)]
+    subprocess.run([sys.executable, __file__, "--child", "write", *geometry], check=True)
+    mib = 2**20
+    print(
+        f"inputs written in {time.perf_counter() - t0:.1f}s: MS {os.path.getsize(d / 'ms.safetensors') / mib:.0f} MiB, "
+        f"grams {os.path.getsize(d / 'grams.safetensors') / mib:.0f} MiB; torch threads {args.threads}"
+    )
+    jobs = args.methods.split(",") if args.methods else None
+    if jobs is None:
+        listing = "from vlmerge_core.merge.methods import METHODS; print(','.join(METHODS))"
+        names = subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True, check=True)
+        jobs = [*names.stdout.strip().split(","), "ties:trim=tensor"]
+    rows = run_jobs(args, d, jobs)
+    print_table(args, d, rows)
+    print_solvers(args)
 
 
 if __name__ == "__main__":

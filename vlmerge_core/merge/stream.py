@@ -49,6 +49,8 @@ def open_tensors(
 ) -> Iterator[tuple[Callable[[str], Tensor] | None, list[str]]]:
     """Open a safetensors file lazily: yields ``(get(key) -> Tensor, keys)``; ``(None, [])`` for None.
 
+    ``get.rows(key, first, stop)`` reads rows ``first:stop`` of a tensor alone.
+
     Tensors are read with plain positioned reads into their own memory, not through ``safe_open``:
     safetensors >= 0.6 returns zero-copy views of a memory map, and every page of the file that a
     merge reads would then stay resident until the file is closed (the whole input in the peak RSS).
@@ -69,7 +71,8 @@ def open_tensors(
         base, size = 8 + n, path.stat().st_size
         keys = list(header)
 
-        def get(key: str) -> Tensor:
+        def rows(key: str, first: int, stop: int) -> Tensor:
+            """Rows ``first:stop`` of tensor ``key`` (its leading dimension), read on their own."""
             if key not in header:
                 raise KeyError(f"{path}: no tensor {key}")
             entry = header[key]
@@ -79,12 +82,20 @@ def open_tensors(
                 raise ValueError(
                     f"{path}: tensor {key}: unsupported dtype {entry['dtype']} or truncated file"
                 )
+            shape = entry["shape"]
+            row = (end - start) // shape[0] if shape and shape[0] else 0  # bytes per leading index
+            first, stop = (0, 1) if not shape else (first, min(stop, shape[0]))
+            start, end = (start, end) if not shape else (start + first * row, start + stop * row)
             buf = torch.empty(end - start, dtype=torch.uint8)  # no zero fill
             got = os.preadv(fh.fileno(), [buf.numpy()], base + start) if end > start else 0
             if got != end - start:
                 raise ValueError(f"{path}: tensor {key}: short read ({got} of {end - start} bytes)")
-            return buf.view(dtype).reshape(entry["shape"])
+            return buf.view(dtype).reshape([stop - first, *shape[1:]] if shape else [])
 
+        def get(key: str) -> Tensor:
+            return rows(key, 0, header[key]["shape"][0] if key in header and header[key]["shape"] else 1)
+
+        get.rows = rows  # a reader of row blocks (RegMean sums its Gram matrices by rows)
         yield get, keys
 
 
@@ -129,7 +140,55 @@ def _checked(
             seen.add(key)
         return t
 
+    if hasattr(get, "rows"):  # row blocks of a tensor already read whole, hence checked
+        checked_get.rows = get.rows
     return checked_get
+
+
+def _check_central_is_ma(central_path: str | Path | None) -> None:
+    """Refuse a modality-specific checkpoint given as the central (seed) one."""
+    if central_path is None:
+        return
+    c_meta = read_safetensors_metadata(central_path)
+    if c_meta.get("kind") == "ms" or (
+        c_meta.get("model_config") and model_config_from_meta(c_meta, central_path).get("ms_components")
+    ):
+        raise MergeError(
+            f"{central_path}: the central checkpoint must be modality-agnostic (MA), it is modality-specific"
+        )
+
+
+def _merged_tensors(
+    paths: tuple[str | Path, str | Path | None, str | Path | None], method: str, **unify: Any
+) -> dict[str, Tensor]:
+    """Every output tensor of :func:`iter_unified` over the MS, central and Gram files ``paths``.
+
+    Each input tensor is checked finite once, when first read; after the merge every tensor that
+    no group read (unused experts, unused Gram matrices) is read and checked too.
+    """
+    ms_path, central_path, gram_path = paths
+    out: dict[str, Tensor] = {}
+    with (
+        open_tensors(ms_path, "MS") as (get, keys),
+        open_tensors(central_path, "central") as (get_c, c_keys),
+        open_tensors(gram_path, "Gram") as (get_g, g_keys),
+    ):
+        sources = [
+            (str(ms_path), get, keys),
+            (str(central_path), get_c, c_keys),
+            (str(gram_path), get_g, g_keys),
+        ]
+        seen: list[set[str]] = [set(), set(), set()]
+        get_ms, get_central, get_gram = (_checked(g, src, sn) for (src, g, _), sn in zip(sources, seen))
+        for name, tensor in iter_unified(
+            keys, get_ms, method, get_central=get_central, get_gram=get_gram, source=str(ms_path), **unify
+        ):
+            out[name] = tensor
+        for (src, g, ks), sn in zip(sources, seen):  # every other tensor of every input: no NaN/inf
+            for k in ks if g is not None else ():
+                if k not in sn:
+                    check_finite(g(k), k, src)
+    return out
 
 
 def merge_checkpoint(
@@ -164,18 +223,9 @@ def merge_checkpoint(
     if low_memory:
         return_freed_memory()
     ms_meta = read_safetensors_metadata(ms_path)
-    cfg = model_config_from_meta(ms_meta, ms_path)
     if vl_start is None:
-        vl_start = int(cfg["vl_start"])
-    if central_path is not None:
-        c_meta = read_safetensors_metadata(central_path)
-        if c_meta.get("kind") == "ms" or (
-            c_meta.get("model_config") and model_config_from_meta(c_meta, central_path).get("ms_components")
-        ):
-            raise MergeError(
-                f"{central_path}: the central checkpoint must be modality-agnostic (MA), "
-                "it is modality-specific"
-            )
+        vl_start = int(model_config_from_meta(ms_meta, ms_path)["vl_start"])
+    _check_central_is_ma(central_path)
     info = {
         "method": method,
         "params": {k: v for k, v in method_params.items() if v is not None},
@@ -187,38 +237,15 @@ def merge_checkpoint(
         "central": Path(central_path).name if central_path else None,
         **(extra_info or {}),
     }
-    out: dict[str, Tensor] = {}
-    with (
-        open_tensors(ms_path, "MS") as (get, keys),
-        open_tensors(central_path, "central") as (get_c, c_keys),
-        open_tensors(gram_path, "Gram") as (get_g, g_keys),
-    ):
-        sources = [
-            (str(ms_path), get, keys),
-            (str(central_path), get_c, c_keys),
-            (str(gram_path), get_g, g_keys),
-        ]
-        seen: list[set[str]] = [set(), set(), set()]
-        get_ms, get_central, get_gram = (_checked(g, src, sn) for (src, g, _), sn in zip(sources, seen))
-        for name, tensor in iter_unified(
-            keys,
-            get_ms,
-            method,
-            vl_start=vl_start,
-            get_central=get_central,
-            get_gram=get_gram,
-            task=task,
-            only_used_experts=only_used_experts,
-            experts=experts,
-            unimodal_paths=unimodal_paths,
-            source=str(ms_path),
-            **method_params,
-        ):
-            out[name] = tensor
-        for (src, g, ks), sn in zip(sources, seen):  # every other tensor of every input: no NaN/inf
-            for k in ks if g is not None else ():
-                if k not in sn:
-                    check_finite(g(k), k, src)
+    rule = {"task": task, "only_used_experts": only_used_experts, "experts": experts}
+    out = _merged_tensors(
+        (ms_path, central_path, gram_path),
+        method,
+        vl_start=vl_start,
+        unimodal_paths=unimodal_paths,
+        **rule,
+        **method_params,
+    )
     log.info("merged %s by %s: %d tensors", ms_path, method, len(out))
     save_safetensors(out_path, out, ma_metadata(ms_meta, ms_path, info))
     return Path(out_path)

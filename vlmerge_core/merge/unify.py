@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from vlmerge_core.merge.methods import MergeError, MergeMethod, get_method
+from vlmerge_core.merge.methods.registry import SLICE
 from vlmerge_core.model.experts import EXPERTS, block_experts, experts_for_block, split_expert_key
 
 __all__ = [
@@ -44,12 +45,14 @@ _LINEAR = re.compile(r"^blocks\.(\d+)\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\
 def check_finite(t: Tensor, key: str, source: str) -> None:
     """Raise :class:`MergeError` ``"<source>: tensor <key> holds NaN/inf"`` if ``t`` is not all finite.
 
-    A sum detects it without a boolean temporary (NaN and inf propagate); only when the sum is not
+    Sums detect it without a boolean temporary (NaN and inf propagate); only when a sum is not
     finite (a non-finite value, or an overflow of the sum itself) does the element-wise test decide.
     """
     if not t.is_floating_point() or t.numel() == 0:
         return
-    if bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all()):
+    flat = t.detach().reshape(-1)  # summed slice by slice: each on one thread, in cache (see by_slices)
+    sums = (flat[a : a + SLICE].sum() for a in range(0, flat.numel(), SLICE))
+    if all(bool(torch.isfinite(x)) for x in sums) or bool(torch.isfinite(t).all()):
         return
     bad = "NaN" if bool(torch.isnan(t).any()) else "inf"
     raise MergeError(f"{source}: tensor {key} holds {bad} values; nothing was merged")
@@ -70,6 +73,16 @@ class LazyGrams(Sequence):
             return [self[j] for j in range(*i.indices(len(self)))]
         try:
             return self.get(self.keys[i])
+        except KeyError:
+            raise MergeError(f"{self.target}: Gram matrix {self.keys[i]} not found") from None
+
+    def rows(self, i: int, first: int, stop: int) -> Tensor:
+        """Rows ``first:stop`` of Gram matrix ``i``, read alone where ``get`` has a ``rows`` reader."""
+        read = getattr(self.get, "rows", None)
+        if read is None:
+            return self[i][first:stop]
+        try:
+            return read(self.keys[i], first, stop)
         except KeyError:
             raise MergeError(f"{self.target}: Gram matrix {self.keys[i]} not found") from None
 
@@ -199,6 +212,68 @@ def merge_group(
     return out.contiguous()  # the writer needs contiguous tensors: copy now, while one group is alive
 
 
+Plan = list[tuple[str, list[str], list[str]]]  # (MA target, experts merged, their MS keys), by target
+
+
+def _check_inputs(
+    method: MergeMethod, get_central: Callable[[str], Tensor] | None, get_gram: Callable[[str], Tensor] | None
+) -> None:
+    """Refuse a method without the inputs it declares it needs."""
+    if method.needs_central and get_central is None:
+        raise MergeError(f"merge method {method.name!r} needs the central (seed) checkpoint")
+    if method.needs_grams and get_gram is None:
+        raise MergeError(f"merge method {method.name!r} needs Gram matrices")
+
+
+def _plan(
+    groups: Mapping[str, Mapping[str, str]], method: MergeMethod, *, vl_start: int, **rule: Any
+) -> Plan:
+    """One ``(target, experts, ms_keys)`` per group in sorted target order (``rule``: :func:`used_experts`)."""
+    plan = []
+    for target in sorted(groups):
+        members = groups[target]
+        use = used_experts(int(target.split(".")[1]), list(members), vl_start=vl_start, method=method, **rule)
+        plan.append((target, use, [members[e] for e in use]))
+    return plan
+
+
+def _central_reader(
+    method: MergeMethod, get_central: Callable[[str], Tensor] | None
+) -> Callable[[str], Tensor | None]:
+    """``central_of(target)``: the central tensor of ``target`` (None unless the method needs it)."""
+
+    def central_of(target: str) -> Tensor | None:
+        if not method.needs_central:
+            return None
+        try:
+            return get_central(target)
+        except KeyError:
+            raise MergeError(
+                f"central checkpoint has no tensor {target} (a checkpoint of another architecture?)"
+            ) from None
+
+    return central_of
+
+
+def _prepared(
+    method: MergeMethod,
+    plan: Plan,
+    get: Callable[[str], Tensor],
+    central_of: Callable[[str], Tensor | None],
+    params: dict[str, Any],
+) -> Callable[[str, Sequence[str]], dict[str, Any] | None] | None:
+    """The method's ``prepare`` hook run over every merged group (None without a hook)."""
+    if method.prepare is None:
+        return None
+
+    def read_groups() -> Iterator[tuple[str, list[str], list[Tensor], Tensor | None]]:
+        for target, use, ms_keys in plan:
+            if len(use) > 1:
+                yield target, use, [get(k) for k in ms_keys], central_of(target)
+
+    return method.prepare(read_groups, params)
+
+
 def iter_unified(
     keys: Sequence[str],
     get: Callable[[str], Tensor],
@@ -221,45 +296,12 @@ def iter_unified(
     """
     method = get_method(method)
     params = method_params(method, params)
-    if method.needs_central and get_central is None:
-        raise MergeError(f"merge method {method.name!r} needs the central (seed) checkpoint")
-    if method.needs_grams and get_gram is None:
-        raise MergeError(f"merge method {method.name!r} needs Gram matrices")
+    _check_inputs(method, get_central, get_gram)
     groups, passthrough = plan_groups(keys, vl_start, source)
-    plan = []
-    for target in sorted(groups):
-        members = groups[target]
-        use = used_experts(
-            int(target.split(".")[1]),
-            list(members),
-            vl_start=vl_start,
-            task=task,
-            only_used_experts=only_used_experts,
-            method=method,
-            experts=experts,
-            unimodal_paths=unimodal_paths,
-        )
-        plan.append((target, use, [members[e] for e in use]))
-
-    def central_of(target: str) -> Tensor | None:
-        if not method.needs_central:
-            return None
-        try:
-            return get_central(target)
-        except KeyError:
-            raise MergeError(
-                f"central checkpoint has no tensor {target} (a checkpoint of another architecture?)"
-            ) from None
-
-    per_group = None
-    if method.prepare is not None:
-
-        def read_groups() -> Iterator[tuple[str, list[str], list[Tensor], Tensor | None]]:
-            for target, use, ms_keys in plan:
-                if len(use) > 1:
-                    yield target, use, [get(k) for k in ms_keys], central_of(target)
-
-        per_group = method.prepare(read_groups, params)
+    rule = {"task": task, "only_used_experts": only_used_experts, "experts": experts}
+    plan = _plan(groups, method, vl_start=vl_start, unimodal_paths=unimodal_paths, **rule)
+    central_of = _central_reader(method, get_central)
+    per_group = _prepared(method, plan, get, central_of, params)
     for key in passthrough:
         yield key, get(key)
     for target, use, ms_keys in plan:
@@ -269,12 +311,10 @@ def iter_unified(
             grams = LazyGrams(target, [gram_key(target, e) for e in use], get_gram)
         extra = per_group(target, use) if per_group is not None and len(use) > 1 else None
         central = central_of(target) if len(use) > 1 else None
-        yield (
-            target,
-            merge_group(
-                method, target, tensors, use, central=central, grams=grams, params=params, extra=extra
-            ),
+        merged = merge_group(
+            method, target, tensors, use, central=central, grams=grams, params=params, extra=extra
         )
+        yield target, merged
 
 
 def _getter(sd: Mapping[str, Tensor], what: str) -> Callable[[str], Tensor]:

@@ -13,7 +13,15 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from vlmerge_core.merge.methods.registry import Knob, check_experts, f64, finish, lambdas, merge_method
+from vlmerge_core.merge.methods.registry import (
+    Knob,
+    by_slices,
+    check_experts,
+    f64,
+    flat,
+    lambdas,
+    merge_method,
+)
 
 LAMBDA = Knob(
     "lam",
@@ -44,8 +52,13 @@ def arithmetic(
     """
     check_experts(experts, name, central, nan=False)
     lams = lambdas(lam, len(experts), name)
-    out = f64(central).clone()
-    for lm, t in zip(lams, experts):
-        step = f64(t) - out  # W^m - w, w already holding the previous steps
-        out.add_(step, alpha=lm)
-    return finish(out, experts, name, central)
+    ts, c = [flat(t) for t in experts], flat(central)
+
+    def body(s: slice) -> Tensor:
+        out = f64(c[s]).clone()
+        for lm, t in zip(lams, ts):
+            step = f64(t[s]) - out  # W^m - w, w already holding the previous steps
+            out.add_(step, alpha=lm)
+        return out
+
+    return by_slices(experts, name, body, central)

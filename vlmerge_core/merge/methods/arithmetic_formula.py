@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from vlmerge_core.merge.methods.arithmetic import LAMBDA
-from vlmerge_core.merge.methods.registry import check_experts, f64, finish, lambdas, merge_method
+from vlmerge_core.merge.methods.registry import by_slices, check_experts, f64, flat, lambdas, merge_method
 
 
 @merge_method(
@@ -29,7 +29,12 @@ def arithmetic_formula(
     """``W0 + sum_m lam_m (W^m - W0)`` around the seed weights ``W0``, in float64."""
     check_experts(experts, name, central, nan=False)
     lams = lambdas(lam, len(experts), name)
-    out = f64(central) * (1.0 - sum(lams))  # W0 + sum_m lam_m (W^m - W0), in one pass per expert
-    for lm, t in zip(lams, experts):
-        out.add_(t.detach(), alpha=lm)
-    return finish(out, experts, name, central)
+    ts, c = [flat(t) for t in experts], flat(central)
+
+    def body(s: slice) -> Tensor:
+        out = f64(c[s]) * (1.0 - sum(lams))  # W0 + sum_m lam_m (W^m - W0), in one pass per expert
+        for lm, t in zip(lams, ts):
+            out.add_(t[s], alpha=lm)
+        return out
+
+    return by_slices(experts, name, body, central)

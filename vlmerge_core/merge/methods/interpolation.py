@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vlmerge_core.merge.methods.registry import Knob, MergeError, check_experts, finish, merge_method
+from vlmerge_core.merge.methods.registry import Knob, MergeError, by_slices, check_experts, flat, merge_method
 
 
 def interpolation_weights(experts: Sequence[str], ratio: float) -> list[float]:
@@ -85,7 +85,12 @@ def interpolation(
     """
     check_experts(experts, name, nan=False)
     ws = _weights(weights, len(experts), name)
-    out = torch.zeros(experts[0].shape, dtype=torch.float64)
-    for w, t in zip(ws, experts):
-        out.add_(t.detach(), alpha=w)  # float64 accumulation, no temporary
-    return finish(out, experts, name)
+    ts = [flat(t) for t in experts]
+
+    def body(s: slice) -> Tensor:
+        out = torch.zeros(s.stop - s.start, dtype=torch.float64)
+        for w, t in zip(ws, ts):
+            out.add_(t[s], alpha=w)  # float64 accumulation, no temporary
+        return out
+
+    return by_slices(experts, name, body)

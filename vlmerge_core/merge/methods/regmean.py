@@ -26,7 +26,16 @@ import torch
 from torch import Tensor
 
 from vlmerge_core.merge.methods.interpolation import interpolation
-from vlmerge_core.merge.methods.registry import Knob, MergeError, check_experts, f64, merge_method
+from vlmerge_core.merge.methods.registry import (
+    SLICE,
+    Knob,
+    MergeError,
+    cast,
+    check_experts,
+    f64,
+    has_nan,
+    merge_method,
+)
 
 log = logging.getLogger(__name__)
 SOLVERS = ("cholesky", "lu", "inverse")
@@ -81,24 +90,50 @@ def solve_normal(
         raise MergeError(f"{name}: summed Gram matrix is singular ({exc}); use alpha < 1") from None
 
 
-def _normal_equations(
-    experts: Sequence[Tensor], grams: Sequence[Tensor], alpha: float, name: str
-) -> tuple[Tensor, Tensor]:
-    """``(sum_m W^m G~^m, sum_m G~^m)`` in float64, reading one Gram matrix at a time."""
+def _numerator(experts: Sequence[Tensor], grams: Sequence[Tensor], alpha: float, name: str) -> Tensor:
+    """``sum_m W^m G~^m`` in float64, reading one Gram matrix at a time (each checked here)."""
     d_in = experts[0].shape[1]
     num = torch.zeros(experts[0].shape, dtype=torch.float64)
-    den = torch.zeros(d_in, d_in, dtype=torch.float64)
     for i, w in enumerate(experts):
         g = grams[i]  # grams may read lazily: one [in, in] matrix held at a time
         if tuple(g.shape) != (d_in, d_in):
             raise MergeError(f"{name}: Gram matrix {i} has shape {tuple(g.shape)}, expected ({d_in}, {d_in})")
-        if torch.isnan(g).any():
+        if has_nan(g):
             raise MergeError(f"{name}: Gram matrix {i} contains NaN")
-        gt = regmean_gram(g, alpha)
-        num.addmm_(f64(w), gt)  # num += W^m G~^m, no temporary
-        den += gt
-        del g, gt
-    return num, den
+        num.addmm_(cast(w, torch.float64), regmean_gram(g, alpha))  # num += W^m G~^m, no temporary
+        del g
+    return num
+
+
+def _denominator(grams: Sequence[Tensor], alpha: float, d_in: int) -> Tensor:
+    """``sum_m G~^m`` in float64, added block of rows by block of rows where ``grams`` reads rows.
+
+    Element-wise, in the experts' order: the same sums as adding whole matrices, without a whole
+    Gram matrix beside the sum (that pair was the peak memory of a merge).
+    """
+    den = torch.zeros(d_in, d_in, dtype=torch.float64)
+    rows = getattr(grams, "rows", None)
+    step = max(1, SLICE // d_in)
+    for i in range(len(grams)):
+        if rows is None:
+            den += regmean_gram(grams[i], alpha)
+            continue
+        for a in range(0, d_in, step):
+            part = f64(rows(i, a, a + step))  # rows a:a+step of G^m
+            if alpha != 1.0:  # regmean_gram on these rows: their diagonal entries are (j, a + j)
+                scaled = part * alpha
+                scaled.diagonal(a).add_(part.diagonal(a), alpha=1.0 - alpha)
+                part = scaled
+            den[a : a + step] += part
+    return den
+
+
+def _normal_equations(
+    experts: Sequence[Tensor], grams: Sequence[Tensor], alpha: float, name: str
+) -> tuple[Tensor, Tensor]:
+    """``(sum_m W^m G~^m, sum_m G~^m)`` in float64; never two ``[in, in]`` matrices at once."""
+    num = _numerator(experts, grams, alpha, name)
+    return num, _denominator(grams, alpha, experts[0].shape[1])
 
 
 @merge_method(
@@ -147,9 +182,9 @@ def regmean(
     num, den = _normal_equations(experts, grams, alpha, name)
     if solver == "cholesky":
         try:
-            return solve_normal(num, den, name, overwrite=True).to(experts[0].dtype)
+            return cast(solve_normal(num, den, name, overwrite=True), experts[0].dtype)
         except NotPositiveDefinite:
             log.warning("%s: summed Gram matrix is not positive definite; using the LU solve", name)
             num, den = _normal_equations(experts, grams, alpha, name)  # den was factored in place
             solver = "lu"
-    return solve_normal(num, den, name, solver).to(experts[0].dtype)
+    return cast(solve_normal(num, den, name, solver), experts[0].dtype)

@@ -21,6 +21,12 @@ bits, which gives the exact float32 threshold; only if several entries share tha
 and not all of them fit in ``k`` does a third pass read their float64 magnitudes to break the tie
 exactly. Each selection pass reads the expert and central tensors again before the merge pass
 (three reads of the input instead of one, rarely four) for a memory cost of a few hundred kB.
+``trim="tensor"`` finds each tensor's threshold by the same selection (the value ``kthvalue`` gives).
+
+**Slice by slice.** Given the thresholds, TIES is element-wise: each tensor is merged in slices of
+``SLICE`` entries (``registry.by_slices``), and the selection passes count slice by slice, in numpy
+where torch would spread a small op over threads: the same values, without whole-tensor float64
+temporaries and without ops that wait on busy threads.
 
 **float32 magnitudes.** Ranking uses ``m32 = |fl32(W^m - W0)|`` (the float32 difference, no
 float64 temporary) and breaks equal ``m32`` by the float64 magnitude ``m64 = |W^m - W0|``, then by
@@ -32,14 +38,15 @@ the float64 magnitudes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from vlmerge_core.merge.methods.registry import Knob, MergeError, check_experts, f64, finish, merge_method
+from vlmerge_core.merge.methods.registry import SLICE, Knob, MergeError, check_experts, f64, merge_method
 
 TRIMS = ("vector", "tensor")
 _TOP_BINS = 1 << 15  # top 16 bits of a non-negative float32 (sign bit 0)
@@ -96,8 +103,10 @@ def _resolve_ties(t32: float, need: int, count_eq: int, candidates: Callable[[],
     return Threshold(t32, t64, need - above)
 
 
-def tensor_threshold(m32: Tensor, tau64: Tensor, density: float) -> Threshold:
-    """The top-``density`` threshold of one tensor (``kthvalue`` on float32 magnitudes, O(n))."""
+def _threshold(m32: Tensor, density: float, mags64: Callable[[Tensor], Tensor]) -> Threshold:
+    """The top-``density`` threshold of ``m32`` (radix selection, :func:`_kth_largest`); ``mags64(mask)``:
+    the float64 magnitudes of the flattened entries selected by a boolean ``mask``, read only to
+    break a tie. Counts are taken slice by slice (see ``by_slices``)."""
     n = m32.numel()
     if density >= 1.0:
         return Threshold(-1.0)
@@ -105,10 +114,37 @@ def tensor_threshold(m32: Tensor, tau64: Tensor, density: float) -> Threshold:
         return Threshold()
     k = max(1, int(density * n))
     flat = m32.reshape(-1)
-    t32 = float(torch.kthvalue(flat, n - k + 1).values)
-    eq = flat == t32
-    need = k - int((flat > t32).sum())
-    return _resolve_ties(t32, need, int(eq.sum()), lambda: tau64.reshape(-1)[eq].abs())
+    t32 = _kth_largest(flat, k)
+    pieces = [flat[a : a + SLICE] for a in range(0, n, SLICE)]
+    need = k - sum(int((p > t32).sum()) for p in pieces)
+    count_eq = sum(int((p == t32).sum()) for p in pieces)
+    return _resolve_ties(t32, need, count_eq, lambda: mags64(flat == t32))
+
+
+def _kth_largest(flat: Tensor, k: int) -> float:
+    """The ``k``-th largest of the float32 magnitudes ``flat`` (``kthvalue(flat, n - k + 1)``), found
+    on their bit patterns as the vector trim does: the top 16 bits, then the low 16 of that bin."""
+    bits = list(flat.view(torch.int32).split(SLICE))
+    hist = torch.zeros(_TOP_BINS, dtype=torch.int64)
+    for b in bits:
+        hist += _count(b >> 16, minlength=_TOP_BINS)
+    top, rank, _ = _select_bin(hist, k)
+    low = _count(torch.cat([b[(b >> 16) == top] & 0xFFFF for b in bits]), minlength=1 << 16)
+    lo16, _, _ = _select_bin(low, rank)
+    return torch.tensor([(top << 16) | lo16], dtype=torch.int32).view(torch.float32).item()
+
+
+def _mag32_flat(t: Tensor, central: Tensor | None) -> Tensor:
+    """:func:`_mag32` of flat ``t`` (and ``central``), computed slice by slice into one tensor."""
+    out = torch.empty(t.numel(), dtype=torch.float32)
+    for a in range(0, t.numel(), SLICE):
+        out[a : a + SLICE] = _mag32(t[a : a + SLICE], central[a : a + SLICE] if central is not None else None)
+    return out
+
+
+def tensor_threshold(m32: Tensor, tau64: Tensor, density: float) -> Threshold:
+    """The top-``density`` threshold of one tensor (an exact selection on float32 magnitudes, O(n))."""
+    return _threshold(m32, density, lambda eq: tau64.reshape(-1)[eq].abs())
 
 
 def topk_mask(x: Tensor, density: float) -> Tensor:
@@ -124,6 +160,89 @@ def topk_mask(x: Tensor, density: float) -> Tensor:
 GroupReader = Callable[[], Iterable[tuple[str, Sequence[str], Sequence[Tensor], Tensor | None]]]
 
 
+def _bits(t: Tensor, central: Tensor | None) -> Tensor:
+    """The float32 magnitudes ``m32`` of ``t - central`` as int32 bit patterns, flattened."""
+    return _mag32(t, central).view(torch.int32).reshape(-1)
+
+
+def _slices(t: Tensor, central: Tensor | None) -> Iterator[Tensor]:
+    """The bit patterns of ``m32`` (:func:`_bits`) of flat ``t`` slice by slice (one thread, in cache)."""
+    ft, fc = t.detach().reshape(-1), central.detach().reshape(-1) if central is not None else None
+    for a in range(0, ft.numel(), SLICE):
+        yield _bits(ft[a : a + SLICE], fc[a : a + SLICE] if fc is not None else None)
+
+
+def _top_histograms(read_groups: GroupReader) -> tuple[dict[str, Tensor], dict[str, int]]:
+    """First pass: per expert, the histogram of the top 16 bits of every ``m32``, and its size."""
+    hist: dict[str, Tensor] = {}
+    count: dict[str, int] = {}
+    for _, names, tensors, central in read_groups():
+        for e, t in zip(names, tensors):
+            h = hist.setdefault(e, torch.zeros(_TOP_BINS, dtype=torch.int64))
+            for bits in _slices(t, central):
+                h += _count(bits >> 16, minlength=_TOP_BINS)
+            count[e] = count.get(e, 0) + t.numel()
+    return hist, count
+
+
+def _count(values: Tensor, minlength: int) -> Tensor:
+    """``torch.bincount(values, minlength=minlength)`` by numpy's (serial: no wait on threads)."""
+    return torch.from_numpy(np.bincount(values.numpy(), minlength=minlength))
+
+
+def _select_bin(h: Tensor, rank: int) -> tuple[int, int, int]:
+    """``(bin, rank within it, entries in it)`` of the ``rank``-th largest entry counted by ``h``.
+
+    In numpy: a few serial passes over 65 536 counts, where torch's would wait on its threads.
+    """
+    counts = h.numpy()
+    from_top = counts[::-1].cumsum()[::-1]  # entries in this bin or above
+    b = int(np.flatnonzero(from_top >= rank)[-1])
+    above = int(from_top[b + 1]) if b + 1 < counts.size else 0
+    return b, rank - above, int(counts[b])
+
+
+def _top_bins(hist: dict[str, Tensor], count: dict[str, int], density: float) -> dict[str, Any]:
+    """Per expert: a final :class:`Threshold` (density 0 or 1), or ``(top bin, rank in it)`` to refine."""
+    state: dict[str, Any] = {}
+    for e, h in hist.items():
+        if density >= 1.0:
+            state[e] = Threshold(-1.0)
+        elif density <= 0.0:
+            state[e] = Threshold()
+        else:
+            top, rank, _ = _select_bin(h, max(1, int(density * count[e])))
+            state[e] = (top, rank)
+    return state
+
+
+def _low_histograms(read_groups: GroupReader, refine: dict[str, tuple[int, int]]) -> dict[str, Tensor]:
+    """Second pass: per expert, the histogram of the low 16 bits of the ``m32`` in its top bin.
+
+    The entries of the top bin (a small fraction) are gathered and counted once per expert: a
+    ``bincount`` of 65 536 bins per tensor would cost more than the selection itself.
+    """
+    sel: dict[str, list[Tensor]] = {e: [] for e in refine}
+    for _, names, tensors, central in read_groups():
+        for e, t in zip(names, tensors):
+            if e in refine:
+                top = refine[e][0]
+                sel[e].extend(bits[(bits >> 16) == top] & 0xFFFF for bits in _slices(t, central))
+    return {e: _count(torch.cat(parts), minlength=1 << 16) for e, parts in sel.items()}
+
+
+def _tie_candidates(read_groups: GroupReader, pending: dict[str, tuple[float, int]]) -> dict[str, Tensor]:
+    """Third pass: per expert, the float64 magnitudes of its entries with ``m32 == t32``, in order."""
+    cands: dict[str, list[Tensor]] = {e: [] for e in pending}
+    for _, names, tensors, central in read_groups():
+        for e, t in zip(names, tensors):
+            if e in pending:
+                eq = (_mag32(t, central) == pending[e][0]).reshape(-1)
+                if eq.any():
+                    cands[e].append((f64(t.reshape(-1)[eq]) - f64(central.reshape(-1)[eq])).abs())
+    return {e: torch.cat(c) for e, c in cands.items()}
+
+
 def prepare_vector_trim(read_groups: GroupReader, params: dict[str, Any]) -> Callable[..., dict] | None:
     """First passes of ``trim="vector"``: one exact :class:`Threshold` per expert (module docstring).
 
@@ -135,67 +254,56 @@ def prepare_vector_trim(read_groups: GroupReader, params: dict[str, Any]) -> Cal
     Returns:
         ``per_group(target, names) -> {"thresholds": [...]}`` for the merge, or None (per tensor).
     """
-    density = float(params.get("density", 0.5))
     if params.get("trim", "vector") != "vector":
         return None
-    hist: dict[str, Tensor] = {}
-    count: dict[str, int] = {}
-    for _, names, tensors, central in read_groups():
-        for e, t in zip(names, tensors):
-            bins = _mag32(t, central).view(torch.int32).reshape(-1) >> 16
-            h = torch.bincount(bins, minlength=_TOP_BINS)
-            hist[e] = hist[e] + h if e in hist else h
-            count[e] = count.get(e, 0) + t.numel()
-    state: dict[str, Any] = {}  # expert -> Threshold, or (top bin, rank in it) while refining
-    for e, h in hist.items():
-        if density >= 1.0:
-            state[e] = Threshold(-1.0)
-            continue
-        if density <= 0.0:
-            state[e] = Threshold()
-            continue
-        k = max(1, int(density * count[e]))
-        from_top = h.flip(0).cumsum(0).flip(0)  # entries in this bin or above
-        top = int(torch.nonzero(from_top >= k).max())
-        state[e] = (top, k - int(from_top[top + 1]) if top + 1 < _TOP_BINS else k, k)
-    low: dict[str, Tensor] = {}
+    state = _top_bins(*_top_histograms(read_groups), float(params.get("density", 0.5)))
     refine = {e: s for e, s in state.items() if isinstance(s, tuple)}
-    if refine:
-        for _, names, tensors, central in read_groups():
-            for e, t in zip(names, tensors):
-                if e in refine:
-                    bits = _mag32(t, central).view(torch.int32).reshape(-1)
-                    sel = bits[(bits >> 16) == refine[e][0]] & 0xFFFF
-                    h = torch.bincount(sel, minlength=1 << 16)
-                    low[e] = low[e] + h if e in low else h
+    low = _low_histograms(read_groups, refine) if refine else {}
     pending: dict[str, tuple[float, int]] = {}
-    for e, (top, rank, _k) in refine.items():
-        from_top = low[e].flip(0).cumsum(0).flip(0)
-        lo16 = int(torch.nonzero(from_top >= rank).max())
+    for e, (top, rank) in refine.items():
+        lo16, need, count_eq = _select_bin(low[e], rank)
         t32 = torch.tensor([(top << 16) | lo16], dtype=torch.int32).view(torch.float32).item()
-        count_eq = int(low[e][lo16])
-        need = rank - (int(from_top[lo16 + 1]) if lo16 + 1 < (1 << 16) else 0)
-        if need >= count_eq:
-            state[e] = Threshold(t32)
-        else:
+        state[e] = Threshold(t32)
+        if need < count_eq:  # not every entry equal to t32 is kept: break the tie in float64
             pending[e] = (t32, need)
-            state[e] = None
-    if pending:
-        cands: dict[str, list[Tensor]] = {e: [] for e in pending}
-        for _, names, tensors, central in read_groups():
-            for e, t in zip(names, tensors):
-                if e in pending:
-                    eq = (_mag32(t, central) == pending[e][0]).reshape(-1)
-                    if eq.any():
-                        cands[e].append((f64(t.reshape(-1)[eq]) - f64(central.reshape(-1)[eq])).abs())
-        for e, (t32, need) in pending.items():
-            allc = torch.cat(cands[e])
-            state[e] = _resolve_ties(t32, need, allc.numel(), lambda a=allc: a)
+    for e, cands in (_tie_candidates(read_groups, pending) if pending else {}).items():
+        state[e] = _resolve_ties(pending[e][0], pending[e][1], cands.numel(), lambda a=cands: a)
 
     def per_group(target: str, names: Sequence[str]) -> dict[str, Any]:
         return {"thresholds": [state[e] for e in names]}
 
     return per_group
+
+
+def _tau_mags(t: Tensor, central: Tensor) -> Callable[[Tensor], Tensor]:
+    """``mags64(mask)``: ``|W^m - W0|`` in float64 at the entries of flat ``t`` selected by ``mask``."""
+    return lambda eq: (f64(t[eq]) - f64(central[eq])).abs()
+
+
+def _ties_chunk(ts: Sequence[Tensor], c32: Tensor, thresholds: Sequence[Threshold], lam: float) -> Tensor:
+    """TIES of one slice (flat expert slices ``ts``, central slice ``c32``, in order), in float64.
+
+    Element-wise, so merging a tensor slice by slice gives its whole-tensor result bit for bit; the
+    thresholds' ``keep`` is called on the slices in order (its tie state runs across them).
+    """
+    c = c32.to(torch.float64, copy=True)
+    trimmed = []
+    for t, thr in zip(ts, thresholds):
+        m32 = _mag32(t, c32)
+        tau = f64(t).sub_(c) if t.dtype != torch.float64 else t - c  # tau^m, float64 (exact for float32)
+        trimmed.append(tau.mul_(thr.keep(m32, tau)))
+    sign = trimmed[0].clone()
+    for tr in trimmed[1:]:
+        sign.add_(tr)
+    sign.sign_()  # elected sign of the total mass
+    acc = torch.zeros_like(c)
+    count = torch.zeros(c.shape, dtype=torch.int32)
+    for tr in trimmed:  # agreeing entries: tau * sign > 0; their sum is sign * sum |tau|
+        agree = tr.mul_(sign)
+        count += agree > 0
+        acc += agree.clamp_(min=0)
+    tau = acc.div_(count.clamp_(min=1)).mul_(sign)  # disjoint mean
+    return c.add_(tau.mul_(lam))
 
 
 @merge_method(
@@ -257,24 +365,17 @@ def ties(
         raise MergeError(f"{name}: TIES trim must be one of {list(TRIMS)}, got {trim!r}")
     if thresholds is not None and len(thresholds) != len(experts):
         raise MergeError(f"{name}: {len(thresholds)} TIES thresholds for {len(experts)} experts")
-    c = f64(central)
-    trimmed = []
-    for i, t in enumerate(experts):
-        m32 = _mag32(t, central)
-        tau = f64(t).sub_(c) if t.dtype != torch.float64 else t - c  # tau^m, float64 (exact for float32)
-        thr = thresholds[i] if thresholds is not None else tensor_threshold(m32, tau, density)
-        trimmed.append(tau.mul_(thr.keep(m32, tau)))
-        del m32
-    sign = trimmed[0].clone()
-    for tr in trimmed[1:]:
-        sign.add_(tr)
-    sign.sign_()  # elected sign of the total mass
-    acc = torch.zeros_like(c)
-    count = torch.zeros(c.shape, dtype=torch.int32)
-    for tr in trimmed:  # agreeing entries: tau * sign > 0; their sum is sign * sum |tau|
-        agree = tr.mul_(sign)
-        count += agree > 0
-        acc += agree.clamp_(min=0)
-    del trimmed
-    tau = acc.div_(count.clamp_(min=1)).mul_(sign)  # disjoint mean
-    return finish(c.add_(tau.mul_(lam)), experts, name, central)
+    ts = [t.detach().reshape(-1) for t in experts]
+    cf = central.detach().reshape(-1)
+    if thresholds is None:
+        thresholds = [_threshold(_mag32_flat(t, cf), density, _tau_mags(t, cf)) for t in ts]
+    out = torch.empty(central.shape, dtype=experts[0].dtype)
+    flat = out.view(-1)
+    for a in range(0, cf.numel(), SLICE):
+        b = min(a + SLICE, cf.numel())
+        part = _ties_chunk([t[a:b] for t in ts], cf[a:b], thresholds, lam)
+        if torch.isnan(part.sum()) and torch.isnan(part).any():  # as finish(): a NaN input, name it
+            check_experts(experts, name, central)
+            raise MergeError(f"{name}: merged tensor contains NaN")
+        flat[a:b] = part
+    return out
