@@ -11,7 +11,8 @@ import pytest
 
 import vlmerge_core
 from vlmerge_core.analysis.distance import METRICS
-from vlmerge_core.analysis.stage import run_distance_stage
+from vlmerge_core.analysis.stage import expert_distances
+from vlmerge_core.config import profile_params
 from vlmerge_core.io import read_json
 
 
@@ -22,9 +23,9 @@ def demo(tmp_path_factory):
     return make_demo_checkpoints(tmp_path_factory.mktemp("demo"))
 
 
-def test_run_distance_stage(demo, tmp_path):
-    res = run_distance_stage(
-        profile="smoke",
+def test_expert_distances(demo, tmp_path):
+    res = expert_distances(
+        profile_params("smoke"),
         ms_ckpt=str(demo["ms"]),
         central_ckpt=str(demo["central"]),
         metrics_out=str(tmp_path / "d.json"),
@@ -35,7 +36,7 @@ def test_run_distance_stage(demo, tmp_path):
     written = read_json(tmp_path / "d.json")["rows"]
     assert [(r["metric"], r["scope"]) for r in written] == [(r["metric"], r["scope"]) for r in res["rows"]]
     assert written[0]["value"] == pytest.approx(res["rows"][0]["value"], abs=1e-6)  # rounded JSON
-    raw = run_distance_stage(profile="smoke", ms_ckpt=str(demo["ms"]))
+    raw = expert_distances(profile_params("smoke"), ms_ckpt=str(demo["ms"]))
     assert raw["total"]["ssd"] is None and {r["metric"] for r in raw["rows"]} == {"l2", "l2_rms", "cosine"}
 
 

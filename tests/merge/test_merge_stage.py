@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from vlmerge_core.config import ParamsError
+from vlmerge_core.config import ParamsError, profile_params
 from vlmerge_core.io import load_safetensors, read_json, read_safetensors_metadata
 from vlmerge_core.merge.methods import MergeError
 from vlmerge_core.merge.stage import (
     checkpoint_for_task,
     make_demo_checkpoints,
-    run_gram_stage,
-    run_merge_stage,
+    write_grams,
+    write_merges,
 )
 from vlmerge_core.model.experts import TASKS
 
@@ -24,9 +24,9 @@ def demo(tmp_path_factory):
     return make_demo_checkpoints(tmp_path_factory.mktemp("demo"))
 
 
-def test_run_merge_stage_one_checkpoint_per_task_group(demo, tmp_path):
-    res = run_merge_stage(
-        profile="smoke",
+def test_write_merges_one_checkpoint_per_task_group(demo, tmp_path):
+    res = write_merges(
+        profile_params("smoke"),
         ms_ckpt=str(demo["ms"]),
         central_ckpt=str(demo["central"]),
         gram_path=str(demo["grams"]),
@@ -62,9 +62,9 @@ def test_run_merge_stage_one_checkpoint_per_task_group(demo, tmp_path):
     assert meta["group"] == "other" and meta["tasks"] == ["nlvr2", "imagenet", "ade20k", "text"]
 
 
-def test_run_merge_stage_used_experts_and_errors(demo, tmp_path):
-    res = run_merge_stage(
-        profile="smoke",
+def test_write_merges_used_experts_and_errors(demo, tmp_path):
+    res = write_merges(
+        profile_params("smoke"),
         ms_ckpt=str(demo["ms"]),
         out_dir=str(tmp_path / "m"),
         methods=["interpolation"],
@@ -72,24 +72,26 @@ def test_run_merge_stage_used_experts_and_errors(demo, tmp_path):
     )
     assert [r["group"] for r in res["merges"]] == ["fusion", "retrieval", "other"]
     with pytest.raises(ParamsError, match="central_ckpt: merge method 'arithmetic' needs"):
-        run_merge_stage(
-            profile="smoke", ms_ckpt=str(demo["ms"]), out_dir=str(tmp_path), methods=["arithmetic"]
+        write_merges(
+            profile_params("smoke"), ms_ckpt=str(demo["ms"]), out_dir=str(tmp_path), methods=["arithmetic"]
         )
     with pytest.raises(ParamsError, match="gram_path: merge method 'regmean' needs"):
-        run_merge_stage(profile="smoke", ms_ckpt=str(demo["ms"]), out_dir=str(tmp_path), methods=["regmean"])
+        write_merges(
+            profile_params("smoke"), ms_ckpt=str(demo["ms"]), out_dir=str(tmp_path), methods=["regmean"]
+        )
 
 
-def test_run_gram_stage(demo, tmp_path, smoke_world):
-    res = run_gram_stage(
-        profile="smoke",
+def test_write_grams(demo, tmp_path, smoke_world):
+    res = write_grams(
+        profile_params("smoke"),
         ms_ckpt=str(demo["ms"]),
         world_dir=str(smoke_world.root),
         out=str(tmp_path / "g.safetensors"),
         metrics_out=str(tmp_path / "g.json"),
     )
     assert res["exclude_padding"] is False and res["batches"] == 1 and res["matrices"] > 0
-    nopad = run_gram_stage(
-        profile="smoke",
+    nopad = write_grams(
+        profile_params("smoke"),
         ms_ckpt=str(demo["ms"]),
         world_dir=str(smoke_world.root),
         out=str(tmp_path / "n.safetensors"),
@@ -101,6 +103,6 @@ def test_run_gram_stage(demo, tmp_path, smoke_world):
     assert torch.equal(a["blocks.0.attn.v.qkv"], b["blocks.0.attn.v.qkv"])  # images have no padding
     assert not torch.equal(a["blocks.0.attn.l.qkv"], b["blocks.0.attn.l.qkv"])
     with pytest.raises(MergeError, match="modality-specific"):
-        run_gram_stage(
-            profile="smoke", ms_ckpt=str(demo["central"]), world_dir=str(smoke_world.root), out="x"
+        write_grams(
+            profile_params("smoke"), ms_ckpt=str(demo["central"]), world_dir=str(smoke_world.root), out="x"
         )

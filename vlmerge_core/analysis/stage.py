@@ -1,16 +1,15 @@
-"""The distance stage as one call (for DVC, papermill and ``notebooks/03_merge.ipynb``)."""
+"""Expert distances of an MS checkpoint on parsed params (the study's workers, ``analysis.merge_tool`` for notebook 03, the CLI)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from vlmerge_core.analysis.distance import METRICS, weight_distances
-from vlmerge_core.config import Params, stage_params
+from vlmerge_core.config import Params
 from vlmerge_core.io import load_safetensors, write_json
 from vlmerge_core.paths import resolve
 
-__all__ = ["distance_rows", "expert_distances", "run_distance_stage"]
+__all__ = ["distance_rows", "expert_distances"]
 
 
 def distance_rows(dist: dict) -> list[dict]:
@@ -22,17 +21,6 @@ def distance_rows(dist: dict) -> list[dict]:
         for metric in METRICS
         if m.get(metric) is not None
     ]
-
-
-def run_distance_stage(params_file: str = "", *, profile: str = "smoke", **kwargs: Any) -> dict:
-    """Entry point (notebook 03, DVC): parse the params once, then :func:`expert_distances`.
-
-    Args:
-        params_file: params file (relative to the repo root); empty = ``profile``.
-        profile: params preset used when ``params_file`` is empty.
-        **kwargs: the arguments of :func:`expert_distances`.
-    """
-    return expert_distances(stage_params(params_file, profile), **kwargs)
 
 
 def expert_distances(

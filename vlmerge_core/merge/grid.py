@@ -173,4 +173,4 @@ def check_inputs(methods: Iterable[str], *, central: bool, grams: bool) -> None:
         if method.needs_central and not central:
             raise ParamsError(f"central_ckpt: merge method {m!r} needs the seed (central) checkpoint")
         if method.needs_grams and not grams:
-            raise ParamsError(f"gram_path: merge method {m!r} needs Gram matrices (run_gram_stage)")
+            raise ParamsError(f"gram_path: merge method {m!r} needs Gram matrices (write_grams)")

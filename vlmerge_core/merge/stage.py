@@ -1,11 +1,9 @@
-"""The merge stages as single calls (for DVC, papermill and ``notebooks/03_merge.ipynb``).
+"""The merge steps on parsed params (the study's workers, ``analysis.merge_tool`` for notebook 03, the CLI).
 
-- :func:`run_gram_stage` (:func:`write_grams` on parsed params): RegMean's Gram matrices of an MS
-  checkpoint on micro-world image-text pairs.
-- :func:`run_merge_stage` (:func:`write_merges`): every method and knob of ``params.merge`` on one MS
-  checkpoint, one merged checkpoint per task group for a task-dependent merge
-  (:mod:`vlmerge_core.merge.grid`), written as ``<out_dir>/<run_name>[__<group>].safetensors`` with an
-  index ``<out_dir>/merges.json``.
+- :func:`write_grams`: RegMean's Gram matrices of an MS checkpoint on micro-world image-text pairs.
+- :func:`write_merges`: every method and knob of ``params.merge`` on one MS checkpoint, one merged
+  checkpoint per task group for a task-dependent merge (:mod:`vlmerge_core.merge.grid`), written as
+  ``<out_dir>/<run_name>[__<group>].safetensors`` with an index ``<out_dir>/merges.json``.
 - :func:`run_jobs`: one checkpoint per :class:`~vlmerge_core.merge.grid.MergeJob` (the study's merges
   too).
 - :func:`record_for_task` / :func:`checkpoint_for_task`: which of those checkpoints a task is
@@ -25,7 +23,7 @@ from typing import Any
 
 import torch
 
-from vlmerge_core.config import Params, profile_params, stage_params
+from vlmerge_core.config import Params, profile_params
 from vlmerge_core.data import ensure_world
 from vlmerge_core.io import read_json, write_json
 from vlmerge_core.merge.gram import collect_grams, save_grams
@@ -42,16 +40,14 @@ __all__ = [
     "method_grid",
     "random_batches",
     "record_for_task",
-    "run_gram_stage",
     "run_jobs",
-    "run_merge_stage",
     "run_name",
     "write_grams",
     "write_merges",
 ]
 
 log = logging.getLogger(__name__)
-INDEX = "merges.json"  # the records of run_merge_stage, beside the checkpoints
+INDEX = "merges.json"  # the records of write_merges, beside the checkpoints
 
 
 def _shown(path: Path) -> str:
@@ -60,17 +56,6 @@ def _shown(path: Path) -> str:
         return path.resolve().relative_to(repo_root()).as_posix()
     except ValueError:
         return path.resolve().as_posix()
-
-
-def run_gram_stage(params_file: str = "", *, profile: str = "smoke", **kwargs: Any) -> dict:
-    """Entry point (notebook 03, DVC): parse the params once, then :func:`write_grams`.
-
-    Args:
-        params_file: params file (relative to the repo root); empty = ``profile``.
-        profile: params preset used when ``params_file`` is empty.
-        **kwargs: the arguments of :func:`write_grams`.
-    """
-    return write_grams(stage_params(params_file, profile), **kwargs)
 
 
 def write_grams(
@@ -168,17 +153,6 @@ def run_jobs(
     return records
 
 
-def run_merge_stage(params_file: str = "", *, profile: str = "smoke", **kwargs: Any) -> dict:
-    """Entry point (notebook 03, DVC): parse the params once, then :func:`write_merges`.
-
-    Args:
-        params_file: params file (relative to the repo root); empty = ``profile``.
-        profile: params preset used when ``params_file`` is empty.
-        **kwargs: the arguments of :func:`write_merges`.
-    """
-    return write_merges(stage_params(params_file, profile), **kwargs)
-
-
 def write_merges(
     params: Params,
     *,
@@ -199,7 +173,7 @@ def write_merges(
         params: the study's parameters (``merge``, ``finetune.tasks``).
         ms_ckpt: the MS checkpoint.
         central_ckpt: the seed (MA) checkpoint, for methods that need it.
-        gram_path: Gram matrices (:func:`run_gram_stage`), for methods that need them.
+        gram_path: Gram matrices (:func:`write_grams`), for methods that need them.
         out_dir: folder of the merged checkpoints and of their index ``merges.json``.
         methods: method names; default ``merge.methods``.
         only_used_experts: overrides ``merge.only_used_experts``.
@@ -263,7 +237,7 @@ def checkpoint_for_task(
     """The merged checkpoint of ``run_name`` that ``task`` is evaluated with (:func:`record_for_task`).
 
     Args:
-        records_or_out_dir: the ``merges`` records of :func:`run_merge_stage`, or its ``out_dir``
+        records_or_out_dir: the ``merges`` records of :func:`write_merges`, or its ``out_dir``
             (whose ``merges.json`` is read).
         run_name: e.g. ``regmean_alpha1``.
         task: a downstream task.
