@@ -108,7 +108,8 @@ def _eq(col: pd.Series, value: float) -> pd.Series:
 
 def knob_matches(knob: pd.Series, value: pd.Series, spec: dict[str, float]) -> pd.Series:
     """Rows whose swept knob is set as in ``spec`` (a merge without a swept knob matches any spec)."""
-    want = knob.map(lambda k: spec.get(k, math.nan) if k else math.nan)
+    # built as floats: Series.map keeps a string dtype on pandas' pyarrow-backed strings
+    want = pd.Series([spec.get(k, math.nan) if k else math.nan for k in knob], index=knob.index, dtype=float)
     return (knob == "") | (value.astype(float).sub(want).abs() < 1e-9)
 
 
