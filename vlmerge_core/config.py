@@ -297,6 +297,12 @@ class StudyConfig:
     workers: int = _f(
         2, lo=1
     )  # processes run side by side (pre-training, fine-tuning), one torch thread each
+    launcher: str = _f(
+        "inprocess", choices=("inprocess", "torchrun")
+    )  # how pre-training and fine-tuning units run
+    nproc_per_node: int = _f(1, lo=1)  # torchrun: processes per node (GPUs)
+    nnodes: int = _f(1, lo=1)  # torchrun: nodes (each starts the stage with VLMERGE_NODE_RANK set)
+    rdzv_endpoint: str = ""  # torchrun with nnodes > 1: host:port of the rendezvous
 
 
 @dataclass

@@ -101,7 +101,9 @@ def pretrain_group(
         for run in plan.ms_runs(params).values():
             need(run.init_ckpt(runs_dir), f"seed checkpoint of {run.id}")
     units, infos = _pretrain_units(params, group, world_dir, runs_dir)
-    results = run_units(_pretrain_unit, units, params.study.workers, [u["steps"] for u in units])
+    results = run_units(
+        _pretrain_unit, units, params.study.workers, [u["steps"] for u in units], params.study
+    )
     out = {}
     for info, metrics in zip(infos, results):
         metrics = {**metrics, "study": info}
@@ -269,7 +271,7 @@ def evaluate(
     jobs = plan.testbed_jobs(params, runs_dir) if which == "testbed" else plan.evaluate_jobs(params, runs_dir)
     units, owners = _finetune_units(params, jobs, merge_dir, world_dir, use_cache)
     costs = [_unit_cost(params, u["task"], u["epochs"]) for u in units]
-    done = run_units(_finetune_unit, units, params.study.workers, costs)
+    done = run_units(_finetune_unit, units, params.study.workers, costs, params.study)
     docs = []
     for k, job in enumerate(jobs):  # one document per job, records in (task, seed) order
         parts = [doc for owner, doc in zip(owners, done) if owner == k]

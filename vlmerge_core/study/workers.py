@@ -26,8 +26,10 @@ from typing import Any
 
 import torch
 
+from vlmerge_core.config import StudyConfig
 from vlmerge_core.io import dumps_json, read_json, write_json
 from vlmerge_core.paths import resolve
+from vlmerge_core.study.launch import run_launched
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +47,17 @@ def _init_worker() -> None:
 
 
 def run_units(
-    fn: Callable[[Any], Any], units: Sequence[Any], workers: int, costs: Sequence[float] | None = None
+    fn: Callable[[Any], Any],
+    units: Sequence[Any],
+    workers: int,
+    costs: Sequence[float] | None = None,
+    launch: StudyConfig | None = None,
 ) -> list:
     """``[fn(u) for u in units]``, on ``workers`` processes when there are several (``fn`` and the
-    units must pickle: a module-level function and plain data)."""
+    units must pickle: a module-level function and plain data); with ``launch.launcher ==
+    "torchrun"``, each unit in turn as one ``torchrun`` job (:mod:`vlmerge_core.study.launch`)."""
+    if launch is not None and launch.launcher == "torchrun":
+        return run_launched(fn, units, launch)
     if workers <= 1 or len(units) <= 1:
         return [fn(u) for u in units]
     order = lpt_order(costs or [1.0] * len(units))
