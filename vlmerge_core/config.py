@@ -204,6 +204,12 @@ class MergeConfig:
     dare_lambda: float = 0.5  # DARE scale of the summed rescaled modality vectors; knob
     unimodal_paths: bool = False  # ours: image-only tasks merged from v, text-only from l
     gram_batch_size: int = _f(32, lo=1)  # batch size of the Gram-matrix collection
+    # where RegMean's Gram matrices come from: "pairs" (ours: pre-training image-text pairs, image,
+    # text and fused passes, so vl has Grams) or "coco_retrieval" (official cache_gram_matrices.py: the
+    # COCO retrieval training data, image and text passes only; RegMean then drops vl from the linear
+    # weights and averages its biases and norms)
+    gram_source: str = _f("pairs", choices=("pairs", "coco_retrieval"))
+    gram_device: str = _f("cpu", choices=("auto", "cpu", "cuda"))  # where the Grams are collected
 
 
 # -------------------------------------------------------------------------------------- fine-tuning

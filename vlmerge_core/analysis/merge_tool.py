@@ -19,6 +19,7 @@ from vlmerge_core.io import write_json
 from vlmerge_core.merge.methods import METHODS
 from vlmerge_core.merge.stage import make_demo_checkpoints, write_grams, write_merges
 from vlmerge_core.paths import resolve
+from vlmerge_core.tasks.registry import gram_inputs
 
 __all__ = ["distance_table", "merge_one", "merges_table", "run_merge_tool_stage"]
 
@@ -43,7 +44,10 @@ def _inputs(params: Params, out: Path, ms_ckpt: str, central_ckpt: str, gram_pat
         demo = make_demo_checkpoints(out / "demo")
         ms_ckpt, central_ckpt, gram_path = str(demo["ms"]), str(demo["central"]), str(demo["grams"])
     if not gram_path and any(METHODS[m].needs_grams for m in methods or params.merge.methods):
-        gram_path = write_grams(params, ms_ckpt=ms_ckpt, out=str(out / "grams.safetensors"), **gram_kw)["out"]
+        source = gram_inputs(params, gram_kw["world_dir"])  # merge.gram_source
+        gram_path = write_grams(
+            params, ms_ckpt=ms_ckpt, out=str(out / "grams.safetensors"), **gram_kw, **source
+        )["out"]
     return ms_ckpt, central_ckpt, gram_path
 
 

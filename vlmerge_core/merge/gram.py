@@ -105,6 +105,7 @@ def collect_grams(
     batch_size: int = 32,
     passes: Iterable[str] = ("image", "text", "fused"),
     exclude_padding: bool = False,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Tensor]:
     """Gram matrices of every expert linear input of an MS ``model`` over ``n_batches`` batches.
 
@@ -116,6 +117,7 @@ def collect_grams(
         batch_size: batch size when a world is given.
         passes: which of the image-only (``v``), text-only (``l``) and fused (``vl``) passes to run.
         exclude_padding: sum over real tokens only (ours); default every token, as the official code.
+        device: where the passes run and the sums accumulate (float64); the Grams come back on the CPU.
 
     Returns:
         ``{module name: float64 [in, in]}``; an expert that never ran (e.g. ``vl`` without fused
@@ -125,14 +127,15 @@ def collect_grams(
         batches: Iterable = world_batches(world_or_batches, model.cfg, batch_size)
     else:
         batches = world_or_batches
-    was_training = model.training
-    model.eval()
+    was_training, home = model.training, next(model.parameters()).device
+    model.eval().to(device)
     grams: dict[str, Tensor] = {}
     state = _State()
     try:
         with gram_hooks(model, grams, state):
             for batch in itertools.islice(batches, n_batches):
-                images, ids, mask = batch["images"], batch["ids"], batch["mask"].bool()
+                images, ids = batch["images"].to(device), batch["ids"].to(device)
+                mask = batch["mask"].bool().to(device)
                 for p in passes:
                     state.expert = _PASS_EXPERT[p]
                     if p == "image":
@@ -145,13 +148,14 @@ def collect_grams(
                         if model.vl_start >= len(model.blocks):
                             continue
                         n_img = 1 + model.num_patches
-                        keep = torch.cat([torch.ones(mask.shape[0], n_img, dtype=torch.bool), mask], 1)
+                        ones = torch.ones(mask.shape[0], n_img, dtype=torch.bool, device=device)
+                        keep = torch.cat([ones, mask], 1)
                         state.mask = keep if exclude_padding else None
                         model.forward_fused(images, ids, mask)
     finally:
         state.expert = None
-        model.train(was_training)
-    return dict(sorted(grams.items()))
+        model.train(was_training).to(home)
+    return {k: v.cpu() for k, v in sorted(grams.items())}
 
 
 def save_grams(path: str | Path, grams: Mapping[str, Tensor], meta: Mapping[str, Any] | None = None) -> Path:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +66,12 @@ def write_grams(
     out: str,
     exclude_padding: bool = False,
     metrics_out: str = "",
+    batches: Iterable[dict[str, torch.Tensor]] | None = None,
+    passes: Sequence[str] = ("image", "text", "fused"),
 ) -> dict:
-    """Collect RegMean's Gram matrices of ``ms_ckpt`` on the micro-world's training pairs.
+    """Collect RegMean's Gram matrices of ``ms_ckpt`` on the micro-world's training pairs (or on
+    ``batches``, e.g. COCO retrieval's: :func:`~vlmerge_core.tasks.retrieval.gram_batches`), on
+    ``merge.gram_device``.
 
     Args:
         params: the study's parameters (``merge.gram_batches``, ``merge.gram_batch_size``, ``data``).
@@ -76,18 +80,27 @@ def write_grams(
         out: output ``.safetensors`` (float64, keyed by module name).
         exclude_padding: sum over real tokens only (ours); default every token, as the official code.
         metrics_out: when non-empty, the summary JSON is written there too.
+        batches: image-caption batches to use instead of the world's pairs.
+        passes: the image-only (``v``), text-only (``l``) and fused (``vl``) passes to run.
 
     Returns:
         ``{"out", "ms_ckpt", "batches", "batch_size", "exclude_padding", "matrices"}``.
     """
     cfg = params.merge
-    world = ensure_world(params.data, resolve(world_dir) if world_dir else None)
+    source = (
+        batches
+        if batches is not None
+        else ensure_world(params.data, resolve(world_dir) if world_dir else None)
+    )
     model = load_model(resolve(ms_ckpt))
     if model.kind != "ms":
         raise MergeError(f"{ms_ckpt}: Gram matrices need a modality-specific (MS) checkpoint")
+    device = "cuda" if cfg.gram_device == "auto" and torch.cuda.is_available() else cfg.gram_device
+    device = "cpu" if device == "auto" else device
     grams = collect_grams(
-        model, world, cfg.gram_batches, batch_size=cfg.gram_batch_size, exclude_padding=exclude_padding
-    )
+        model, source, cfg.gram_batches, batch_size=cfg.gram_batch_size, exclude_padding=exclude_padding,
+        passes=tuple(passes), device=device,
+    )  # fmt: skip
     meta = {
         "source": Path(ms_ckpt).name,
         "batches": cfg.gram_batches,
@@ -111,8 +124,10 @@ def run_jobs(
     gram_path: str | Path | None = None,
     only_used_experts: bool = False,
     unimodal_paths: bool = False,
+    drop_gramless: bool = False,
 ) -> list[dict[str, Any]]:
     """Write one checkpoint per job (:func:`~vlmerge_core.merge.grid.merge_jobs`, split by task group).
+    ``drop_gramless``: see :func:`~vlmerge_core.merge.unify.iter_unified` (``merge.gram_source``).
 
     Records: ``{method, run, knob, knob_value, params, group, tasks, path, seconds}`` (``run`` the
     run name, e.g. ``regmean_alpha1``; ``path`` relative to the repo root when inside it).
@@ -134,6 +149,7 @@ def run_jobs(
             only_used_experts=only_used_experts,
             unimodal_paths=unimodal_paths,
             extra_info={"group": job.group, "tasks": list(job.tasks), "run": job.run_name},
+            drop_gramless=drop_gramless and method.needs_grams,
             **job.params,
         )
         records.append(
@@ -198,6 +214,7 @@ def write_merges(
         gram_path=resolve(gram_path) if gram_path else None,
         only_used_experts=used,
         unimodal_paths=cfg.unimodal_paths,
+        drop_gramless=cfg.gram_source == "coco_retrieval",
     )
     result = {
         "ms_ckpt": Path(ms_ckpt).name,

@@ -205,6 +205,7 @@ def merge_checkpoint(
     unimodal_paths: bool = False,
     low_memory: bool = True,
     extra_info: Mapping[str, Any] | None = None,
+    drop_gramless: bool = False,
     **method_params: Any,
 ) -> Path:
     """Merge the MS checkpoint ``ms_path`` into an MA checkpoint at ``out_path`` (atomic write).
@@ -236,8 +237,11 @@ def merge_checkpoint(
         "source": Path(ms_path).name,
         "central": Path(central_path).name if central_path else None,
         **(extra_info or {}),
+        **({"drop_gramless": True} if drop_gramless else {}),  # recorded only when on (same bytes off)
     }
     rule = {"task": task, "only_used_experts": only_used_experts, "experts": experts}
+    if drop_gramless:
+        rule["drop_gramless"] = True
     out = _merged_tensors(
         (ms_path, central_path, gram_path),
         method,

@@ -287,12 +287,16 @@ def iter_unified(
     experts: Sequence[str] | None = None,
     unimodal_paths: bool = False,
     source: str = "MS state dict",
+    drop_gramless: bool = False,
     **params: Any,
 ) -> Iterator[tuple[str, Tensor]]:
     """Yield ``(ma_name, tensor)`` one group at a time, reading tensors lazily through ``get``.
 
     The driver of :func:`unify_state_dict` and of the streaming ``merge_checkpoint``. A method with
     a ``prepare`` hook (TIES per modality vector) first reads every merged group once more.
+    ``drop_gramless`` (the official RegMean with Grams from COCO retrieval, which has none for
+    ``vl``): a linear weight is merged over the experts that have a Gram matrix only; biases and
+    norms still over every expert of the group.
     """
     method = get_method(method)
     params = method_params(method, params)
@@ -305,6 +309,8 @@ def iter_unified(
     for key in passthrough:
         yield key, get(key)
     for target, use, ms_keys in plan:
+        if drop_gramless and method.needs_grams and len(use) > 1 and gram_key(target, use[0]) is not None:
+            use, ms_keys = _with_grams(target, use, ms_keys, get_gram)
         tensors = [get(k) for k in ms_keys]
         grams = None
         if method.needs_grams and len(use) > 1 and gram_key(target, use[0]) is not None:
@@ -315,6 +321,22 @@ def iter_unified(
             method, target, tensors, use, central=central, grams=grams, params=params, extra=extra
         )
         yield target, merged
+
+
+def _with_grams(
+    target: str, use: Sequence[str], ms_keys: Sequence[str], get_gram: Callable[[str], Tensor]
+) -> tuple[list[str], list[str]]:
+    """The experts of ``use`` (and their MS keys) whose Gram matrix for ``target`` exists."""
+    keep = []
+    for i, expert in enumerate(use):
+        try:
+            get_gram(gram_key(target, expert))
+        except (KeyError, MergeError):
+            continue
+        keep.append(i)
+    if not keep:
+        raise MergeError(f"{target}: no Gram matrix for any of the experts {list(use)}")
+    return [use[i] for i in keep], [ms_keys[i] for i in keep]
 
 
 def _getter(sd: Mapping[str, Tensor], what: str) -> Callable[[str], Tensor]:

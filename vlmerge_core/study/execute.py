@@ -27,6 +27,7 @@ from vlmerge_core.study import plan
 from vlmerge_core.study.collect import collect
 from vlmerge_core.study.workers import cached, run_units, unit_key
 from vlmerge_core.tasks.engine import task_config
+from vlmerge_core.tasks.registry import gram_inputs
 from vlmerge_core.tasks.stage import finetune_models
 
 __all__ = ["checkpoints_for", "collect_study", "evaluate", "merge_grid", "pretrain_group"]
@@ -125,8 +126,14 @@ def _grams(
         nopad = job.option == plan.OPTION_GRAM_NOPAD
         if get_method(job.method).needs_grams and nopad not in grams:
             path = plan.gram_path(run.id, nopad, args["runs_dir"])
+            source = gram_inputs(params, args["world_dir"])  # merge.gram_source
             write_grams(
-                params, ms_ckpt=str(ms_path), world_dir=args["world_dir"], out=path, exclude_padding=nopad
+                params,
+                ms_ckpt=str(ms_path),
+                world_dir=args["world_dir"],
+                out=path,
+                exclude_padding=nopad,
+                **source,
             )
             grams[nopad] = resolve(path)
     return grams
@@ -148,7 +155,8 @@ def _merge_unit(args: dict[str, Any]) -> dict:
                            unimodal_paths=cfg.unimodal_paths)  # fmt: skip
         recs = run_jobs(ms_path, resolve(plan.merge_dir(run.id, runs)) / (job.option or "default"), split,
                         central_path=central, gram_path=grams.get(job.option == plan.OPTION_GRAM_NOPAD),
-                        only_used_experts=used, unimodal_paths=cfg.unimodal_paths)  # fmt: skip
+                        only_used_experts=used, unimodal_paths=cfg.unimodal_paths,
+                        drop_gramless=cfg.gram_source == "coco_retrieval")  # fmt: skip
         seconds = (time.perf_counter() - t0) / max(len(recs), 1)
         extra = {"option": job.option, "experiments": list(job.experiments), "seconds": seconds}
         records += [{**rec, **extra} for rec in recs]

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlmerge_core.config import FinetuneConfig, ModelConfig, profile_params
+from vlmerge_core.config import FinetuneConfig, ModelConfig, Params, profile_params
+from vlmerge_core.data import ensure_world
 from vlmerge_core.data.tokenizer import check_tokenizer
 from vlmerge_core.io import write_json
 from vlmerge_core.model.experts import RETRIEVAL_TASKS, TASKS
@@ -263,3 +264,19 @@ def predictions(run: TaskRun, split: str = "test", n: int = 4) -> list[dict[str,
     run.model.eval()
     run.task.head.eval()
     return run.task.examples(run.model, split, n)
+
+
+def gram_inputs(params: Params, world_dir: str = "") -> dict[str, Any]:
+    """The ``batches`` and ``passes`` of :func:`~vlmerge_core.merge.stage.write_grams` for
+    ``merge.gram_source``: nothing for ``pairs`` (the world's pre-training pairs, every pass); COCO
+    retrieval's training pairs with the image and text passes for ``coco_retrieval`` (no ``vl``
+    Grams, as the official ``cache_gram_matrices.py``)."""
+    if params.merge.gram_source != "coco_retrieval":
+        return {}
+    cfg, mc = params.finetune, params.model
+    world = None if cfg.real_paths.get("coco") else ensure_world(params.data, world_dir or None)
+    tok, _ = _tokenizer(world, cfg)
+    batches = retrieval.gram_batches(
+        world, cfg, tok, mc.image_size, mc.max_text_len, params.merge.gram_batch_size
+    )
+    return {"batches": batches, "passes": ("image", "text")}

@@ -18,6 +18,7 @@ and DDP averages the ranks' gradients, so the step is exactly one process's (not
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -150,3 +151,20 @@ class RetrievalTask(BaseTask):
             }
             for i in range(min(n, len(s["image"])))
         ]
+
+
+def gram_batches(
+    world: Any, cfg: FinetuneConfig, tokenizer: Any, image_size: int, max_len: int, batch_size: int = 32
+) -> Iterator[dict[str, torch.Tensor]]:
+    """COCO retrieval's training pairs (``finetune.real_paths.coco``, else the micro-world's COCO-style
+    captions) as image-caption batches in order, the first caption of each image: the official source
+    of RegMean's Gram matrices (``cache_gram_matrices.py`` runs COCO retrieval), for
+    :func:`~vlmerge_core.merge.gram.collect_grams`."""
+    split = load_split(world, cfg, image_size, "train", "coco")
+    images, captions = split["images"], split["captions"]
+    for start in range(0, len(captions), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(captions)))
+        enc = tokenizer([captions[i][0] for i in idx], padding="max_length", truncation=True,
+                        max_length=max_len, return_tensors="pt")  # fmt: skip
+        yield {"images": images_to_tensor(np.asarray(images[idx])), "ids": enc["input_ids"],
+               "mask": enc["attention_mask"].bool()}  # fmt: skip
