@@ -21,6 +21,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from vlmerge_core.paths import resolve
+
 PROFILES = ("micro", "smoke", "paper")
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
@@ -496,7 +498,6 @@ def load_params(path: str | Path | None = None, profile: str | None = None) -> P
             ``<repo root>/params.yaml``.
         profile: when given and ``path`` is ``None``, return that profile's preset instead.
     """
-    from vlmerge_core.paths import resolve
 
     if path is None and profile is not None:
         return profile_params(profile)

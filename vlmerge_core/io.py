@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from vlmerge_core.paths import repo_root
+
 JSON_DIGITS = 6
 
 
@@ -221,8 +223,6 @@ def write_run_info(path: str | Path, config: Any, **extra: Any) -> Path:
     """
     import dataclasses
     import datetime
-
-    from vlmerge_core.paths import repo_root
 
     cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
     info = {

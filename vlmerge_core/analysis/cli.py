@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from vlmerge_core.analysis.distance import METRICS
+from vlmerge_core.analysis.distance import METRICS, weight_distances
+from vlmerge_core.io import load_safetensors, write_json
+from vlmerge_core.model.experts import parse_experts
 
 
 def cmd_distance(args: argparse.Namespace) -> int:
-    from vlmerge_core.analysis.distance import weight_distances
-    from vlmerge_core.io import load_safetensors, write_json
-    from vlmerge_core.model.experts import parse_experts
 
     ms, _ = load_safetensors(args.ms_ckpt)
     central = load_safetensors(args.central)[0] if args.central else None

@@ -34,6 +34,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from vlmerge_core.data.scenes import COLOURS, RGB
 
 __all__ = [
     "AUGMENT_MODES",
@@ -258,7 +259,6 @@ def truth_changes(world, n: int = 500, rng_seed: int = 0) -> dict[str, float]:
     half its pixels; ``colour.<op>``: objects whose nearest palette colour changes under the op;
     ``geometry.<op>``: objects whose 3x3 cell changes under the op (at 32 px: translation 1 px).
     """
-    from vlmerge_core.data.scenes import COLOURS, RGB
 
     g = torch.Generator().manual_seed(rng_seed)
     images, masks, scenes = world.images("train")[:n], world.masks("train")[:n], world.scenes("train")[:n]

@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from vlmerge_core.config import PROFILES
+from vlmerge_core.data.stage import run_data_stage, world_summary
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vlmerge_core.data.stage import run_data_stage, world_summary
 
     params_file = args.file or ("" if args.profile else "params.yaml")
     world = run_data_stage(

@@ -41,6 +41,8 @@ from vlmerge_core.data.scenes import (
 from vlmerge_core.data.stats import compute_stats
 from vlmerge_core.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_identity, train_tokenizer
 from vlmerge_core.io import atomic_write, read_json, write_json, write_run_info
+from vlmerge_core.data.loaders import patchify
+from vlmerge_core.paths import resolve
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +247,6 @@ def fit_codebook(images: np.ndarray, patch: int, k: int, seed: int) -> np.ndarra
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
-    from vlmerge_core.data.loaders import patchify
 
     x = patchify(images.astype(np.float32) / 127.5 - 1.0, patch)  # (N, P, p*p*3)
     x = x.reshape(-1, x.shape[-1]).astype(np.float64)
@@ -258,7 +259,6 @@ def fit_codebook(images: np.ndarray, patch: int, k: int, seed: int) -> np.ndarra
 
 def generate_world(cfg: DataConfig, out_dir: str | Path | None = None) -> Path:
     """Generate the micro-world of ``cfg`` into ``out_dir`` (default: ``resolve(cfg.root)``)."""
-    from vlmerge_core.paths import resolve
 
     t0 = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else resolve(cfg.root)
@@ -435,7 +435,6 @@ def load_world(root: str | Path) -> World:
 def ensure_world(data_cfg: DataConfig, root: str | Path | None = None) -> World:
     """Open the micro-world at ``root`` (default ``data_cfg.root``, from the repo root), generating it
     first if missing."""
-    from vlmerge_core.paths import resolve
 
     folder = resolve(root or data_cfg.root)
     if not (folder / "meta.json").exists():

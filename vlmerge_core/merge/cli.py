@@ -14,12 +14,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vlmerge_core.data import load_world
+from vlmerge_core.merge.convert import convert_file
+from vlmerge_core.merge.gram import collect_grams, save_grams
+from vlmerge_core.merge.methods import METHODS, get_method
+from vlmerge_core.merge.stream import merge_checkpoint
+from vlmerge_core.model import load_model
+from vlmerge_core.model.experts import TASKS, merge_groups, parse_experts
+
 log = logging.getLogger(__name__)
 
 
 def knob_flags() -> dict[str, dict[str, Any]]:
     """``{flag: {"dest", "type", "choices", "methods", "help"}}`` over every registered method's knobs."""
-    from vlmerge_core.merge.methods import METHODS
 
     flags: dict[str, dict[str, Any]] = {}
     for m in METHODS.values():
@@ -43,9 +50,6 @@ def _stem_with_group(output: str, group: str) -> Path:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from vlmerge_core.merge.methods import get_method
-    from vlmerge_core.merge.stream import merge_checkpoint
-    from vlmerge_core.model.experts import merge_groups, parse_experts
 
     method = get_method(args.method)
     params = {f["dest"]: getattr(args, f["dest"]) for f in knob_flags().values()}
@@ -84,9 +88,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_gram(args: argparse.Namespace) -> int:
-    from vlmerge_core.data import load_world
-    from vlmerge_core.merge.gram import collect_grams, save_grams
-    from vlmerge_core.model import load_model
 
     model = load_model(args.ms_ckpt)
     grams = collect_grams(
@@ -102,7 +103,6 @@ def cmd_gram(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from vlmerge_core.merge.convert import convert_file
 
     rep = convert_file(
         args.input,
@@ -121,8 +121,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the merge-area subcommands to the ``vlmerge`` parser."""
-    from vlmerge_core.merge.methods import METHODS
-    from vlmerge_core.model.experts import TASKS
 
     p = sub.add_parser("merge", help="merge a modality-specific checkpoint into a modality-agnostic one")
     p.add_argument("ms_ckpt", help="MS checkpoint (.safetensors; `vlmerge convert` official ones first)")

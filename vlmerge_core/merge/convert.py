@@ -37,7 +37,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vlmerge_core.config import ModelConfig, section_from_dict, to_dict
+from vlmerge_core.data.tokenizer import load_identified_tokenizer
 from vlmerge_core.io import save_safetensors
+from vlmerge_core.model import MultiwayTransformer
 from vlmerge_core.model.checkpoint import FORMAT
 
 log = logging.getLogger(__name__)
@@ -355,8 +358,6 @@ def convert_state_dict(
     Tensors of our model that the checkpoint lacks (a backbone-only file) are taken from a fresh
     model built with the inferred config (seed 0) and listed under ``initialised``.
     """
-    from vlmerge_core.config import ModelConfig, section_from_dict
-    from vlmerge_core.model import MultiwayTransformer
 
     cfg_d = infer_config(sd, heads=heads, vl_start=vl_start, image_size=image_size)
     cfg = section_from_dict(ModelConfig, cfg_d, prefix="model")
@@ -410,7 +411,6 @@ def convert_file(
     ``tokenizer`` (a ``vocab.txt`` folder or ``tokenizer.json``; official checkpoints: BERT uncased) is
     recorded in the checkpoint, so that fine-tuning it with another vocabulary is refused.
     """
-    from vlmerge_core.data.tokenizer import load_identified_tokenizer
 
     obj = load_torch(in_path, trust_pickle)
     kind = detect(obj)
@@ -430,7 +430,6 @@ def convert_file(
         dict(sd), heads=heads, vl_start=vl_start, image_size=image_size, allow_lossy=allow_lossy
     )
     kind = "ms" if cfg["ms_components"] else "ma"
-    from vlmerge_core.config import ModelConfig, section_from_dict, to_dict
 
     full_cfg = to_dict(section_from_dict(ModelConfig, cfg, prefix="model"))
     save_safetensors(

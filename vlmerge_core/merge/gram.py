@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vlmerge_core.data.loaders import PairDataset
 from vlmerge_core.io import load_safetensors, save_safetensors
 from vlmerge_core.model.checkpoint import FORMAT
 
@@ -84,7 +85,6 @@ def world_batches(
     world: Any, model_cfg: Any, batch_size: int = 32, split: str = "train", style: str = "coco"
 ) -> Iterator[dict[str, Tensor]]:
     """Image-caption batches ``{"images", "ids", "mask"}`` of a micro-world split, in order."""
-    from vlmerge_core.data.loaders import PairDataset
 
     ds = PairDataset(world, split, world.tokenizer(), model_cfg.max_text_len, style)
     for start in range(0, len(ds), batch_size):

@@ -22,6 +22,7 @@ from torch import nn
 
 from vlmerge_core.config import ModelConfig, section_from_dict
 from vlmerge_core.io import load_safetensors, read_safetensors_metadata, save_safetensors
+from vlmerge_core.model.multiway import MultiwayTransformer
 
 __all__ = [
     "FORMAT",
@@ -144,7 +145,6 @@ def load_model(path: str | Path, cfg_override: ModelConfig | None = None) -> nn.
     Raises:
         CheckpointMismatchError: the tensors do not fit the architecture (names the first one).
     """
-    from vlmerge_core.model.multiway import MultiwayTransformer
 
     cfg = cfg_override if cfg_override is not None else model_config_of(path)
     model = MultiwayTransformer(cfg)

@@ -30,6 +30,7 @@ from vlmerge_core.model.block import MultiwayBlock
 from vlmerge_core.model.embeddings import RelativePositionBias, TextEmbeddings
 from vlmerge_core.model.experts import experts_for_block
 from vlmerge_core.model.heads import PretrainHeads
+from vlmerge_core.model.init import init_multiway_weights
 from vlmerge_core.model.layers import attention_bias
 
 __all__ = ["MultiwayTransformer"]
@@ -81,7 +82,6 @@ class MultiwayTransformer(nn.Module):
         self.heads = PretrainHeads(D, cfg.vocab_size, cfg.mim_vocab, cfg.num_tags)
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
         self.logit_scale_vl = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
-        from vlmerge_core.model.init import init_multiway_weights
 
         init_multiway_weights(self)
 

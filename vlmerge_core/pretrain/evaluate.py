@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from vlmerge_core.data.loaders import encode_text, image_to_tensor
 from vlmerge_core.data.stats import random_recall
+from vlmerge_core.tasks.metrics import retrieval_recalls as recalls
 
 __all__ = ["evaluate_retrieval", "retrieval_recalls"]
 
@@ -30,7 +31,6 @@ def retrieval_recalls(
         ``ir_r{k}``, ``tr_r{k}`` (percent), ``rsum``, and ``chance_ir_r{k}``/``chance_tr_r{k}``.
     """
     # the one recall@K (official ties); imported here: vlmerge_core.tasks imports this package
-    from vlmerge_core.tasks.metrics import retrieval_recalls as recalls
 
     n_img = sim.shape[0]
     full = recalls(sim, text_image, ks)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from vlmerge_core.analysis.correlation import EXACT_MAX, MIN_BOOTSTRAP_POINTS, N_PERMUTATIONS
 from vlmerge_core.report.schema import NOT_RUN
 from vlmerge_core.report.stats import CONFIDENCE, holm
 
@@ -188,7 +189,6 @@ def _list(rules: Sequence[Rule]) -> str:
 
 def rule_markdown() -> str:
     """The verdict rule as the report states it, generated from the rules the code applies."""
-    from vlmerge_core.analysis.correlation import EXACT_MAX, MIN_BOOTSTRAP_POINTS, N_PERMUTATIONS
 
     exact_n = max(n for n in range(1, 13) if math.factorial(n) <= EXACT_MAX)
     return f"""\

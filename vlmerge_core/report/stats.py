@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from vlmerge_core.analysis.correlation import partial_spearman, spearman
+
 Z95 = 1.959963984540054  # the 97.5 % normal quantile: a 95 % interval is about mean +- 1.96 sd
 CONFIDENCE = 0.95
 
@@ -214,13 +216,11 @@ def rank_correlation(x, y, **kwargs) -> dict:
     The ``analysis`` package imports the torch-based distance code on import; the report reads only
     CSV files, so it defers that import to the first correlation it computes.
     """
-    from vlmerge_core.analysis.correlation import spearman
 
     return spearman(x, y, **kwargs)
 
 
 def partial_rank_correlation(x, y, z, **kwargs) -> dict:
     """:func:`vlmerge_core.analysis.correlation.partial_spearman`, imported on first use."""
-    from vlmerge_core.analysis.correlation import partial_spearman
 
     return partial_spearman(x, y, z, **kwargs)

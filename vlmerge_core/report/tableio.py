@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from vlmerge_core.io import atomic_write
+from vlmerge_core.report.schema import TASK_NAMES
 
 _TEX_SPECIAL = {
     "\\": r"\textbackslash{}",
@@ -97,7 +98,6 @@ PAPER_ROW = "paper (published)"
 
 def task_column(task: str, metric: str) -> str:
     """A column header naming the task and its main metric, e.g. ``VQA (vqa_score)``."""
-    from vlmerge_core.report.schema import TASK_NAMES
 
     return f"{TASK_NAMES.get(task, task)} ({metric})"
 

@@ -12,13 +12,13 @@ import sys
 import torch
 
 from vlmerge_core.config import PROFILES
+from vlmerge_core.io import write_json
 from vlmerge_core.model.experts import TASKS
+from vlmerge_core.paths import resolve
+from vlmerge_core.tasks.stage import run_finetune_stage
 
 
 def _cli(args: argparse.Namespace) -> int:
-    from vlmerge_core.io import write_json
-    from vlmerge_core.paths import resolve
-    from vlmerge_core.tasks.stage import run_finetune_stage
 
     torch.set_num_threads(args.threads)
     out = run_finetune_stage(

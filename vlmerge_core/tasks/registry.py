@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig, ModelConfig, Params, profile_params
-from vlmerge_core.data import ensure_world
-from vlmerge_core.data.tokenizer import check_tokenizer
+from vlmerge_core.data import ensure_world, load_world
+from vlmerge_core.data.tokenizer import check_tokenizer, load_identified_tokenizer
 from vlmerge_core.io import write_json
+from vlmerge_core.model import MultiwayTransformer, load_model
 from vlmerge_core.model.experts import RETRIEVAL_TASKS, TASKS
 from vlmerge_core.model.resolution import at_resolution
 from vlmerge_core.paths import resolve
@@ -85,7 +86,6 @@ class TaskRun:
 
 def random_model(model_cfg: ModelConfig, rng_seed: int) -> nn.Module:
     """A random-init model of ``model_cfg`` drawn with ``rng_seed`` (global RNG state left untouched)."""
-    from vlmerge_core.model import MultiwayTransformer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rng_seed)
@@ -114,7 +114,6 @@ def load_backbone(backbone: str | Path | nn.Module, model_cfg: ModelConfig | Non
         if model_cfg is None:
             raise ValueError(f"backbone {spec!r}: a random model needs the model config (params.model)")
         return random_model(model_cfg, int(seed))
-    from vlmerge_core.model import load_model
 
     path = resolve(spec)
     if not path.is_file():
@@ -124,7 +123,6 @@ def load_backbone(backbone: str | Path | nn.Module, model_cfg: ModelConfig | Non
 
 def _tokenizer(world: Any, cfg: FinetuneConfig) -> tuple[Any, dict[str, Any]]:
     """The fine-tuning tokenizer and its identity: ``finetune.real_paths.tokenizer``, else the world's."""
-    from vlmerge_core.data.tokenizer import load_identified_tokenizer
 
     if cfg.real_paths.get("tokenizer"):
         return load_identified_tokenizer(resolve(cfg.real_paths["tokenizer"]))
@@ -136,7 +134,6 @@ def _tokenizer(world: Any, cfg: FinetuneConfig) -> tuple[Any, dict[str, Any]]:
 def _world(world: Any) -> Any:
     if world is None or not isinstance(world, (str, Path)):
         return world
-    from vlmerge_core.data import load_world
 
     return load_world(resolve(world))
 
