@@ -8,6 +8,9 @@ old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
+import importlib.metadata as md
 import json
 import math
 import os
@@ -17,6 +20,10 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from vlmerge_core.paths import repo_root
 
@@ -126,7 +133,6 @@ def save_safetensors(
     are laid out by decreasing element size, then name (each stays aligned to its element size, as
     ``save_file`` does). Any safetensors reader reads the result.
     """
-    import torch
 
     meta = {
         k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (metadata or {}).items()
@@ -160,7 +166,6 @@ def save_safetensors(
 
 def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
     """The string metadata of a safetensors file (no tensor is read)."""
-    from safetensors import safe_open
 
     path = Path(path)
     if not path.exists():
@@ -174,7 +179,6 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
 
 def load_safetensors(path: str | Path, device: str = "cpu") -> tuple[dict[str, Any], dict[str, str]]:
     """Load every tensor and the metadata of a safetensors file; errors name the file."""
-    from safetensors.torch import load_file
 
     meta = read_safetensors_metadata(path)
     try:
@@ -205,7 +209,6 @@ def git_sha(root: str | Path | None = None) -> str:
 
 def versions() -> dict[str, str]:
     """Versions of the interpreter and the main libraries."""
-    import importlib.metadata as md
 
     out = {"python": platform.python_version(), "platform": platform.platform()}
     for pkg in ("torch", "timm", "transformers", "tokenizers", "safetensors", "numpy", "vlmerge"):
@@ -221,8 +224,6 @@ def write_run_info(path: str | Path, config: Any, **extra: Any) -> Path:
 
     Kept apart from metrics files so that metrics stay deterministic.
     """
-    import dataclasses
-    import datetime
 
     cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
     info = {

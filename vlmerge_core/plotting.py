@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -37,7 +38,6 @@ class PaperFigure(Figure):
 
 def new_figure(w: float, h: float) -> Figure:
     """An empty ``w`` x ``h`` inch figure in the paper style."""
-    import matplotlib
 
     with matplotlib.rc_context(STYLE):
         return PaperFigure(figsize=(w, h), layout="constrained")
@@ -45,7 +45,6 @@ def new_figure(w: float, h: float) -> Figure:
 
 def subplots(rows: int, cols: int, w: float, h: float, **kwargs: Any) -> tuple[Figure, np.ndarray]:
     """A figure and its ``rows`` x ``cols`` axes (always a 2-D array)."""
-    import matplotlib
 
     fig = new_figure(w, h)
     with matplotlib.rc_context(STYLE):

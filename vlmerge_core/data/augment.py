@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from vlmerge_core.data.scenes import COLOURS, RGB
+from PIL import Image
 
 __all__ = [
     "AUGMENT_MODES",
@@ -119,7 +120,6 @@ def _equalize(img: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------- geometric ops
 def _affine(img: np.ndarray, matrix: tuple[float, ...]) -> np.ndarray:
     """PIL affine transform (inverse map ``matrix`` = a, b, c, d, e, f), bilinear, grey fill."""
-    from PIL import Image
 
     pil = Image.fromarray(img)
     out = pil.transform(
@@ -129,7 +129,6 @@ def _affine(img: np.ndarray, matrix: tuple[float, ...]) -> np.ndarray:
 
 
 def _rotate(img: np.ndarray, degrees: float) -> np.ndarray:
-    from PIL import Image
 
     return np.asarray(Image.fromarray(img).rotate(degrees, Image.Resampling.BILINEAR, fillcolor=(FILL,) * 3))
 
@@ -163,7 +162,6 @@ def _apply(name: str, img: np.ndarray, sign: float, size: int) -> np.ndarray:
 def _resized_crop(img: np.ndarray, g: torch.Generator, size: int | None = None) -> np.ndarray:
     """torchvision's ``RandomResizedCrop`` (scale 0.5-1, ratio 3/4-4/3, bicubic) to ``size`` (default:
     the input's size); after 10 failed draws the whole image, resized."""
-    from PIL import Image
 
     H, W = img.shape[:2]
     out = (W, H) if size is None else (size, size)
@@ -183,7 +181,6 @@ def _resized_crop(img: np.ndarray, g: torch.Generator, size: int | None = None) 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:
     """Bicubic resize to ``size x size`` (the official eval transform ``square_transform``)."""
-    from PIL import Image
 
     return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC))
 

@@ -59,8 +59,8 @@ def learn_wordpiece_vocab(word_counts: Counter, vocab_size: int) -> list[str]:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
     """A BERT-style WordPiece ``tokenizers.Tokenizer`` for ``texts`` (deterministic for a corpus)."""
-    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordPiece
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors  # on use: training only
+    from tokenizers.models import WordPiece  # on use: training only
 
     normalizer = normalizers.BertNormalizer(
         lowercase=True, clean_text=True, handle_chinese_chars=False, strip_accents=True
@@ -94,7 +94,7 @@ def load_tokenizer(path: str | Path):
 
     A folder may hold ``tokenizer.json`` (ours or any fast tokenizer) or a BERT ``vocab.txt``.
     """
-    from transformers import BertTokenizerFast, PreTrainedTokenizerFast
+    from transformers import BertTokenizerFast, PreTrainedTokenizerFast  # heavy: seconds to import
 
     path = Path(path)
     if path.is_dir():

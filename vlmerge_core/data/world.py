@@ -244,8 +244,8 @@ def fit_codebook(images: np.ndarray, patch: int, k: int, seed: int) -> np.ndarra
     The MIM target of BEiT (Bao et al., 2022) is a discrete visual token; as a stand-in for the
     dVAE tokenizer we quantise patches with k-means (scikit-learn, fixed seed, one thread).
     """
-    from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
+    from sklearn.cluster import KMeans  # heavy, only when a world is generated
+    from threadpoolctl import threadpool_limits  # comes with scikit-learn
 
 
     x = patchify(images.astype(np.float32) / 127.5 - 1.0, patch)  # (N, P, p*p*3)
