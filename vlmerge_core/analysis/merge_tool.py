@@ -37,17 +37,24 @@ def run_merge_tool_stage(params_file: str = "", *, profile: str = "smoke", **kwa
     return merge_one(stage_params(params_file, profile), **kwargs)
 
 
-def _inputs(params: Params, out: Path, ms_ckpt: str, central_ckpt: str, gram_path: str, methods, gram_kw):
-    """(MS, central, Gram) paths: a demo pair when ``ms_ckpt`` is empty; Grams collected when missing
-    and a method of ``methods`` (default ``merge.methods``) needs them."""
+def _inputs(
+    params: Params,
+    out: Path,
+    ms_ckpt: str,
+    central_ckpt: str,
+    gram_path: str,
+    methods,
+    world_dir: str,
+    nopad: bool,
+) -> tuple[str, str, str]:
+    """(MS, central, Gram) paths: a demo pair when ``ms_ckpt`` is empty; Grams collected (from
+    ``merge.gram_source``) when missing and a method of ``methods`` (default ``merge.methods``) needs them."""
     if not ms_ckpt:
         demo = make_demo_checkpoints(out / "demo")
         ms_ckpt, central_ckpt, gram_path = str(demo["ms"]), str(demo["central"]), str(demo["grams"])
     if not gram_path and any(METHODS[m].needs_grams for m in methods or params.merge.methods):
-        source = gram_inputs(params, gram_kw["world_dir"])  # merge.gram_source
-        gram_path = write_grams(
-            params, ms_ckpt=ms_ckpt, out=str(out / "grams.safetensors"), **gram_kw, **source
-        )["out"]
+        gram_path = write_grams(params, ms_ckpt=ms_ckpt, out=str(out / "grams.safetensors"), world_dir=world_dir,
+                                exclude_padding=nopad, **gram_inputs(params, world_dir))["out"]  # fmt: skip
     return ms_ckpt, central_ckpt, gram_path
 
 
@@ -85,8 +92,9 @@ def merge_one(
     """
     out = resolve(out_dir)
     names = [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else methods
-    gram_kw = {"world_dir": world_dir, "exclude_padding": exclude_padding}
-    ms_ckpt, central_ckpt, gram_path = _inputs(params, out, ms_ckpt, central_ckpt, gram_path, names, gram_kw)
+    ms_ckpt, central_ckpt, gram_path = _inputs(
+        params, out, ms_ckpt, central_ckpt, gram_path, names, world_dir, exclude_padding
+    )
     merged = write_merges(
         params, ms_ckpt=ms_ckpt, central_ckpt=central_ckpt, gram_path=gram_path, out_dir=out_dir,
         methods=names or None, only_used_experts=only_used_experts,

@@ -33,6 +33,7 @@ from vlmerge_core.merge.stream import merge_checkpoint
 from vlmerge_core.model import MultiwayTransformer, init_ms_from_ma, load_model, save_model
 from vlmerge_core.model.experts import COMPONENTS, EXPERTS, TASKS
 from vlmerge_core.paths import repo_root, resolve
+from vlmerge_core.pretrain.distributed import resolve_device
 
 __all__ = [
     "checkpoint_for_task",
@@ -95,8 +96,7 @@ def write_grams(
     model = load_model(resolve(ms_ckpt))
     if model.kind != "ms":
         raise MergeError(f"{ms_ckpt}: Gram matrices need a modality-specific (MS) checkpoint")
-    device = "cuda" if cfg.gram_device == "auto" and torch.cuda.is_available() else cfg.gram_device
-    device = "cpu" if device == "auto" else device
+    device = resolve_device(cfg.gram_device, "merge.gram_device")
     grams = collect_grams(
         model, source, cfg.gram_batches, batch_size=cfg.gram_batch_size, exclude_padding=exclude_padding,
         passes=tuple(passes), device=device,

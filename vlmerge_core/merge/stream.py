@@ -96,6 +96,7 @@ def open_tensors(
             return rows(key, 0, header[key]["shape"][0] if key in header and header[key]["shape"] else 1)
 
         get.rows = rows  # a reader of row blocks (RegMean sums its Gram matrices by rows)
+        get.has = header.__contains__  # whether the file holds a tensor, without reading it
         yield get, keys
 
 
@@ -140,6 +141,8 @@ def _checked(
             seen.add(key)
         return t
 
+    if hasattr(get, "has"):
+        checked_get.has = get.has
     if hasattr(get, "rows"):  # row blocks of a tensor already read whole, hence checked
         checked_get.rows = get.rows
     return checked_get
@@ -240,13 +243,12 @@ def merge_checkpoint(
         **({"drop_gramless": True} if drop_gramless else {}),  # recorded only when on (same bytes off)
     }
     rule = {"task": task, "only_used_experts": only_used_experts, "experts": experts}
-    if drop_gramless:
-        rule["drop_gramless"] = True
     out = _merged_tensors(
         (ms_path, central_path, gram_path),
         method,
         vl_start=vl_start,
         unimodal_paths=unimodal_paths,
+        drop_gramless=drop_gramless,
         **rule,
         **method_params,
     )

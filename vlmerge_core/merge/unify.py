@@ -326,14 +326,9 @@ def iter_unified(
 def _with_grams(
     target: str, use: Sequence[str], ms_keys: Sequence[str], get_gram: Callable[[str], Tensor]
 ) -> tuple[list[str], list[str]]:
-    """The experts of ``use`` (and their MS keys) whose Gram matrix for ``target`` exists."""
-    keep = []
-    for i, expert in enumerate(use):
-        try:
-            get_gram(gram_key(target, expert))
-        except (KeyError, MergeError):
-            continue
-        keep.append(i)
+    """The experts of ``use`` (and their MS keys) whose Gram matrix for ``target`` exists (asked of
+    the getter's ``has``, nothing read)."""
+    keep = [i for i, e in enumerate(use) if get_gram.has(gram_key(target, e))]
     if not keep:
         raise MergeError(f"{target}: no Gram matrix for any of the experts {list(use)}")
     return [use[i] for i in keep], [ms_keys[i] for i in keep]
@@ -345,6 +340,7 @@ def _getter(sd: Mapping[str, Tensor], what: str) -> Callable[[str], Tensor]:
             raise KeyError(f"{what}: no tensor {key}")
         return sd[key]
 
+    get.has = sd.__contains__  # whether a tensor is there, without reading it (see _with_grams)
     return get
 
 

@@ -47,6 +47,24 @@ class DistInfo:
         return self.world_size > 1
 
 
+DEVICES = ("auto", "cpu", "cuda")  # values of finetune.device and merge.gram_device
+
+
+def resolve_device(name: str, what: str = "finetune.device") -> str:
+    """``"cpu"`` or ``"cuda"`` for the setting ``what`` (``"auto"``: cuda when available).
+
+    Raises:
+        ValueError: an unknown name, or ``"cuda"`` without a CUDA device.
+    """
+    if name not in DEVICES:
+        raise ValueError(f"{what} must be one of {list(DEVICES)}, got {name!r}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{what} is 'cuda' but torch sees no CUDA device")
+    return name
+
+
 def init_distributed(device: str | None = None) -> DistInfo:
     """Set up the process group from the environment (no-op for a single process).
 

@@ -19,9 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vlmerge_core.pretrain.distributed import gather_with_grad, init_distributed
-
-DEVICES = ("auto", "cpu", "cuda")  # values of finetune.device
+from vlmerge_core.pretrain.distributed import gather_with_grad, init_distributed, resolve_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,21 +45,6 @@ class Runtime:
         if not self.amp:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-
-def resolve_device(name: str) -> str:
-    """``"cpu"`` or ``"cuda"`` for ``finetune.device`` (``"auto"``: cuda when available).
-
-    Raises:
-        ValueError: an unknown name, or ``"cuda"`` without a CUDA device.
-    """
-    if name not in DEVICES:
-        raise ValueError(f"finetune.device must be one of {list(DEVICES)}, got {name!r}")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("finetune.device is 'cuda' but torch sees no CUDA device")
-    return name
 
 
 def task_runtime(device: str, amp: bool) -> Runtime:
