@@ -1,7 +1,7 @@
 """Typed parameters of every stage, loaded strictly from ``params.yaml``.
 
 Resolution order (later wins): the dataclass defaults (the ``micro`` profile) -> the profile file
-``vlmerge_core/profiles/<profile>.yaml`` (``smoke``, ``paper``) -> the sections of ``params.yaml``.
+``vlmerge_core/profiles/<profile>.yaml`` (``smoke``, ``paper``, ``rehearsal``) -> the sections of ``params.yaml``.
 An unknown key, a value of the wrong type or a value out of range raises :class:`ParamsError`
 naming the file and the dotted key.
 
@@ -23,7 +23,9 @@ import yaml
 
 from vlmerge_core.paths import resolve
 
-PROFILES = ("micro", "smoke", "paper")
+PROFILES = ("micro", "smoke", "paper", "rehearsal")
+DATA_SOURCES = ("micro", "fixtures")  # what the data stage writes under data.root
+PRETRAIN_FORMATS = ("micro", "arrow", "coco_karpathy")  # what pre-training reads (metrics: data_format)
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
 
@@ -70,6 +72,16 @@ class DataConfig:
     text_label_noise: float = _f(0.1, lo=0.0, hi=1.0)  # text task: fraction of labels that are another class
     n_image_only: int = _f(3000, lo=1)  # unlabeled images (ImageNet-22k stand-in, MIM and codebook)
     n_corpus: int = _f(6000, lo=1)  # text-only corpus sentences (BookCorpus stand-in)
+    # the data stage writes the micro-world ("micro") or tiny files in every real on-disk format
+    # ("fixtures": the rehearsal of the paper path, vlmerge_core.data.fixtures)
+    source: str = _f("micro", choices=DATA_SOURCES)
+    # pre-training pairs: the micro-world, the official arrow files or COCO's Karpathy release
+    pretrain_format: str = _f("micro", choices=PRETRAIN_FORMATS)
+    pretrain_path: str = ""  # arrow folder or Karpathy root (relative to the repo root); micro: data.root
+    pretrain_datasets: list[str] = _f(factory=lambda: ["coco", "vg", "cc", "sbu"])  # arrow: file groups read
+    tokenizer: str = ""  # real data: the study's one tokenizer (vocab.txt folder); "" = the world's
+    num_workers: int = _f(0, lo=0)  # real data: DataLoader decoding processes per rank
+    eval_images: int = _f(1000, lo=1)  # real data: zero-shot retrieval images of the Karpathy val split
 
 
 # -------------------------------------------------------------------------------------------- model
@@ -243,6 +255,7 @@ class FinetuneConfig:
     val_every: int = _f(2, lo=1)  # validate every this many epochs and after the last; best validated kept
     betas: list[float] = _f(factory=lambda: [0.9, 0.98])  # AdamW betas (official beta_2 = 0.98)
     vqa_min_answer_count: int = _f(9, lo=1)  # real VQAv2: answers kept in the vocabulary (official: 9)
+    vqa_val_images: int = _f(1000, lo=1)  # real VQAv2: val2014 images held out for model selection
     drop_path: float = _f(0.1, lo=0.0, hi=1.0)  # stochastic depth while fine-tuning (official 0.1; VQA 0.15)
     text_dropout: float = _f(0.1, lo=0.0, hi=1.0)  # text-embedding dropout while fine-tuning (official 0.1)
     augment: str = _f("photometric", choices=("official", "photometric", "none"))  # train image transform
@@ -337,6 +350,7 @@ class Params:
             raise ParamsError(
                 f"data.max_text_len ({d.max_text_len}) exceeds model.max_text_len ({m.max_text_len})"
             )
+        self._check_sources()
         init = self.init_pretrain
         if init.steps > 0 and not init.beit_checkpoint and init.losses.get("mim", 0) > 0:
             if d.mim_patch != m.patch_size:
@@ -360,6 +374,35 @@ class Params:
         unknown = sorted(set(st.sweep_tasks) - set(self.finetune.tasks))
         if unknown:
             raise ParamsError(f"study.sweep_tasks: {unknown} not in finetune.tasks {self.finetune.tasks}")
+
+    def _check_sources(self) -> None:
+        """Real pre-training data needs its path and the study's one tokenizer (shared by fine-tuning)."""
+        d, real = self.data, self.finetune.real_paths
+        if d.pretrain_format != "micro":
+            if not d.pretrain_path:
+                raise ParamsError(
+                    f"data.pretrain_path: needed with data.pretrain_format {d.pretrain_format!r}"
+                )
+            if not d.tokenizer:
+                raise ParamsError(
+                    f"data.tokenizer: needed with data.pretrain_format {d.pretrain_format!r} "
+                    "(the micro-world's tokenizer does not read real captions)"
+                )
+        if d.tokenizer and real.get("tokenizer") and real["tokenizer"] != d.tokenizer:
+            raise ParamsError(
+                f"finetune.real_paths.tokenizer ({real['tokenizer']}) differs from data.tokenizer "
+                f"({d.tokenizer}): a study has one tokenizer"
+            )
+        if d.source == "fixtures" and d.pretrain_format == "micro":
+            raise ParamsError(
+                "data.pretrain_format: 'micro' reads a micro-world, but data.source is 'fixtures'"
+            )
+        init = self.init_pretrain
+        if d.source == "fixtures" and init.steps > 0 and not init.beit_checkpoint:
+            raise ParamsError(
+                "init_pretrain: the fixtures hold no image-only set for MIM; set init_pretrain.beit_checkpoint "
+                "(the fixtures' beit.safetensors) or init_pretrain.steps: 0"
+            )
 
 
 # ------------------------------------------------------------------------------------------- loader

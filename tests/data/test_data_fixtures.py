@@ -20,7 +20,7 @@ from vlmerge_core.model.experts import TASKS
 from vlmerge_core.model.init import load_timm_into_v
 from vlmerge_core.tasks import finetune_task
 from vlmerge_core.tasks.metrics import SEG_IGNORE_LABEL
-from vlmerge_core.tasks.real import (
+from vlmerge_core.data.real import (
     HELDOUT_VAL,
     heldout_split,
     read_ade20k,

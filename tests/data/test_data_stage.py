@@ -47,3 +47,23 @@ def test_stats_figures_and_tables(smoke_world):
     assert plots.counts_table(smoke_world.stats).loc["images", "train"] == 64
     assert "VQA accuracy (majority answer)" in plots.chance_table(smoke_world.stats).index
     assert set(plots.examples_table(smoke_world)["task"]) >= {"vqa", "nlvr2", "corpus"}
+
+
+def test_fixtures_source_writes_the_real_formats_and_their_chance(tmp_path, monkeypatch):
+    """data.source: fixtures (the rehearsal): the files of every real format, their counts and the
+    chance level of each task's main metric, computed with the readers the tasks use."""
+    monkeypatch.setenv("VLMERGE_ROOT", str(tmp_path))
+    fx = run_data_stage(profile="rehearsal", out_dir="fx", metrics_out="metrics/data/stats.json")
+    assert (tmp_path / "fx/arrows/coco_caption_karpathy_train.arrow").is_file()
+    assert (tmp_path / "fx/beit.safetensors").is_file() and (tmp_path / "fx/tokenizer/vocab.txt").is_file()
+    stats = read_json(tmp_path / "metrics/data/stats.json")
+    chance = stats["chance"]
+    assert 0 < chance["nlvr2_majority_acc"] <= 1 and chance["imagenet_uniform_acc"] == 0.5  # 2 classes
+    assert chance["retrieval_random"]["r10"]["t2i"] == 1.0  # 2 test images: any 10 hold the right one
+    assert stats["counts"]["vqa"]["test"] > 0
+    stamp = (tmp_path / "fx/beit.safetensors").stat().st_mtime_ns
+    run_data_stage(profile="rehearsal", out_dir="fx")  # same seed and model: reused
+    assert (tmp_path / "fx/beit.safetensors").stat().st_mtime_ns == stamp
+    assert world_summary(fx)["datasets"][0] == "ade20k"
+    views = plots.data_views(fx)
+    assert len(views) == 2  # counts and chance: the fixtures have no scenes to draw

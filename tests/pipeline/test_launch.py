@@ -1,4 +1,4 @@
-"""study.launcher = torchrun: every unit one torchrun job, rank 0's result back; in-process unchanged."""
+"""study.launcher = torchrun: the units of a call one torchrun job, rank 0's results back; in-process unchanged."""
 
 import math
 
@@ -32,8 +32,8 @@ def test_inprocess_is_the_default_and_runs_here(root):
 
 
 def test_a_failing_unit_names_itself(root):
-    with pytest.raises(LaunchError, match="unit 0 of math:sqrt failed under torchrun"):
-        run_units(math.sqrt, ["not a number"], workers=1, launch=StudyConfig(launcher="torchrun"))
+    with pytest.raises(LaunchError, match="unit 1 of math:sqrt failed under torchrun"):
+        run_units(math.sqrt, [4.0, "not a number"], workers=1, launch=StudyConfig(launcher="torchrun"))
 
 
 def test_torchrun_command_single_and_multi_node(root, monkeypatch):

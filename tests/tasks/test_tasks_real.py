@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmerge_core.tasks.metrics import SEG_IGNORE_LABEL
-from vlmerge_core.tasks.real import (
+from vlmerge_core.data.real import (
     RealFormatError,
     heldout_split,
     read_ade20k,
@@ -20,6 +19,7 @@ from vlmerge_core.tasks.real import (
     read_text_tsv,
     read_vqav2,
 )
+from vlmerge_core.tasks.metrics import SEG_IGNORE_LABEL
 
 SIZE = 16
 

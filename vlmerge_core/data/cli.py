@@ -20,15 +20,18 @@ def _run(args: argparse.Namespace) -> int:
         force=not args.reuse,
     )
     s = world_summary(world)
-    sys.stdout.write(
-        f"{s['root']}: {s['train_images']} train scenes, vocabulary {s['vocab_size']}, "
-        f"{s['megabytes']} MB, {s['generation_seconds']} s\n"
-    )
+    if "train_images" in s:
+        sys.stdout.write(
+            f"{s['root']}: {s['train_images']} train scenes, vocabulary {s['vocab_size']}, "
+            f"{s['megabytes']} MB, {s['generation_seconds']} s\n"
+        )
+    else:
+        sys.stdout.write(f"{s['root']}: real-format fixtures of {', '.join(s['datasets'])}\n")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="generate the micro-world (images, masks, texts, tokenizer, codebook)")
+    p = sub.add_parser("data", help="generate the micro-world (data.source: fixtures: the rehearsal's real-format files)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--profile", choices=PROFILES, help="use a profile preset instead of a params file")
     src.add_argument(

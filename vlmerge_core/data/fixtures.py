@@ -20,7 +20,7 @@
 - ``beit.safetensors``: a tiny BEiT (timm's ``Beit`` built with the model config's sizes, so its keys
   are timm's: ``blocks.{i}.attn.q_bias``, ``relative_position_bias_table``, ``gamma_1`` ...).
 
-The layouts are those the readers of :mod:`vlmerge_core.tasks.real`, :mod:`vlmerge_core.data.pretrain_data`,
+The layouts are those the readers of :mod:`vlmerge_core.data.real`, :mod:`vlmerge_core.data.pretrain_data`,
 :func:`~vlmerge_core.data.tokenizer.load_tokenizer` and :func:`~vlmerge_core.model.init.load_timm_into_v`
 read; the returned dict maps each to its path (the task names are ``finetune.real_paths`` keys).
 """
@@ -276,10 +276,7 @@ def write_fixtures(
         "beit"}`` -> path (folders; ``beit`` a file), the keys of ``finetune.real_paths`` included.
     """
     out = Path(out_dir)
-    p = {
-        k: out / k
-        for k in ("arrows", "coco", "flickr", "vqa", "nlvr2", "imagenet", "ade20k", "text", "tokenizer")
-    }
+    p = fixture_paths(out)
     write_karpathy_folder(p["coco"], seed, "coco")
     write_karpathy_folder(p["flickr"], seed, "flickr")
     write_coco_arrows(p["coco"], p["arrows"])
@@ -291,5 +288,12 @@ def write_fixtures(
     write_sst2(p["text"], seed)
     words = [*COLOURS, *THINGS, *PLACES, "a", "the", "in", "what", "colour", "is", "there", "one", "image"]
     _write(p["tokenizer"] / "vocab.txt", "\n".join(bert_vocab(words)) + "\n")
-    p["beit"] = write_beit(out / "beit.safetensors", model_cfg or ModelConfig(), seed)
+    write_beit(p["beit"], model_cfg or ModelConfig(), seed)
     return p
+
+
+def fixture_paths(out_dir: str | Path) -> dict[str, Path]:
+    """Where :func:`write_fixtures` puts each dataset under ``out_dir`` (the keys it returns)."""
+    out = Path(out_dir)
+    names = ("arrows", "coco", "flickr", "vqa", "nlvr2", "imagenet", "ade20k", "text", "tokenizer")
+    return {**{k: out / k for k in names}, "beit": out / "beit.safetensors"}

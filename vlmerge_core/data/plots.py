@@ -150,3 +150,17 @@ def examples_table(world, split: str = "train", n: int = 4) -> pd.DataFrame:
     ]
     rows += [{"task": "corpus", "image": "", "text": t, "label": ""} for t in world.text_corpus()[:n]]
     return pd.DataFrame(rows)
+
+
+def data_views(data) -> list:
+    """What notebook 01 shows of the data stage's output, in order: of a micro-world its counts,
+    chance levels, galleries, examples and distributions; of the rehearsal's fixtures (no
+    ``scenes``) the counts per dataset and the chance levels."""
+    st = data.stats
+    if not hasattr(data, "scenes"):
+        counts = pd.DataFrame.from_dict(st["counts"], orient="index")
+        return [counts, chance_table(st)]
+    return [
+        counts_table(st), chance_table(st), fig_gallery(data, "train", 6), fig_nlvr2(data, "train", 4),
+        examples_table(data, "train", 4), fig_distributions(st), fig_text_lengths(data),
+    ]  # fmt: skip

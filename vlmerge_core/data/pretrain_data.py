@@ -17,7 +17,7 @@ tokenised on access, i.e. in the DataLoader's workers; nothing is held decoded i
   :data:`ARROW_STEMS`. Repeated captions of an image are dropped (official ``remove_duplicate``; in
   first-seen order here, where the official ``list(set(...))`` order varies between processes).
 - ``"coco_karpathy"`` (:class:`KarpathyPairs`): ``karpathy/dataset_coco.json`` and its image folders,
-  parsed by :func:`vlmerge_core.tasks.real.read_karpathy` (train = train + restval).
+  parsed by :func:`vlmerge_core.data.real.read_karpathy` (train = train + restval).
 - ``"micro"`` (:class:`MicroPairs`): a :class:`~vlmerge_core.data.world.World`'s captions.
 
 :func:`make_pretrain_loader` wraps any of them in a :class:`PretrainLoader`.
@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from vlmerge_core.data.augment import AUGMENT_MODES, augment_images
 from vlmerge_core.data.loaders import encode_text, image_to_tensor
-from vlmerge_core.tasks.real import read_karpathy
+from vlmerge_core.data.real import read_karpathy
 
 DATA_FORMATS = ("arrow", "coco_karpathy", "micro")  # what a pre-training run read (metrics' data_format)
 
@@ -62,7 +62,7 @@ class PretrainDataError(ValueError):
 
 
 def resize_pixels(im: Image.Image, size: int) -> np.ndarray:
-    """RGB, bicubic resize to ``size`` x ``size`` (as :class:`~vlmerge_core.tasks.real.ImageFiles`): uint8 [S, S, 3]."""
+    """RGB, bicubic resize to ``size`` x ``size`` (as :class:`~vlmerge_core.data.real.ImageFiles`): uint8 [S, S, 3]."""
     im = im.convert("RGB")
     if im.size != (size, size):
         im = im.resize((size, size), Image.BICUBIC)

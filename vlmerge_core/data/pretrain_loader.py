@@ -11,13 +11,14 @@ batch depends on the seed, the epoch and the rank only.
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from vlmerge_core.data.pretrain_data import PretrainPairs
 
@@ -27,6 +28,23 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+class SkipSampler(Sampler):
+    """A sampler's order without its first ``skip`` indices (a resume inside an epoch)."""
+
+    def __init__(self, sampler: DistributedSampler, skip: int = 0):
+        self.sampler, self.skip = sampler, skip
+        self.num_replicas, self.rank = sampler.num_replicas, sampler.rank
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
 
 
 class PretrainLoader(DataLoader):
@@ -66,6 +84,7 @@ def make_pretrain_loader(
     num_replicas: int | None = None,
     rank: int | None = None,
     pin_memory: bool | None = None,
+    start: int = 0,
 ) -> PretrainLoader:
     """A :class:`PretrainLoader` of per-rank batches of ``batch_size`` pairs.
 
@@ -80,6 +99,7 @@ def make_pretrain_loader(
         num_replicas, rank: the share of this process; default the process group's (if initialised)
             or one replica.
         pin_memory: page-locked batches; default when CUDA is available.
+        start: batches of ``epoch`` to skip (a run resumed inside an epoch sees the rest of it).
     """
     if batch_size < 1:
         raise ValueError(f"make_pretrain_loader: batch_size must be >= 1, got {batch_size}")
@@ -100,7 +120,7 @@ def make_pretrain_loader(
         dataset,
         seed,
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=SkipSampler(sampler, start * batch_size),
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=drop_last,

@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+from pathlib import Path
+from typing import Any
 
-from vlmerge_core.config import load_params, profile_params
+from vlmerge_core.config import Params, load_params, profile_params
+from vlmerge_core.data.fixtures import fixture_paths, write_fixtures
 from vlmerge_core.data.layout import WORLD_FORMAT, run_info_path
+from vlmerge_core.data.real_stats import real_stats
 from vlmerge_core.data.world import World, generate_world, load_world
-from vlmerge_core.io import read_json, write_json
+from vlmerge_core.io import read_json, write_json, write_run_info
 from vlmerge_core.paths import resolve
+
+FIXTURES_FORMAT = "vlmerge-fixtures-1"  # fixtures.json's format tag
+
+
+@dataclasses.dataclass
+class FixtureSet:
+    """What the data stage wrote for the rehearsal: real-format fixtures under ``root``."""
+
+    root: Path
+    paths: dict[str, Path]  # dataset -> folder (finetune.real_paths keys, arrows, tokenizer, beit)
+    stats: dict[str, Any]  # counts and chance levels (real_stats)
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +36,8 @@ def run_data_stage(
     out_dir: str = "",
     metrics_out: str = "",
     force: bool = False,
-) -> World:
-    """Generate (or reuse) the micro-world and optionally copy its statistics to a metrics file.
+) -> World | FixtureSet:
+    """Generate (or reuse) the micro-world (``data.source: fixtures``: the real-format fixtures) and optionally copy its statistics to a metrics file.
 
     Args:
         profile: params profile used when ``params_file`` is empty.
@@ -34,6 +50,8 @@ def run_data_stage(
     params = load_params(params_file) if params_file else profile_params(profile)
     cfg = params.data
     out = resolve(out_dir or cfg.root)
+    if cfg.source == "fixtures":
+        return fixtures_stage(params, out, metrics_out, force)
     meta = read_json(out / "meta.json") if (out / "meta.json").exists() else {}
     same = (
         (out / "stats.json").exists()
@@ -50,8 +68,35 @@ def run_data_stage(
     return world
 
 
-def world_summary(world: World) -> dict:
+def fixtures_stage(params: Params, out: Path, metrics_out: str = "", force: bool = False) -> FixtureSet:
+    """Write (or reuse) the real-format fixtures of ``params`` under ``out`` and their statistics.
+
+    The fixtures' BEiT checkpoint is sized by ``params.model``; ``fixtures.json`` records the seed and
+    that config, and a folder written with other ones is written again.
+    """
+    cfg = params.data
+    want = {"format": FIXTURES_FORMAT, "seed": cfg.rng_seed, "model": dataclasses.asdict(params.model)}
+    meta = out / "fixtures.json"
+    if force or not meta.exists() or read_json(meta) != want:
+        t0 = time.perf_counter()
+        write_fixtures(out, cfg.rng_seed, params.model)
+        write_json(meta, want)
+        write_run_info(run_info_path(out), cfg, generation_seconds=round(time.perf_counter() - t0, 3))
+    else:
+        log.info("reusing the fixtures in %s (same seed and model)", out)
+    paths = fixture_paths(out)
+    ft = params.finetune
+    stats = real_stats(paths, cfg.image_size, ft.vqa_min_answer_count, ft.vqa_val_images)
+    write_json(out / "stats.json", stats)
+    if metrics_out:
+        write_json(resolve(metrics_out), stats)
+    return FixtureSet(root=out, paths=paths, stats=stats)
+
+
+def world_summary(world: World | FixtureSet) -> dict:
     """A few headline numbers of a world (for a notebook or CLI line)."""
+    if isinstance(world, FixtureSet):
+        return {"root": str(world.root), "datasets": sorted(world.paths), **world.stats["counts"]}
     st = world.stats
     info_path = run_info_path(world.root)
     seconds = read_json(info_path).get("generation_seconds") if info_path.exists() else None

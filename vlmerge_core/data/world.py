@@ -325,6 +325,8 @@ def data_config_of(config: dict[str, Any]) -> DataConfig:
 class World:
     """Read access to a generated micro-world folder (arrays and annotations load lazily)."""
 
+    data_format = "micro"  # what a pre-training run on it read (metrics' data_format)
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.meta = read_json(self.root / "meta.json")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from vlmerge_core.config import Params, profile_params
-from vlmerge_core.data import ensure_world
+from vlmerge_core.data.real_source import open_source
 from vlmerge_core.io import read_json, write_json
 from vlmerge_core.merge.gram import collect_grams, save_grams
 from vlmerge_core.merge.grid import MergeJob, check_inputs, merge_jobs, method_grid, run_name
@@ -88,10 +88,15 @@ def write_grams(
         ``{"out", "ms_ckpt", "batches", "batch_size", "exclude_padding", "matrices"}``.
     """
     cfg = params.merge
+    if batches is None and params.data.pretrain_format != "micro":
+        raise MergeError(
+            f"merge.gram_source 'pairs' reads the micro-world's pairs, but data.pretrain_format is "
+            f"{params.data.pretrain_format!r}: use merge.gram_source 'coco_retrieval' with real data"
+        )
     source = (
         batches
         if batches is not None
-        else ensure_world(params.data, resolve(world_dir) if world_dir else None)
+        else open_source(params.data, resolve(world_dir) if world_dir else None)
     )
     model = load_model(resolve(ms_ckpt))
     if model.kind != "ms":

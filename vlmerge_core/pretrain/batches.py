@@ -26,7 +26,15 @@ from vlmerge_core.data.loaders import (
 )
 from vlmerge_core.data.scenes import kind_tags
 
-__all__ = ["PretrainData", "build_pretrain_data", "make_global_batch", "mix_seed", "stream_indices"]
+__all__ = [
+    "PAIR_LOSSES",
+    "PretrainData",
+    "build_pretrain_data",
+    "make_global_batch",
+    "mix_seed",
+    "mlm_inputs",
+    "stream_indices",
+]
 
 PAIR_LOSSES = ("mlm", "itc", "itc_vl", "itm")
 STREAMS = {"pairs": 1, "image_only": 2, "text_only": 3}
@@ -112,6 +120,16 @@ def build_pretrain_data(
     return data
 
 
+def mlm_inputs(
+    tokenizer, continuation: torch.Tensor | None, cfg: PretrainConfig, ids: torch.Tensor, mask: torch.Tensor,
+    g: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """MLM inputs and labels of ``ids``: whole words masked unless ``cfg.whole_word_masking`` is off."""
+    if cfg.whole_word_masking:
+        return whole_word_mask(ids, mask, tokenizer, cfg.mlm_prob, g, continuation)
+    return mask_tokens(ids, mask, tokenizer, cfg.mlm_prob, g)
+
+
 def make_global_batch(
     data: PretrainData,
     cfg: PretrainConfig,
@@ -130,9 +148,7 @@ def make_global_batch(
     """
 
     def mlm_mask(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if cfg.whole_word_masking:
-            return whole_word_mask(ids, mask, data.tokenizer, cfg.mlm_prob, g, data.continuation)
-        return mask_tokens(ids, mask, data.tokenizer, cfg.mlm_prob, g)
+        return mlm_inputs(data.tokenizer, data.continuation, cfg, ids, mask, g)
 
     A, seed = cfg.grad_accum, cfg.rng_seed
     g = torch.Generator().manual_seed(mix_seed(seed, 7, step, micro))

@@ -46,6 +46,7 @@ from vlmerge_core.pretrain.batches import PretrainData, build_pretrain_data, mak
 from vlmerge_core.pretrain.distributed import DistInfo, all_reduce_sum, init_distributed, repeatable
 from vlmerge_core.pretrain.evaluate import evaluate_retrieval
 from vlmerge_core.pretrain.optim import make_optimizer, set_lr
+from vlmerge_core.pretrain.stream import LoaderStream
 from vlmerge_core.pretrain.train_state import STATE_FILE, load_train_state, save_train_state, state_meta
 
 __all__ = [
@@ -110,15 +111,21 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, desc="pretrain", disable=disable, dynamic_ncols=True)
 
 
-def _init_from_beit(cfg: InitPretrainConfig, model_cfg: ModelConfig, out_dir: Path, info: DistInfo) -> dict:
+def _init_from_beit(
+    cfg: InitPretrainConfig, model_cfg: ModelConfig, out_dir: Path, info: DistInfo, world
+) -> dict:
+    """The init from a BEiT file: its weights in the ``v`` path, the study's tokenizer recorded."""
     model = build_stage_model(model_cfg, "init", None)
     done = load_timm_into_v(model, resolve(cfg.beit_checkpoint))
+    model.tokenizer_info = getattr(world, "tokenizer_identity", None)  # checked when a task is built
     metrics = {
         "stage": "init",
         "kind": "ma",
         "source": str(cfg.beit_checkpoint),
         "tensors_loaded": len(done),
         "steps": 0,
+        "world_size": info.world_size,
+        "data_format": "timm_beit",  # what the stage read: a BEiT checkpoint, no pre-training data
     }
     if info.is_main:
         save_model(out_dir / "last.safetensors", model, {"stage": "init", "step": 0})
@@ -185,6 +192,7 @@ class _Run:
     history: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # loss name -> per step
     resumed_from: int = 0  # the step this process resumed from (0: a fresh start)
     n_samples: int = 0  # samples trained on since this process entered the loop
+    data_info: dict = dataclasses.field(default_factory=dict)  # what the run reads (data_format, ...)
 
     @property
     def state_path(self) -> Path:
@@ -232,12 +240,12 @@ def run_pretrain(
     out_dir = Path(out_dir)
     info = init_distributed(device)
     if stage == "init" and getattr(cfg, "beit_checkpoint", ""):
-        return _init_from_beit(cfg, model_cfg, out_dir, info)
+        return _init_from_beit(cfg, model_cfg, out_dir, info, world)
     run = _start(cfg, model_cfg, world, out_dir, init, stage, info)
     resumed = _resume(run)
     if resumed and run.step >= cfg.steps and (out_dir / "metrics.json").exists():
         return read_json(out_dir / "metrics.json")  # finished earlier: the metrics it wrote
-    data = build_pretrain_data(world, model_cfg, run.losses, cfg.caption_style)
+    data = _pretrain_data(run, world, model_cfg)
     module = _loss_module(run)
     run.model.train()
     t_loop = time.perf_counter()
@@ -303,6 +311,21 @@ def _resume(run: _Run) -> bool:
     return True
 
 
+def _pretrain_data(run: _Run, world, model_cfg: ModelConfig) -> PretrainData | LoaderStream:
+    """The source's training data: the micro-world's tensors, or a per-rank DataLoader of real pairs."""
+    fmt = getattr(world, "data_format", "micro")
+    if fmt == "micro":
+        run.data_info = {"data_format": fmt}
+        return build_pretrain_data(world, model_cfg, run.losses, run.cfg.caption_style)
+    tok = world.tokenizer()
+    if len(tok) > model_cfg.vocab_size:
+        raise ValueError(f"tokenizer has {len(tok)} tokens but model.vocab_size is {model_cfg.vocab_size}")
+    pairs = world.pairs(model_cfg.max_text_len, model_cfg.image_size, run.cfg.augment)
+    stream = LoaderStream(pairs, run.cfg, run.info.rank, run.info.world_size, world.config.num_workers)
+    run.data_info = stream.describe()
+    return stream
+
+
 def _loss_module(run: _Run) -> nn.Module:
     """The model and its objectives as one module, wrapped in DDP when there are several processes."""
     module = objectives.LossModule(
@@ -323,9 +346,12 @@ def _train_step(run: _Run, module: nn.Module, data: PretrainData) -> None:
     set_lr(run.opt, run.step, cfg)  # a schedule of the step alone: a resume needs nothing more
     step_losses = torch.zeros(len(run.losses), dtype=torch.float64)
     for k in range(A):
-        batch = make_global_batch(
-            data, cfg, run.step, k, run.shard.size, run.model.num_patches, set(run.losses)
-        )
+        if isinstance(data, LoaderStream):
+            batch = data.global_batch(run.step, k, set(run.losses))
+        else:
+            batch = make_global_batch(
+                data, cfg, run.step, k, run.shard.size, run.model.num_patches, set(run.losses)
+            )
         step_losses += _micro_step(run, module, batch, last=k == A - 1) / A
     _clip_gradients(run)
     run.opt.step()
@@ -414,6 +440,7 @@ def _finish(run: _Run, world, model_cfg: ModelConfig, init, t_start: float, loop
         "steps": cfg.steps,
         "batch_size": cfg.batch_size,
         "world_size": info.world_size,
+        "data_format": run.data_info.get("data_format", "micro"),
         "losses": run.losses,
         "resumed_from_step": run.resumed_from,
         "loss_curve": _curve(run.history, cfg.log_every),

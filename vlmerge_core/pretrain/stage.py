@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vlmerge_core.config import Params, stage_params
-from vlmerge_core.data import ensure_world
+from vlmerge_core.data.real_source import open_source
 from vlmerge_core.io import write_json
 from vlmerge_core.paths import resolve
 from vlmerge_core.pretrain.loop import run_pretrain, stage_configs
+from vlmerge_core.study.launch import run_launched  # the launcher (config, io, paths only: no cycle)
 
 __all__ = [
     "checkpoints_table",
@@ -38,8 +40,22 @@ def run_pretrain_stage(
         profile: parameter preset used when ``params_file`` is empty.
         params_file: params file relative to the repo root (e.g. ``params.yaml``).
         **kwargs: the arguments of :func:`pretrain_run`.
+
+    With ``study.launcher: torchrun`` the run is one ``torchrun`` job of ``study.nproc_per_node``
+    processes (rank 0's metrics come back), as the study's pre-training units.
     """
-    return pretrain_run(stage_params(params_file, profile), stage, **kwargs)
+    params = stage_params(params_file, profile)
+    if params.study.launcher == "torchrun" and "WORLD_SIZE" not in os.environ:
+        return run_launched(
+            launched_pretrain_run, [{"params": params, "stage": stage, **kwargs}], params.study
+        )[0]
+    return pretrain_run(params, stage, **kwargs)
+
+
+def launched_pretrain_run(unit: dict[str, Any]) -> dict:
+    """One rank of a launched :func:`pretrain_run` (``unit``: its arguments, ``params`` included)."""
+    args = dict(unit)
+    return pretrain_run(args.pop("params"), args.pop("stage"), **args)
 
 
 def pretrain_run(
@@ -90,13 +106,13 @@ def pretrain_run(
         cfg = dataclasses.replace(cfg, rng_seed=rng_seed)
     if lr_mult != 1.0:
         cfg = dataclasses.replace(cfg, lr=cfg.lr * lr_mult)
-    world = ensure_world(params.data, world_dir or None)
+    world = open_source(params.data, world_dir or None)
     if not resume:
         clear_run(resolve(out_dir))
     metrics = run_pretrain(
         cfg, model_cfg, world, resolve(out_dir), init=resolve(init) if init else None, stage=stage
     )
-    if metrics_out:
+    if metrics_out and int(os.environ.get("RANK", "0")) == 0:  # rank 0 holds the evaluated metrics
         out = resolve(metrics_out)
         write_json(out, metrics)
         write_json(curve_path(out), curve_records(metrics))

@@ -213,7 +213,7 @@ def _finetune_unit(u: dict[str, Any]) -> dict:
     spec["params"] = {
         k: dataclasses.asdict(getattr(params, k)) for k in ("model", "finetune", "data", "report")
     }
-    files = [u["checkpoint"], f"{params.data.root if not u['world_dir'] else u['world_dir']}/meta.json"]
+    files = [u["checkpoint"], f"{params.data.root if not u['world_dir'] else u['world_dir']}/stats.json"]
     return cached("finetune", unit_key("finetune", spec, files), compute, u["use_cache"])
 
 

@@ -1,11 +1,12 @@
 """Units of a study stage launched under ``torchrun`` (``study.launcher``), or run in this process.
 
 ``inprocess`` (micro default): :func:`~vlmerge_core.study.workers.run_units` runs the units side by side
-on one-thread worker processes. ``torchrun`` (paper): each unit in turn is one ``torchrun`` job of
-``study.nproc_per_node`` processes per node on ``study.nnodes`` nodes; every rank runs the unit's
-function (pre-training and fine-tuning are DDP-aware: :mod:`vlmerge_core.pretrain.distributed`,
-:mod:`vlmerge_core.tasks.parallel`), and rank 0's result comes back. The unit and its result travel as
-pickles under ``runs/launch/`` (inside the repository, so a file system shared by the nodes sees them).
+on one-thread worker processes. ``torchrun`` (paper, rehearsal): the units of a call are one ``torchrun``
+job of ``study.nproc_per_node`` processes per node on ``study.nnodes`` nodes (one start-up and
+rendezvous, not one per unit); every rank runs the units in turn (pre-training and fine-tuning are
+DDP-aware: :mod:`vlmerge_core.pretrain.distributed`, :mod:`vlmerge_core.tasks.parallel`; the first
+unit sets up the process group and the job keeps it), and rank 0's results come back. Units and results
+travel as pickles under ``runs/launch/`` (inside the repository, so a file system shared by the nodes sees them).
 With several nodes, start the same stage on every node with ``VLMERGE_NODE_RANK`` set; the rendezvous
 is ``study.rdzv_endpoint``. The merge stage stays in-process (its Gram matrices and merges are single-
 process work).
@@ -66,31 +67,31 @@ def _env() -> dict[str, str]:
 
 
 def run_launched(fn: Callable[[Any], Any], units: Sequence[Any], study: StudyConfig) -> list:
-    """``[fn(u) for u in units]``, each unit one ``torchrun`` job; rank 0's results, in order.
+    """``[fn(u) for u in units]`` as one ``torchrun`` job; rank 0's results, in order.
 
     Raises:
-        LaunchError: a job exits non-zero or writes no result.
+        LaunchError: the job exits non-zero (the message names the unit that failed) or writes no result.
     """
+    if not units:
+        return []
     target = f"{fn.__module__}:{fn.__qualname__}"
     folder = resolve(LAUNCH_DIR)
     folder.mkdir(parents=True, exist_ok=True)
-    results = []
-    for i, unit in enumerate(units):
-        unit_file, result_file = (
-            folder / f"{os.getpid()}_{i}.unit.pkl",
-            folder / f"{os.getpid()}_{i}.result.pkl",
-        )
-        _write(unit_file, unit)
-        cmd = torchrun_command(study, target, unit_file, result_file)
+    unit_file, result_file = folder / f"{os.getpid()}.units.pkl", folder / f"{os.getpid()}.results.pkl"
+    failed = folder / f"{os.getpid()}.failed.txt"
+    _write(unit_file, list(units))
+    cmd = torchrun_command(study, target, unit_file, result_file)
+    try:
         done = subprocess.run(cmd, env=_env(), check=False)
         if done.returncode != 0 or not result_file.is_file():
+            which = failed.read_text().strip() if failed.is_file() else "a unit"
             raise LaunchError(
-                f"unit {i} of {target} failed under torchrun (exit {done.returncode}): {' '.join(cmd)}"
+                f"{which} of {target} failed under torchrun (exit {done.returncode}): {' '.join(cmd)}"
             )
-        results.append(pickle.loads(result_file.read_bytes()))
-        unit_file.unlink()
-        result_file.unlink()
-    return results
+        return pickle.loads(result_file.read_bytes())
+    finally:
+        for f in (unit_file, result_file, failed):
+            f.unlink(missing_ok=True)
 
 
 def world_probe(unit: Any) -> dict[str, Any]:
@@ -99,20 +100,34 @@ def world_probe(unit: Any) -> dict[str, Any]:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     total = torch.tensor([int(os.environ.get("RANK", "0")) + 1.0])
     if size > 1:
-        dist.init_process_group("gloo")
+        if not dist.is_initialized():  # the job's group, kept for its next units
+            dist.init_process_group("gloo")
         dist.all_reduce(total)
-        dist.destroy_process_group()
     return {"world_size": size, "rank_sum": float(total.item()), "unit": unit}
 
 
 def main(argv: Sequence[str]) -> int:
-    """One rank: load the unit, run ``module:function`` on it, rank 0 writes the result."""
+    """One rank: load the units, run ``module:function`` on each in turn, rank 0 writes the results.
+
+    A unit that raises is named in ``<pid>.failed.txt`` beside the units (for the launcher's error).
+    """
     target, unit_file, result_file = argv
     module, _, name = target.partition(":")
     fn = getattr(importlib.import_module(module), name)
-    result = fn(pickle.loads(Path(unit_file).read_bytes()))
+    results = []
+    for i, unit in enumerate(pickle.loads(Path(unit_file).read_bytes())):
+        try:
+            results.append(fn(unit))
+        except BaseException:
+            with atomic_write(
+                Path(unit_file).with_name(Path(unit_file).name.replace(".units.pkl", ".failed.txt")), "w"
+            ) as fh:
+                fh.write(f"unit {i}")
+            raise
     if int(os.environ.get("RANK", "0")) == 0:
-        _write(Path(result_file), result)
+        _write(Path(result_file), results)
+    if dist.is_initialized():  # gloo's threads abort a process that exits with its group alive
+        dist.destroy_process_group()
     return 0
 
 

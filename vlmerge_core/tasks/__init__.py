@@ -5,12 +5,13 @@ fine-tuning; ``run_task`` returns the fine-tuned model and task too (for figures
 :func:`~vlmerge_core.tasks.stage.run_finetune_stage` runs a model on every task and fine-tuning seed
 and writes the stage's metrics file. Metrics are pure functions of per-example outcomes in
 :mod:`~vlmerge_core.tasks.metrics`, their confidence intervals in :mod:`~vlmerge_core.tasks.bootstrap`;
-real-format readers in :mod:`~vlmerge_core.tasks.real`; figures in :mod:`~vlmerge_core.tasks.plots`;
+real-format readers in :mod:`~vlmerge_core.data.real`; figures in :mod:`~vlmerge_core.tasks.plots`;
 the command line in :mod:`~vlmerge_core.tasks.cli`.
 """
 
 from __future__ import annotations
 
+from vlmerge_core.data.real import RealFormatError
 from vlmerge_core.model.experts import TASKS
 from vlmerge_core.tasks.bootstrap import bootstrap_ci
 from vlmerge_core.tasks.engine import run_finetune, task_config
@@ -25,7 +26,6 @@ from vlmerge_core.tasks.metrics import (
     vqa_score,
     vqa_targets,
 )
-from vlmerge_core.tasks.real import RealFormatError
 from vlmerge_core.tasks.registry import (
     PAPER_RECIPES,
     TaskRun,

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
+from vlmerge_core.data.real import read_image_folders
 from vlmerge_core.tasks.base import ClassifierTask, augment_batch, subsample, subsample_size
 from vlmerge_core.tasks.heads import LinearClassifier
-from vlmerge_core.tasks.real import read_image_folders
 
 
 def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> dict[str, Any]:

@@ -394,6 +394,7 @@ def _finish(loop: _Loop, t0: float) -> dict[str, Any]:
         "val_last_gain": last_gain(loop.curve["val_select"], loop.curve["val_epoch"]),
         "curve": loop.curve,
         "steps": loop.step,
+        "world_size": loop.rt.world_size,
         "train_seconds": time.perf_counter() - t0,
     }
 

@@ -24,9 +24,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-# label of pixels that no class owns (ADE20k's "other" after ``reduce_zero_label``); not the MLM
-# ignore index of the data package
-SEG_IGNORE_LABEL = 255
+from vlmerge_core.data.real import SEG_IGNORE_LABEL  # the one definition, beside the ADE20k reader
 
 Finish = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
+from vlmerge_core.data.real import read_nlvr2
 from vlmerge_core.tasks.base import (
     ClassifierTask,
     augment_batch,
@@ -27,7 +28,6 @@ from vlmerge_core.tasks.base import (
     tokenize,
 )
 from vlmerge_core.tasks.heads import MLPClassifier
-from vlmerge_core.tasks.real import read_nlvr2
 
 
 def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> dict[str, Any]:

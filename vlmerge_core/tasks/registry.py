@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig, ModelConfig, Params, profile_params
-from vlmerge_core.data import ensure_world, load_world
+from vlmerge_core.data import load_world
+from vlmerge_core.data.real_source import task_world
 from vlmerge_core.data.tokenizer import check_tokenizer, load_identified_tokenizer
 from vlmerge_core.io import write_json
 from vlmerge_core.model import MultiwayTransformer, load_model
@@ -121,6 +122,18 @@ def load_backbone(backbone: str | Path | nn.Module, model_cfg: ModelConfig | Non
     return load_model(path)
 
 
+# what a task reads from its finetune.real_paths entry (a task without one reads the micro-world)
+REAL_FORMATS = {
+    "vqa": "vqav2_json", "coco": "coco_karpathy", "flickr": "flickr30k_karpathy", "nlvr2": "nlvr2_jsonl",
+    "imagenet": "imagenet_folders", "ade20k": "ade20k_folders", "text": "glue_tsv",
+}  # fmt: skip
+
+
+def data_format(task: str, cfg: FinetuneConfig) -> str:
+    """The format ``task`` reads under ``cfg``: its real format when ``real_paths`` names it, else micro."""
+    return REAL_FORMATS[task] if cfg.real_paths.get(task) else "micro"
+
+
 def _tokenizer(world: Any, cfg: FinetuneConfig) -> tuple[Any, dict[str, Any]]:
     """The fine-tuning tokenizer and its identity: ``finetune.real_paths.tokenizer``, else the world's."""
 
@@ -149,6 +162,8 @@ def build_task(
     if task not in _REGISTRY:
         raise KeyError(f"unknown task {task!r}; expected one of {list(TASKS)}")
     load_split, cls = _REGISTRY[task]
+    # dataset roots from the repo root (never the cwd: papermill runs the notebooks in notebooks/)
+    cfg = dataclasses.replace(cfg, real_paths={k: str(resolve(v)) for k, v in cfg.real_paths.items() if v})
     world = _world(world)
     if world is None and not cfg.real_paths.get(task):
         raise ValueError(f"finetune {task}: no world given and no finetune.real_paths.{task}")
@@ -219,6 +234,8 @@ def run_task(
             "epochs": tcfg.epochs,
             "steps": res["steps"],
             "n_train": obj.n_train,
+            "world_size": res["world_size"],
+            "data_format": data_format(task, tcfg),
             "curve": res["curve"],
             "seconds": time.perf_counter() - t0,
         }
@@ -271,7 +288,7 @@ def gram_inputs(params: Params, world_dir: str = "") -> dict[str, Any]:
     if params.merge.gram_source != "coco_retrieval":
         return {}
     cfg, mc = params.finetune, params.model
-    world = None if cfg.real_paths.get("coco") else ensure_world(params.data, world_dir or None)
+    world = None if cfg.real_paths.get("coco") else task_world(params.data, world_dir or None)
     tok, _ = _tokenizer(world, cfg)
     batches = retrieval.gram_batches(
         world, cfg, tok, mc.image_size, mc.max_text_len, params.merge.gram_batch_size

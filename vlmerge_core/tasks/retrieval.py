@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
+from vlmerge_core.data.real import read_karpathy
 from vlmerge_core.tasks.base import (
     BaseTask,
     augment_batch,
@@ -39,7 +40,6 @@ from vlmerge_core.tasks.base import (
 from vlmerge_core.tasks.heads import ProjectionPair
 from vlmerge_core.tasks.metrics import Outcomes, retrieval_outcomes
 from vlmerge_core.tasks.parallel import gather_rows_with_grad
-from vlmerge_core.tasks.real import read_karpathy
 
 
 def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str, task: str) -> dict[str, Any]:

@@ -19,12 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
+from vlmerge_core.data.real import ADE20K_CLASSES, read_ade20k
 from vlmerge_core.tasks.base import BaseTask, augment_batch, subsample, subsample_size
 from vlmerge_core.tasks.heads import SegDecoder
 from vlmerge_core.tasks.metrics import SEG_IGNORE_LABEL, Outcomes, segmentation_counts, segmentation_outcomes
-from vlmerge_core.tasks.real import read_ade20k
-
-ADE20K_CLASSES = 150
 
 
 def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> dict[str, Any]:

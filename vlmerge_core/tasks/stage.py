@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmerge_core.config import ModelConfig, Params, ParamsError, stage_params
-from vlmerge_core.data import ensure_world
+from vlmerge_core.data.real_source import task_world
 from vlmerge_core.io import write_json
 from vlmerge_core.model import CheckpointMismatchError, model_config_of
 from vlmerge_core.model.experts import TASKS
@@ -86,6 +86,7 @@ def _record(task: str, ft_seed: int, spec: str, run: TaskRun) -> dict[str, Any]:
         "ci": m["ci"],
         "val": dict(run.val),
         **{k: m[k] for k in ("main_metric", "select_metric", "val_last_gain", "seconds", "n_train")},
+        **{k: m[k] for k in ("world_size", "data_format")},
         **{k: m[k] for k in ("best_epoch", "epochs", "steps", "curve")},
     }
 
@@ -151,7 +152,7 @@ def finetune_models(
     if not seeds:
         raise ParamsError("ft_seeds: empty list of fine-tuning seeds")
     backbones = _backbones(tasks, checkpoint, dict(checkpoints or {}), params.model)
-    world = ensure_world(params.data, world_dir or None)
+    world = task_world(params.data, world_dir or None)  # None: every task reads finetune.real_paths
     records: list[dict[str, Any]] = []
     shown: dict[str, list] = {}
     for task in tasks:

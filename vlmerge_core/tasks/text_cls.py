@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
+from vlmerge_core.data.real import read_text_tsv
 from vlmerge_core.tasks.base import ClassifierTask, subsample, subsample_size, text_batch, tokenize
 from vlmerge_core.tasks.heads import LinearClassifier
-from vlmerge_core.tasks.real import read_text_tsv
 
 
 def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
+from vlmerge_core.data.real import read_vqav2
 from vlmerge_core.tasks.base import (
     BaseTask,
     augment_batch,
@@ -30,14 +31,15 @@ from vlmerge_core.tasks.base import (
 )
 from vlmerge_core.tasks.heads import MLPClassifier
 from vlmerge_core.tasks.metrics import Outcomes, dense_targets, mean_outcomes, vqa_score, vqa_targets
-from vlmerge_core.tasks.real import read_vqav2
 
 
 def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> dict[str, Any]:
     """Raw split: ``{"images", "questions": [{image, question, answers}], "answers": vocab}``."""
     root = cfg.real_paths.get("vqa")
     if root:
-        return read_vqav2(root, split, image_size, min_answer_count=cfg.vqa_min_answer_count)
+        return read_vqav2(
+            root, split, image_size, min_answer_count=cfg.vqa_min_answer_count, val_images=cfg.vqa_val_images
+        )
     qs = [{"image": q["image"], "question": q["question"], "answers": q["answers"]} for q in world.vqa(split)]
     return {"images": world.images(split), "questions": qs, "answers": list(world.answers)}
 

@@ -43,7 +43,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vlmerge_core.tasks.metrics import SEG_IGNORE_LABEL
+
+# label of pixels that no class owns (ADE20k's "other" after ``reduce_zero_label``); not the MLM
+# ignore index of the data package
+SEG_IGNORE_LABEL = 255
+ADE20K_CLASSES = 150  # ADE20k's classes after reduce_zero_label (the segmentation head's outputs)
 
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 HELDOUT_SEED = 0  # RNG seed of the validation examples held out of train (ours)
