@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from _repo import copy_repo, run
+
 pytestmark = [pytest.mark.slow, pytest.mark.pipeline]
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
+    return run(cmd, cwd)
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -38,31 +34,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def smoke_repo(tmp_path_factory) -> Path:
-    if shutil.which("dvc") is None:
-        pytest.fail("dvc is not installed (it is a dependency in pyproject.toml)")
-    repo = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for rel in files:
-        src = ROOT / rel
-        if src.is_file():
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, repo / rel)
-    for rel in (".dvc/config", ".dvcignore"):
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, repo / rel)
-    _run(
-        [sys.executable, "-m", "vlmerge_core.cli", "params", "--profile", "smoke", "-o", "params.yaml"], repo
-    )
-    _run(["git", "init", "-q"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke"], repo)
-    return repo
+    return copy_repo(tmp_path_factory.mktemp("repo"), "smoke")
 
 
 def _stale(repo: Path) -> set[str]:

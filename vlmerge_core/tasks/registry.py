@@ -151,6 +151,12 @@ def _world(world: Any) -> Any:
     return load_world(resolve(world))
 
 
+def with_resolved_paths(cfg: FinetuneConfig) -> FinetuneConfig:
+    """``cfg`` with its ``real_paths`` from the repo root (never the cwd: papermill runs the
+    notebooks in ``notebooks/``)."""
+    return dataclasses.replace(cfg, real_paths={k: str(resolve(v)) for k, v in cfg.real_paths.items() if v})
+
+
 def build_task(
     task: str, model: nn.Module, cfg: FinetuneConfig, world: Any, source: str = "the backbone"
 ) -> BaseTask:
@@ -162,8 +168,7 @@ def build_task(
     if task not in _REGISTRY:
         raise KeyError(f"unknown task {task!r}; expected one of {list(TASKS)}")
     load_split, cls = _REGISTRY[task]
-    # dataset roots from the repo root (never the cwd: papermill runs the notebooks in notebooks/)
-    cfg = dataclasses.replace(cfg, real_paths={k: str(resolve(v)) for k, v in cfg.real_paths.items() if v})
+    cfg = with_resolved_paths(cfg)
     world = _world(world)
     if world is None and not cfg.real_paths.get(task):
         raise ValueError(f"finetune {task}: no world given and no finetune.real_paths.{task}")
@@ -287,7 +292,7 @@ def gram_inputs(params: Params, world_dir: str = "") -> dict[str, Any]:
     Grams, as the official ``cache_gram_matrices.py``)."""
     if params.merge.gram_source != "coco_retrieval":
         return {}
-    cfg, mc = params.finetune, params.model
+    cfg, mc = with_resolved_paths(params.finetune), params.model
     world = None if cfg.real_paths.get("coco") else task_world(params.data, world_dir or None)
     tok, _ = _tokenizer(world, cfg)
     batches = retrieval.gram_batches(
