@@ -25,7 +25,8 @@ from vlmerge_core.paths import resolve
 
 PROFILES = ("micro", "smoke", "paper", "rehearsal")
 DATA_SOURCES = ("micro", "fixtures")  # what the data stage writes under data.root
-PRETRAIN_FORMATS = ("micro", "arrow", "coco_karpathy")  # what pre-training reads (metrics: data_format)
+# what pre-training reads (metrics: data_format)
+PRETRAIN_FORMATS = ("micro", "arrow", "coco_karpathy", "released")
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
 
@@ -75,10 +76,13 @@ class DataConfig:
     # the data stage writes the micro-world ("micro") or tiny files in every real on-disk format
     # ("fixtures": the rehearsal of the paper path, vlmerge_core.data.fixtures)
     source: str = _f("micro", choices=DATA_SOURCES)
-    # pre-training pairs: the micro-world, the official arrow files or COCO's Karpathy release
+    # pre-training pairs: the micro-world, the official arrow files, COCO's Karpathy release or the
+    # released COCO/VG/CC/SBU folders (vlmerge_core.data.pretrain_data)
     pretrain_format: str = _f("micro", choices=PRETRAIN_FORMATS)
-    pretrain_path: str = ""  # arrow folder or Karpathy root (relative to the repo root); micro: data.root
-    pretrain_datasets: list[str] = _f(factory=lambda: ["coco", "vg", "cc", "sbu"])  # arrow: file groups read
+    # arrow folder, Karpathy root or released root (relative to the repo root); micro: data.root
+    pretrain_path: str = ""
+    # arrow: file groups read; released: the dataset folders read
+    pretrain_datasets: list[str] = _f(factory=lambda: ["coco", "vg", "cc", "sbu"])
     tokenizer: str = ""  # real data: the study's one tokenizer (vocab.txt folder); "" = the world's
     num_workers: int = _f(0, lo=0)  # real data: DataLoader decoding processes per rank
     eval_images: int = _f(1000, lo=1)  # real data: zero-shot retrieval images of the Karpathy val split

@@ -1,25 +1,32 @@
-"""Pre-training pairs from the official arrow files, COCO Karpathy and the micro-world; the loader."""
+"""Pre-training pairs from the official arrow files, COCO Karpathy, the released layouts and the
+micro-world; the loader."""
 
 from __future__ import annotations
 
+import json
 import pickle
+import re
 import shutil
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 import torch.distributed as dist
 
-from vlmerge_core.config import profile_params
+from vlmerge_core.config import DataConfig, params_from_dict, profile_params
 from vlmerge_core.data import PairDataset
 from vlmerge_core.data.fixtures import write_arrow, write_fixtures, write_karpathy_folder
 from vlmerge_core.data.pretrain_data import (
     ArrowPairs,
     PretrainDataError,
+    ReleasedPairs,
     arrow_paths,
     pretrain_pairs,
 )
 from vlmerge_core.data.pretrain_loader import make_pretrain_loader
+from vlmerge_core.data.real import read_karpathy
+from vlmerge_core.data.real_source import RealSource, open_source
 from vlmerge_core.data.tokenizer import load_tokenizer
 
 SIZE, T = 16, 12
@@ -186,3 +193,107 @@ def test_loader_takes_its_share_from_the_process_group(arrow_ds, tmp_path):
         assert make_pretrain_loader(arrow_ds, 2, seed=0, num_replicas=2, rank=1).describe()["rank"] == 1
     finally:
         dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------- released
+RELEASED_IMAGES = {"coco": 5, "vg": 3, "cc": 3, "sbu": 3}  # the fixtures' images that have captions
+
+
+def _released_items(root, name):
+    """Distinct captions per usable image of a fixture folder, counted from its annotation file."""
+    if name == "coco":
+        return sum(len(set(c)) for c in read_karpathy(root / "coco", "train", SIZE)["captions"])
+    if name == "vg":
+        recs = json.loads((root / "vg" / "annotations" / "region_descriptions.json").read_text())
+        by_image = {r["id"]: {g["phrase"] for g in r["regions"]} for r in recs}
+        return sum(len(by_image[i]) for i in (1, 2, 3))  # 4 was not downloaded
+    pairs = json.loads((root / name / ("train_annot.json" if name == "cc" else "annot.json")).read_text())
+    return len({(p.split("/")[-1], c) for p, c in pairs if not p.endswith("0300007")})  # not downloaded
+
+
+def test_released_pairs_read_each_dataset(fx, tok):
+    total = 0
+    for name, n_images in RELEASED_IMAGES.items():
+        ds = pretrain_pairs("released", (fx["released"], [name]), tok, T, SIZE)
+        assert ds.num_images == n_images and len(ds) == _released_items(fx["released"], name)
+        assert all(p.is_relative_to(fx["released"] / name) for p in ds.paths)
+        _check_item(ds[len(ds) - 1], n_images)
+        total += len(ds)
+    ds = ReleasedPairs(fx["released"], list(RELEASED_IMAGES), tok, T, SIZE)
+    assert ds.describe() == {
+        "data_format": "released",
+        "n_pairs": total,
+        "n_images": 14,
+        "augment": "none",
+        "datasets": RELEASED_IMAGES,
+    }
+    for i in (0, len(ds) - 1):
+        _check_item(ds[i], 14)  # decoded and resized to the model's size
+    copy = pickle.loads(pickle.dumps(ds))  # what a DataLoader worker receives
+    torch.testing.assert_close(copy[5]["image"], ds[5]["image"], rtol=0, atol=0)
+    assert tok.decode(ds[0]["ids"], skip_special_tokens=True) == ds.texts[0].lower()
+
+
+def test_released_pairs_group_captions_and_drop_repeats(fx, tok):
+    cc = ReleasedPairs(fx["released"], ["cc"], tok, T, SIZE)
+    pairs = json.loads((fx["released"] / "cc" / "train_annot.json").read_text())
+    # image 0000007: records 0 and 4 (apart) are grouped; image 0100007: records 1 and 5 repeat a caption
+    assert [p.name for p in cc.paths] == ["0000007", "0100007", "0200007"]
+    assert [t for t, j in zip(cc.texts, cc.image_index) if j == 0] == [pairs[0][1], pairs[4][1]]
+    assert [t for t, j in zip(cc.texts, cc.image_index) if j == 1] == [pairs[1][1]] == [pairs[5][1]]
+    vg = ReleasedPairs(fx["released"], ["vg"], tok, T, SIZE)
+    recs = json.loads((fx["released"] / "vg" / "annotations" / "region_descriptions.json").read_text())
+    phrases = [r["phrase"] for r in recs[0]["regions"]]
+    assert phrases[-1] == phrases[0]  # the fixture repeats a region's phrase
+    assert vg.paths[0].name == "1.jpg" and vg.paths[2].parent.name == "VG_100K_2"
+    assert [t for t, j in zip(vg.texts, vg.image_index) if j == 0] == list(dict.fromkeys(phrases))
+
+
+def test_released_errors_name_the_path(fx, tok, tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"expected {tmp_path / 'sbu'}")):
+        ReleasedPairs(tmp_path, ["sbu"], tok, T, SIZE)
+    with pytest.raises(KeyError, match="unknown released pre-training dataset 'laion'"):
+        ReleasedPairs(fx["released"], ["laion"], tok, T, SIZE)
+    shutil.copytree(fx["released"] / "vg", tmp_path / "vg")
+    regions = tmp_path / "vg" / "annotations" / "region_descriptions.json"
+    regions.unlink()
+    with pytest.raises(FileNotFoundError, match=r"region_descriptions\.json: annotation file not found"):
+        ReleasedPairs(tmp_path, ["vg"], tok, T, SIZE)
+    bad = [
+        {"regions": [{"image_id": 1, "phrase": "a dog"}], "id": 1},
+        {"regions": [{"image_id": 2}], "id": 2},
+    ]
+    regions.write_text(json.dumps(bad))
+    with pytest.raises(
+        PretrainDataError, match=r"region_descriptions\.json: record 1 region 0: expected an int"
+    ):
+        ReleasedPairs(tmp_path, ["vg"], tok, T, SIZE)
+    shutil.copytree(fx["released"] / "cc", tmp_path / "cc")
+    (tmp_path / "cc" / "train_annot.json").write_text(json.dumps([["a/0000007", "a dog"], ["a/0100007"]]))
+    with pytest.raises(PretrainDataError, match=r"train_annot\.json: record 1: expected \[image_file_path"):
+        ReleasedPairs(tmp_path, ["cc"], tok, T, SIZE)
+    (tmp_path / "cc" / "train_annot.json").write_text(json.dumps([["a/0000007", "a dog"]]))
+    (tmp_path / "cc" / "images_train" / "0000" / "0000007").write_bytes(b"not a jpeg")
+    ds = ReleasedPairs(tmp_path, ["cc"], tok, T, SIZE)
+    with pytest.raises(PretrainDataError, match=r"images_train/0000/0000007: cannot decode image"):
+        ds[0]
+
+
+def test_real_source_reads_released_folders(fx):
+    cfg = DataConfig(
+        pretrain_format="released", pretrain_path=str(fx["released"]), pretrain_datasets=["vg", "cc"],
+        tokenizer=str(fx["tokenizer"]), image_size=SIZE,
+    )  # fmt: skip
+    source = open_source(cfg)
+    assert isinstance(source, RealSource) and source.data_format == "released"
+    pairs = source.pairs(T, SIZE, augment="official")
+    assert isinstance(pairs, ReleasedPairs) and pairs.describe()["datasets"] == {"vg": 3, "cc": 3}
+    _check_item(pairs[0], 6)
+    val = read_karpathy(fx["released"] / "coco", "val", SIZE)
+    assert source.images("val").shape == (2, SIZE, SIZE, 3)  # the Karpathy val split of coco/
+    np.testing.assert_array_equal(source.images("val"), val["images"][[0, 1]])
+    assert source.captions("val") == val["captions"]
+    params = params_from_dict(
+        {"data": {"pretrain_format": "released", "pretrain_path": "r", "tokenizer": "t"}}, "p.yaml"
+    )
+    assert params.data.pretrain_format == "released"

@@ -1,9 +1,9 @@
 """Pre-training on real-format data: the official arrow files through the DataLoader (issue: paper scale).
 
-The rehearsal profile's seed run reads the fixtures' arrow files (``vlmerge_core.data.fixtures``):
-its metrics name the format and the world size, a resumed run repeats the uninterrupted one, two gloo
-processes train on the batches of one (the interleaved all-gather), and what the arrow data cannot
-feed (MIM, text-only MLM) is refused by name.
+The rehearsal profile's seed run reads the fixtures' arrow files (``vlmerge_core.data.fixtures``)
+or their released COCO/VG/CC/SBU folders: its metrics name the format and the world size, a resumed
+run repeats the uninterrupted one, two gloo processes train on the batches of one (the interleaved
+all-gather), and what the arrow data cannot feed (MIM, text-only MLM) is refused by name.
 """
 
 from __future__ import annotations
@@ -52,6 +52,16 @@ def test_seed_run_on_arrow_files_records_its_data(tmp_path, params):
     assert all(torch.isfinite(torch.tensor(v)) for v in m["loss_end"].values())
     assert m["retrieval"]["n_images"] == 2  # the Karpathy val split of the fixtures' arrow files
     assert read_json(tmp_path / "run" / "metrics.json")["data_format"] == "arrow"
+
+
+def test_seed_run_on_released_folders(tmp_path, params, fixtures):
+    data = dataclasses.replace(
+        params.data, pretrain_format="released", pretrain_path=str(fixtures / "released")
+    )
+    cfg = dataclasses.replace(params.seed_pretrain, steps=2)
+    m = run_pretrain(cfg, params.model, open_source(data), tmp_path / "run", stage="seed", device="cpu")
+    assert m["data_format"] == "released" and m["retrieval"]["n_images"] == 2  # coco/'s Karpathy val
+    assert all(torch.isfinite(torch.tensor(v)) for v in m["loss_end"].values())
 
 
 def test_resumed_run_repeats_the_uninterrupted_one(tmp_path, params):

@@ -9,6 +9,10 @@
   (``image``, ``caption``, ``width``, ``height``, ``x``, ``y``, ``image_id``),
   ``conceptual_caption_{train,val}_0.arrow`` and ``sbu_0.arrow`` (``image``, ``caption``, ``image_id``,
   ``split``);
+- ``released/``: the pre-training datasets as released, before the official conversion to arrow:
+  ``coco/`` (a Karpathy COCO folder as below), ``vg/`` (``images/VG_100K{,_2}/<id>.jpg``,
+  ``annotations/region_descriptions.json``), ``cc/`` and ``sbu/`` (``images_train/<first4>/<name>``
+  with ``train_annot.json`` / ``annot.json``), see :func:`write_released`;
 - ``coco/``: ``karpathy/dataset_coco.json`` with ``train2014/`` and ``val2014/`` JPEGs;
   ``flickr/``: ``karpathy/dataset_flickr30k.json`` with ``flickr30k-images/``;
 - ``vqa/``: VQAv2 questions and annotations JSON of train2014 and val2014 with their images;
@@ -46,7 +50,7 @@ from vlmerge_core.io import atomic_path, atomic_write, save_safetensors
 COLOURS = ("red", "green", "blue", "yellow", "white", "black")
 THINGS = ("dog", "cat", "bus", "tree", "boat", "kite")
 PLACES = ("street", "field", "beach", "room", "park")
-_PURPOSE = ("coco", "flickr", "vg", "cc", "sbu", "vqa", "nlvr2", "imagenet", "ade20k", "text")
+_PURPOSE = ("coco", "flickr", "vg", "cc", "sbu", "vqa", "nlvr2", "imagenet", "ade20k", "text", "released")
 
 
 def _rng(seed: int, purpose: str) -> np.random.Generator:
@@ -124,6 +128,51 @@ def write_caption_arrows(out: Path, seed: int, n: int = 4) -> None:
             rows = [[_encode(_pixels(rng), "JPEG"), [_caption(rng)], f"{i:07d}", split] for i in range(n)]
             file = f"{stem}_{split}_0.arrow" if name == "cc" else f"{stem}_0.arrow"
             write_arrow(out / file, rows, ["image", "caption", "image_id", "split"])
+
+
+# ------------------------------------------------------------------------------ released VG, CC, SBU
+def _write_vg(root: Path, rng: np.random.Generator) -> None:
+    """Visual Genome: images 1, 2 (``VG_100K``) and 3 (``VG_100K_2``) with 3-5 region phrases each
+    (the first phrase repeated), the regions of an image not downloaded (4), an image without regions (5)."""
+    records, region = [], 0
+    for iid in (1, 2, 3, 4, 5):
+        if iid != 4:
+            sub = "VG_100K_2" if iid == 3 else "VG_100K"
+            _write(root / "images" / sub / f"{iid}.jpg", _encode(_pixels(rng), "JPEG"))
+        if iid == 5:
+            continue
+        regions = []
+        for phrase in (caps := _captions(rng, 3, 5)) + caps[:1]:
+            region += 1
+            box = dict(zip(("width", "height", "x", "y"), rng.integers(0, 16, size=4).tolist()))
+            regions.append({"region_id": region, "image_id": iid, "phrase": phrase, **box})
+        records.append({"regions": regions, "id": iid})
+    _write(root / "annotations" / "region_descriptions.json", json.dumps(records))
+
+
+def _write_caption_folder(root: Path, annot: str, rng: np.random.Generator) -> None:
+    """CC or SBU: ``images_train/<first4>/<name>`` and ``annot``, a list of ``[image_file_path,
+    caption]``: images 0-2 with a caption each, image 0 a second one (records apart), image 1 its
+    caption twice, a caption of an image not downloaded (3) and an image without caption (4)."""
+    names = [f"{100000 * i + 7:07d}" for i in range(5)]
+    for name in names[:3] + names[4:]:
+        _write(root / "images_train" / name[:4] / name, _encode(_pixels(rng), "JPEG"))
+    caps = [_caption(rng) for _ in range(4)]
+    second = _caption(rng)
+    while second == caps[0]:
+        second = _caption(rng)
+    recs = [*zip(names, caps), (names[0], second), (names[1], caps[1])]
+    pairs = [[f"./images_train/{name[:4]}/{name}", cap] for name, cap in recs]
+    _write(root / annot, json.dumps(pairs))
+
+
+def write_released(out: Path, seed: int) -> None:
+    """``vg/``, ``cc/`` and ``sbu/`` under ``out`` in the layouts the official data preparation reads
+    (ViLT's ``write_vg.py``, ``write_conceptual_caption.py``, ``write_sbu.py``), 3 usable images each."""
+    rng = _rng(seed, "released")
+    _write_vg(out / "vg", rng)
+    _write_caption_folder(out / "cc", "train_annot.json", rng)
+    _write_caption_folder(out / "sbu", "annot.json", rng)
 
 
 # ---------------------------------------------------------------------------------- Karpathy JSON
@@ -272,7 +321,7 @@ def write_fixtures(
         model_cfg: sizes of the BEiT checkpoint (default: :class:`ModelConfig`'s defaults).
 
     Returns:
-        ``{"arrows", "coco", "flickr", "vqa", "nlvr2", "imagenet", "ade20k", "text", "tokenizer",
+        ``{"arrows", "released", "coco", "flickr", "vqa", "nlvr2", "imagenet", "ade20k", "text", "tokenizer",
         "beit"}`` -> path (folders; ``beit`` a file), the keys of ``finetune.real_paths`` included.
     """
     out = Path(out_dir)
@@ -281,6 +330,8 @@ def write_fixtures(
     write_karpathy_folder(p["flickr"], seed, "flickr")
     write_coco_arrows(p["coco"], p["arrows"])
     write_caption_arrows(p["arrows"], seed)
+    write_karpathy_folder(p["released"] / "coco", seed, "coco")
+    write_released(p["released"], seed)
     write_vqav2(p["vqa"], seed)
     write_nlvr2(p["nlvr2"], seed)
     write_imagenet(p["imagenet"], seed)
@@ -295,5 +346,16 @@ def write_fixtures(
 def fixture_paths(out_dir: str | Path) -> dict[str, Path]:
     """Where :func:`write_fixtures` puts each dataset under ``out_dir`` (the keys it returns)."""
     out = Path(out_dir)
-    names = ("arrows", "coco", "flickr", "vqa", "nlvr2", "imagenet", "ade20k", "text", "tokenizer")
+    names = (
+        "arrows",
+        "released",
+        "coco",
+        "flickr",
+        "vqa",
+        "nlvr2",
+        "imagenet",
+        "ade20k",
+        "text",
+        "tokenizer",
+    )
     return {**{k: out / k for k in names}, "beit": out / "beit.safetensors"}

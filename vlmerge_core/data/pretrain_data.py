@@ -1,6 +1,6 @@
-"""Image-text pre-training pairs from the official arrow files, COCO's release format or the micro-world.
+"""Image-text pre-training pairs from the official arrow files, the datasets' releases or the micro-world.
 
-One interface, three sources (:data:`DATA_FORMATS`), each a :class:`PretrainPairs` whose item ``i``
+One interface, four sources (:data:`DATA_FORMATS`), each a :class:`PretrainPairs` whose item ``i``
 is one (image, caption) pair, as the official ``BaseDataset`` indexes them (every caption of every
 image is an item):
 ``{"image": float [3, S, S] in [-1, 1], "ids": Long [T], "mask": Bool [T], "index": image index}``,
@@ -18,6 +18,22 @@ tokenised on access, i.e. in the DataLoader's workers; nothing is held decoded i
   first-seen order here, where the official ``list(set(...))`` order varies between processes).
 - ``"coco_karpathy"`` (:class:`KarpathyPairs`): ``karpathy/dataset_coco.json`` and its image folders,
   parsed by :func:`vlmerge_core.data.real.read_karpathy` (train = train + restval).
+- ``"released"`` (:class:`ReleasedPairs`): COCO, Visual Genome, Conceptual Captions and SBU as
+  released, i.e. in the layouts the official data preparation reads before it writes the arrow files
+  (:data:`RELEASED_DATASETS`, one subfolder of a root each):
+
+  - ``coco/``: the Karpathy layout above (train = train + restval);
+  - ``vg/``: ``images/VG_100K/<id>.jpg``, ``images/VG_100K_2/<id>.jpg`` and
+    ``annotations/region_descriptions.json`` (a list of ``{"regions": [{"image_id", "phrase", ...}],
+    "id"}``); an image's captions are its regions' phrases (``write_vg.py``);
+  - ``cc/``: ``images_train/<first four characters of name>/<name>`` and ``train_annot.json`` (a list
+    of ``[image_file_path, caption]``); an image's id is the last component of ``image_file_path``
+    and its captions are grouped by it (``write_conceptual_caption.py``);
+  - ``sbu/``: the same as ``cc/`` with ``annot.json`` (``write_sbu.py``).
+
+  As the official scripts, an image without a caption or a caption without an image file is left out;
+  repeated captions of an image are dropped as for the arrow files. Images are listed in sorted path
+  order (the official scripts shuffle them before writing the arrow files).
 - ``"micro"`` (:class:`MicroPairs`): a :class:`~vlmerge_core.data.world.World`'s captions.
 
 :func:`make_pretrain_loader` wraps any of them in a :class:`PretrainLoader`.
@@ -26,6 +42,7 @@ tokenised on access, i.e. in the DataLoader's workers; nothing is held decoded i
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +57,12 @@ from vlmerge_core.data.augment import AUGMENT_MODES, augment_images
 from vlmerge_core.data.loaders import encode_text, image_to_tensor
 from vlmerge_core.data.real import read_karpathy
 
-DATA_FORMATS = ("arrow", "coco_karpathy", "micro")  # what a pre-training run read (metrics' data_format)
+DATA_FORMATS = (
+    "arrow",
+    "coco_karpathy",
+    "released",
+    "micro",
+)  # what a pre-training run read (metrics' data_format)
 
 # file stems (``<root>/<stem>.arrow``) the official dataset classes read for their train split
 # (vl-merging's ``coco_caption_karpathy_dataset.py`` reads train only, ViLT's train + restval: both here)
@@ -55,6 +77,11 @@ ARROW_PREFIX = (
     "code224_"  # vl-merging's name of the same files (``code224_vg.arrow``, ``code224_sbu_0.arrow``)
 )
 ARROW_COLUMNS = ("image", "caption")  # the columns every pre-training arrow file must have
+
+RELEASED_DATASETS = ("coco", "vg", "cc", "sbu")  # the subfolders of a "released" root
+RELEASED_ANNOT = {"cc": "train_annot.json", "sbu": "annot.json"}  # [image_file_path, caption] lists
+VG_IMAGES = ("VG_100K", "VG_100K_2")  # the folders of Visual Genome's images (under ``images/``)
+VG_REGIONS = Path("annotations") / "region_descriptions.json"
 
 
 class PretrainDataError(ValueError):
@@ -77,6 +104,14 @@ def decode_image(data: bytes, where: str) -> Image.Image:
     except OSError as exc:
         raise PretrainDataError(f"{where}: cannot decode image: {exc}") from None
     return im
+
+
+def read_image_file(path: Path) -> Image.Image:
+    """An image file, decoded; a missing or undecodable file raises an error naming it."""
+    try:
+        return decode_image(path.read_bytes(), str(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {path}") from None
 
 
 class PretrainPairs(Dataset):
@@ -235,11 +270,7 @@ class KarpathyPairs(PretrainPairs):
         self.num_images = len(self.paths)
 
     def load_image(self, j: int) -> Image.Image:
-        path = self.paths[j]
-        try:
-            return decode_image(path.read_bytes(), str(path))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image file not found: {path}") from None
+        return read_image_file(self.paths[j])
 
 
 class MicroPairs(PretrainPairs):
@@ -266,16 +297,140 @@ class MicroPairs(PretrainPairs):
         return Image.fromarray(self.images[j])
 
 
+# ----------------------------------------------------------------------------------------- released
+def _released_json(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: annotation file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PretrainDataError(f"{path}: not valid JSON: {exc}") from None
+
+
+def read_caption_pairs(root: Path, annot: str) -> tuple[list[Path], list[list[str]]]:
+    """Conceptual Captions or SBU as released -> (image files, their captions).
+
+    ``<root>/<annot>`` is a list of ``[image_file_path, caption]``; captions are grouped by the last
+    component of ``image_file_path``, the image id, which names a file of ``<root>/images_train/*/*``
+    (``<first four characters>/<id>``). Only files with a caption are kept.
+    """
+    path = root / annot
+    records = _released_json(path)
+    if not isinstance(records, list):
+        raise PretrainDataError(f"{path}: expected a list of [image_file_path, caption] records")
+    iid2captions: dict[str, list[str]] = {}
+    for i, rec in enumerate(records):
+        if not (isinstance(rec, list) and len(rec) == 2 and all(isinstance(x, str) for x in rec)):
+            raise PretrainDataError(
+                f"{path}: record {i}: expected [image_file_path, caption], got {rec!r:.80}"
+            )
+        iid2captions.setdefault(rec[0].split("/")[-1], []).append(rec[1])
+    files = sorted(f for f in (root / "images_train").glob("*/*") if f.name in iid2captions)
+    return files, [iid2captions[f.name] for f in files]
+
+
+def _vg_regions(path: Path) -> dict[int, list[str]]:
+    """image id -> its region phrases, from Visual Genome's ``region_descriptions.json``."""
+    records = _released_json(path)
+    if not isinstance(records, list):
+        raise PretrainDataError(f"{path}: expected a list of {{'regions': [...], 'id': ...}} records")
+    iid2captions: dict[int, list[str]] = {}
+    for i, rec in enumerate(records):
+        regions = rec.get("regions") if isinstance(rec, dict) else None
+        if not isinstance(regions, list):
+            raise PretrainDataError(f"{path}: record {i}: missing list 'regions'")
+        for k, reg in enumerate(regions):
+            iid, phrase = (reg.get("image_id"), reg.get("phrase")) if isinstance(reg, dict) else (None, None)
+            if not isinstance(iid, int) or isinstance(iid, bool) or not isinstance(phrase, str):
+                raise PretrainDataError(
+                    f"{path}: record {i} region {k}: expected an int 'image_id' and a str 'phrase', "
+                    f"got {reg!r:.80}"
+                )
+            iid2captions.setdefault(iid, []).append(phrase)
+    return iid2captions
+
+
+def read_vg(root: Path) -> tuple[list[Path], list[list[str]]]:
+    """Visual Genome as released -> (image files, their captions: the phrases of their regions).
+
+    An image's id is its file name without ``.jpg`` (``images/VG_100K/<id>.jpg``,
+    ``images/VG_100K_2/<id>.jpg``); files whose name is not an id or that have no region are left out.
+    """
+    iid2captions = _vg_regions(root / VG_REGIONS)
+    files = [
+        f
+        for sub in VG_IMAGES
+        for f in sorted((root / "images" / sub).glob("*.jpg"))
+        if f.stem.isdigit() and int(f.stem) in iid2captions
+    ]
+    return files, [iid2captions[int(f.stem)] for f in files]
+
+
+def released_dataset(root: str | Path, name: str, image_size: int) -> tuple[list[Path], list[list[str]]]:
+    """(image files, their captions) of dataset ``name`` (:data:`RELEASED_DATASETS`) under ``root``."""
+    if name not in RELEASED_DATASETS:
+        raise KeyError(
+            f"unknown released pre-training dataset {name!r}; expected one of {list(RELEASED_DATASETS)}"
+        )
+    folder = Path(root) / name
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{root}: no folder of the released {name!r} dataset (expected {folder})")
+    if name == "coco":
+        data = read_karpathy(folder, "train", image_size)
+        return data["images"].paths, data["captions"]
+    return read_vg(folder) if name == "vg" else read_caption_pairs(folder, RELEASED_ANNOT[name])
+
+
+class ReleasedPairs(PretrainPairs):
+    """Pairs of COCO, VG, CC and SBU in their release layouts (module docstring), one subfolder each."""
+
+    data_format = "released"
+
+    def __init__(
+        self,
+        root: str | Path,
+        datasets: Sequence[str],
+        tokenizer: Any,
+        max_len: int,
+        image_size: int,
+        **kw: Any,
+    ):
+        super().__init__(tokenizer, max_len, image_size, **kw)
+        if not datasets:
+            raise ValueError("ReleasedPairs: no dataset given")
+        self.root = Path(root)
+        self.paths: list[Path] = []
+        self.counts: dict[str, int] = {}  # dataset -> images
+        for name in datasets:
+            files, captions = released_dataset(self.root, name, image_size)
+            for path, caps in zip(files, captions):
+                caps = list(dict.fromkeys(caps))  # repeated captions dropped, first-seen order
+                self.texts += caps
+                self.image_index += [len(self.paths)] * len(caps)
+                self.paths.append(path)
+            self.counts[name] = len(files)
+        self.num_images = len(self.paths)
+
+    def load_image(self, j: int) -> Image.Image:
+        return read_image_file(self.paths[j])
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "datasets": dict(self.counts)}
+
+
 def pretrain_pairs(
     data_format: str, source: Any, tokenizer: Any, max_len: int, image_size: int, **kw: Any
 ) -> PretrainPairs:
     """The :class:`PretrainPairs` of ``data_format`` over ``source``: arrow file paths (or
-    ``(root, datasets)``), a Karpathy root folder, or a :class:`World`."""
+    ``(root, datasets)``), a Karpathy root folder, ``(root, datasets)`` of the released layouts, or a
+    :class:`World`."""
     if data_format == "arrow":
         paths = arrow_paths(*source) if isinstance(source, tuple) else source
         return ArrowPairs(paths, tokenizer, max_len, image_size, **kw)
     if data_format == "coco_karpathy":
         return KarpathyPairs(source, tokenizer, max_len, image_size, **kw)
+    if data_format == "released":
+        return ReleasedPairs(*source, tokenizer, max_len, image_size, **kw)
     if data_format == "micro":
         return MicroPairs(source, tokenizer=tokenizer, max_len=max_len, image_size=image_size, **kw)
     raise KeyError(f"unknown pre-training data_format {data_format!r}; expected one of {list(DATA_FORMATS)}")

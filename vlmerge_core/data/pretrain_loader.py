@@ -51,7 +51,7 @@ class PretrainLoader(DataLoader):
     """A DataLoader over :class:`PretrainPairs` that knows its source and sets its epoch.
 
     Attributes:
-        data_format: the source's format (``"arrow"``, ``"coco_karpathy"``, ``"micro"``).
+        data_format: the source's format (``"arrow"``, ``"coco_karpathy"``, ``"released"``, ``"micro"``).
         seed: the base RNG seed; epoch ``e`` shuffles with ``seed + e``.
     """
 

@@ -2,10 +2,11 @@
 
 :func:`open_source` is what a pre-training stage opens: the micro-world (``data.pretrain_format:
 micro``, :func:`~vlmerge_core.data.world.ensure_world`) or a :class:`RealSource` over the official
-arrow files or COCO's Karpathy release (``arrow``, ``coco_karpathy``). Both answer what the loop and
-its zero-shot evaluation ask: ``tokenizer()``, ``tokenizer_identity``, ``root``, ``data_format``,
-``captions(split, style)`` and ``images(split)`` of the evaluation split, and ``pairs(...)``, the
-training pairs as a :class:`~vlmerge_core.data.pretrain_data.PretrainPairs` for the DataLoader.
+arrow files, COCO's Karpathy release or the released COCO/VG/CC/SBU folders (``arrow``,
+``coco_karpathy``, ``released``). Both answer what the loop and its zero-shot evaluation ask:
+``tokenizer()``, ``tokenizer_identity``, ``root``, ``data_format``, ``captions(split, style)`` and
+``images(split)`` of the evaluation split, and ``pairs(...)``, the training pairs as a
+:class:`~vlmerge_core.data.pretrain_data.PretrainPairs` for the DataLoader.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from vlmerge_core.data.pretrain_data import (
     ArrowPairs,
     KarpathyPairs,
     PretrainPairs,
+    ReleasedPairs,
     arrow_paths,
     decode_image,
     open_arrow,
@@ -36,14 +38,16 @@ EVAL_ARROW = "coco_caption_karpathy_val"  # the zero-shot evaluation split of th
 
 
 class RealSource:
-    """The official arrow files (``arrow``) or a Karpathy COCO folder (``coco_karpathy``).
+    """The official arrow files (``arrow``), a Karpathy COCO folder (``coco_karpathy``) or a root of
+    the released datasets' folders (``released``: ``coco/``, ``vg/``, ``cc/``, ``sbu/``).
 
     Training pairs are read lazily by the DataLoader's workers; the evaluation split (the Karpathy
-    val images, at most ``data.eval_images``) is decoded once, on first use.
+    val images, at most ``data.eval_images``; ``released``: those of ``coco/``) is decoded once, on
+    first use.
     """
 
     def __init__(self, cfg: DataConfig):
-        if cfg.pretrain_format not in ("arrow", "coco_karpathy"):
+        if cfg.pretrain_format not in ("arrow", "coco_karpathy", "released"):
             raise ValueError(f"RealSource: data.pretrain_format {cfg.pretrain_format!r} is not real data")
         self.config = cfg
         self.data_format = cfg.pretrain_format
@@ -61,6 +65,10 @@ class RealSource:
         kw = {"augment": augment}
         if self.data_format == "arrow":
             return ArrowPairs(arrow_paths(self.root, self.config.pretrain_datasets), self._tok, max_len, image_size, **kw)
+        if self.data_format == "released":
+            return ReleasedPairs(
+                self.root, self.config.pretrain_datasets, self._tok, max_len, image_size, **kw
+            )
         return KarpathyPairs(self.root, self._tok, max_len, image_size, split="train", **kw)
 
     @cached_property
@@ -77,7 +85,8 @@ class RealSource:
                 for r in rows
             ]
         else:
-            pairs = KarpathyPairs(self.root, self._tok, 1, size, split="val")
+            coco = self.root / "coco" if self.data_format == "released" else self.root
+            pairs = KarpathyPairs(coco, self._tok, 1, size, split="val")
             keep = min(n, pairs.num_images)
             caps = [[] for _ in range(keep)]
             for t, j in zip(pairs.texts, pairs.image_index):
