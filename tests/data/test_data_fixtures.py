@@ -14,12 +14,6 @@ from PIL import Image
 
 from vlmerge_core.config import FinetuneConfig, profile_params
 from vlmerge_core.data.fixtures import write_fixtures
-from vlmerge_core.data.tokenizer import load_tokenizer
-from vlmerge_core.model import MultiwayTransformer
-from vlmerge_core.model.experts import TASKS
-from vlmerge_core.model.init import load_timm_into_v
-from vlmerge_core.tasks import finetune_task
-from vlmerge_core.tasks.metrics import SEG_IGNORE_LABEL
 from vlmerge_core.data.real import (
     HELDOUT_VAL,
     heldout_split,
@@ -30,6 +24,12 @@ from vlmerge_core.data.real import (
     read_text_tsv,
     read_vqav2,
 )
+from vlmerge_core.data.tokenizer import load_tokenizer
+from vlmerge_core.model import MultiwayTransformer
+from vlmerge_core.model.experts import TASKS
+from vlmerge_core.model.init import load_timm_into_v
+from vlmerge_core.tasks import finetune_task
+from vlmerge_core.tasks.metrics import SEG_IGNORE_LABEL
 
 SIZE = 16
 

@@ -10,7 +10,9 @@ PKG = "vlmerge_core.data"
 def _graph() -> dict[str, set[str]]:
     """Module -> modules of the data package it imports, at any depth of its code (lazy imports too)."""
     inner = {m: d for m, d in import_graph().items() if m.startswith(PKG + ".")}
-    return {m.rpartition(".")[2]: {d.rpartition(".")[2] for d in deps if d in inner} for m, deps in inner.items()}
+    return {
+        m.rpartition(".")[2]: {d.rpartition(".")[2] for d in deps if d in inner} for m, deps in inner.items()
+    }
 
 
 def test_no_import_cycle_in_data_package():

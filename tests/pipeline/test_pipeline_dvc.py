@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from _repo import copy_repo, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.pipeline]

@@ -42,7 +42,6 @@ def test_rehearsal_runs_the_paper_path_on_the_fixtures(tmp_path_factory):
         r for f in ("testbed", "evaluate") for doc in _json(repo / f"metrics/finetune/{f}.json")
         for r in doc["records"]
     ]  # fmt: skip
-    ]
     assert {r["task"] for r in records} == set(TASK_FORMATS)
     for r in records:
         assert r["world_size"] == 2 and r["data_format"] == TASK_FORMATS[r["task"]], (

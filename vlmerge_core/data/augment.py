@@ -34,8 +34,9 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from vlmerge_core.data.scenes import COLOURS, RGB
 from PIL import Image
+
+from vlmerge_core.data.scenes import COLOURS, RGB
 
 __all__ = [
     "AUGMENT_MODES",

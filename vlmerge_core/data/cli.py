@@ -31,7 +31,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="generate the micro-world (data.source: fixtures: the rehearsal's real-format files)")
+    p = sub.add_parser(
+        "data", help="generate the micro-world (data.source: fixtures: the rehearsal's real-format files)"
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--profile", choices=PROFILES, help="use a profile preset instead of a params file")
     src.add_argument(

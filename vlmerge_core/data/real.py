@@ -43,7 +43,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-
 # label of pixels that no class owns (ADE20k's "other" after ``reduce_zero_label``); not the MLM
 # ignore index of the data package
 SEG_IGNORE_LABEL = 255

@@ -64,7 +64,9 @@ class RealSource:
         """The training pairs (every caption of every image an item), decoded on access."""
         kw = {"augment": augment}
         if self.data_format == "arrow":
-            return ArrowPairs(arrow_paths(self.root, self.config.pretrain_datasets), self._tok, max_len, image_size, **kw)
+            return ArrowPairs(
+                arrow_paths(self.root, self.config.pretrain_datasets), self._tok, max_len, image_size, **kw
+            )
         if self.data_format == "released":
             return ReleasedPairs(
                 self.root, self.config.pretrain_datasets, self._tok, max_len, image_size, **kw
@@ -110,7 +112,9 @@ class RealSource:
     @staticmethod
     def _check(split: str) -> None:
         if split != "val":
-            raise ValueError(f"real pre-training data: zero-shot evaluation reads the val split, not {split!r}")
+            raise ValueError(
+                f"real pre-training data: zero-shot evaluation reads the val split, not {split!r}"
+            )
 
     def describe(self) -> dict[str, Any]:
         return {"data_format": self.data_format, "root": str(self.config.pretrain_path)}
@@ -130,4 +134,3 @@ def open_source(cfg: DataConfig, world_dir: str | Path | None = None) -> World |
     if cfg.pretrain_format == "micro":
         return ensure_world(cfg, world_dir or None)
     return RealSource(cfg)
-

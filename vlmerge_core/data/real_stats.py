@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from vlmerge_core.data.stats import majority_miou, random_recall
 from vlmerge_core.data.real import (
     ADE20K_CLASSES,
     read_ade20k,
@@ -25,8 +24,10 @@ from vlmerge_core.data.real import (
     read_text_tsv,
     read_vqav2,
 )
+from vlmerge_core.data.stats import majority_miou, random_recall
 
 __all__ = ["real_stats"]
+
 
 def _majority(train: list, test: list) -> float:
     if not train or not test:
@@ -37,16 +38,23 @@ def _majority(train: list, test: list) -> float:
 
 def _vqa(root: Path, size: int, min_count: int, val_images: int) -> tuple[dict, float]:
     train, test = (
-        read_vqav2(root, s, size, min_answer_count=min_count, val_images=val_images) for s in ("train", "test")
+        read_vqav2(root, s, size, min_answer_count=min_count, val_images=val_images)
+        for s in ("train", "test")
     )
     top = Counter(a for q in train["questions"] for a in q["answers"]).most_common(1)[0][0]
     # VQA score of always answering the training majority answer: min(1, matches / 3), as evaluated
     score = [min(1.0, q["answers"].count(top) / 3) for q in test["questions"]]
-    counts = {"train": len(train["questions"]), "test": len(test["questions"]), "answers": len(train["answers"])}
+    counts = {
+        "train": len(train["questions"]),
+        "test": len(test["questions"]),
+        "answers": len(train["answers"]),
+    }
     return counts, float(np.mean(score)) if score else 0.0
 
 
-def real_stats(paths: dict[str, Path], image_size: int, vqa_min_answer_count: int = 9, vqa_val_images: int = 1000) -> dict[str, Any]:
+def real_stats(
+    paths: dict[str, Path], image_size: int, vqa_min_answer_count: int = 9, vqa_val_images: int = 1000
+) -> dict[str, Any]:
     """``stats.json`` of the real-format datasets at ``paths`` (``finetune.real_paths`` keys)."""
     counts: dict[str, Any] = {}
     vqa_counts, vqa_chance = _vqa(Path(paths["vqa"]), image_size, vqa_min_answer_count, vqa_val_images)
@@ -57,8 +65,12 @@ def real_stats(paths: dict[str, Path], image_size: int, vqa_min_answer_count: in
         per_image = [len(c) for c in test["captions"]]
         counts[task] = {"test_images": len(per_image), "test_captions": sum(per_image)}
         retrieval[task] = {f"r{k}": random_recall(per_image, k) for k in (1, 5, 10)}
-    nlvr2 = {s: [p["label"] for p in read_nlvr2(paths["nlvr2"], s, image_size)["pairs"]] for s in ("train", "test")}
-    imagenet = {s: read_image_folders(paths["imagenet"], s, image_size)["labels"].tolist() for s in ("train", "test")}
+    nlvr2 = {
+        s: [p["label"] for p in read_nlvr2(paths["nlvr2"], s, image_size)["pairs"]] for s in ("train", "test")
+    }
+    imagenet = {
+        s: read_image_folders(paths["imagenet"], s, image_size)["labels"].tolist() for s in ("train", "test")
+    }
     text = {s: [r["label"] for r in read_text_tsv(paths["text"], s)] for s in ("train", "test")}
     ade = {s: read_ade20k(paths["ade20k"], s, image_size)["masks"] for s in ("train", "test")}
     masks = {s: np.stack([ade[s][i] for i in range(len(ade[s]))]) for s in ade}

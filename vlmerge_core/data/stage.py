@@ -27,6 +27,7 @@ class FixtureSet:
     paths: dict[str, Path]  # dataset -> folder (finetune.real_paths keys, arrows, tokenizer, beit)
     stats: dict[str, Any]  # counts and chance levels (real_stats)
 
+
 log = logging.getLogger(__name__)
 
 

@@ -59,7 +59,13 @@ def learn_wordpiece_vocab(word_counts: Counter, vocab_size: int) -> list[str]:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
     """A BERT-style WordPiece ``tokenizers.Tokenizer`` for ``texts`` (deterministic for a corpus)."""
-    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors  # on use: training only
+    from tokenizers import (  # on use: training only
+        Tokenizer,
+        decoders,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
     from tokenizers.models import WordPiece  # on use: training only
 
     normalizer = normalizers.BertNormalizer(

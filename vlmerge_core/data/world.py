@@ -28,20 +28,19 @@ import numpy as np
 from vlmerge_core.config import DataConfig
 from vlmerge_core.data import grammar
 from vlmerge_core.data.layout import SPLITS, STYLES, WORLD_FORMAT, run_info_path
+from vlmerge_core.data.loaders import patchify
 from vlmerge_core.data.scenes import (
     COLOURS,
     NUM_IMAGE_CLASSES,
     NUM_SEG_CLASSES,
     SHAPES,
     render_scenes,
-    sample_scene,
     sample_scenes,
     scene_key,
 )
 from vlmerge_core.data.stats import compute_stats
 from vlmerge_core.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_identity, train_tokenizer
 from vlmerge_core.io import atomic_write, read_json, write_json, write_run_info
-from vlmerge_core.data.loaders import patchify
 from vlmerge_core.paths import resolve
 
 log = logging.getLogger(__name__)
@@ -113,7 +112,12 @@ def _nlvr2(rng: np.random.Generator, scenes: list[dict], n: int) -> list[dict]:
 
 
 def _text_cls(
-    rng: np.random.Generator, n: int, split: str, taken: set[str], noise: float, noise_rng: np.random.Generator
+    rng: np.random.Generator,
+    n: int,
+    split: str,
+    taken: set[str],
+    noise: float,
+    noise_rng: np.random.Generator,
 ) -> list[dict]:
     """``n`` sentences balanced over the colours, none of them in ``taken`` (other splits); synonyms
     name the colours outside the training split (:func:`grammar.text_cls_item`). A fraction ``noise``
@@ -129,7 +133,9 @@ def _text_cls(
         else:
             raise ValueError("text_cls: cannot draw a sentence unseen in other splits; lower the split sizes")
         if noise_rng.random() < noise:
-            label = (label + 1 + int(noise_rng.integers(len(grammar.TEXT_LABELS) - 1))) % len(grammar.TEXT_LABELS)
+            label = (label + 1 + int(noise_rng.integers(len(grammar.TEXT_LABELS) - 1))) % len(
+                grammar.TEXT_LABELS
+            )
         out.append({"text": (text, plain), "label": int(label), "kind": shape})
     return out
 
@@ -139,7 +145,9 @@ def _caption(rng: np.random.Generator, scene: dict, style: str) -> tuple[str, st
     return full, plain, compact
 
 
-def _vqa(rng: np.random.Generator, i: int, scene: dict, annotators: int, agree: float, max_objects: int) -> dict:
+def _vqa(
+    rng: np.random.Generator, i: int, scene: dict, annotators: int, agree: float, max_objects: int
+) -> dict:
     """A question with its ground truth ``answer`` and ``annotators`` human-like answers: each the truth
     with probability ``agree``, else another answer of the same question type (VQAv2's ten answers,
     from which the official soft scores are computed)."""
@@ -246,7 +254,6 @@ def fit_codebook(images: np.ndarray, patch: int, k: int, seed: int) -> np.ndarra
     """
     from sklearn.cluster import KMeans  # heavy, only when a world is generated
     from threadpoolctl import threadpool_limits  # comes with scikit-learn
-
 
     x = patchify(images.astype(np.float32) / 127.5 - 1.0, patch)  # (N, P, p*p*3)
     x = x.reshape(-1, x.shape[-1]).astype(np.float64)
