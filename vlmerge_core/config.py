@@ -247,7 +247,7 @@ class FinetuneConfig:
             "vqa": {"head_lr_mult": 100.0, "epochs": 24, "drop_path": 0.15},
             "coco": {"batch_size": 64, "train_subsample": 500},
             "flickr": {"batch_size": 64, "train_subsample": 500},
-            "nlvr2": {},
+            "nlvr2": {"epochs": 12},
             "ade20k": {"lr": 1e-3, "batch_size": 16},
             "text": {"lr": 1e-3},
         }
