@@ -260,6 +260,10 @@ class FinetuneConfig:
     betas: list[float] = _f(factory=lambda: [0.9, 0.98])  # AdamW betas (official beta_2 = 0.98)
     vqa_min_answer_count: int = _f(9, lo=1)  # real VQAv2: answers kept in the vocabulary (official: 9)
     vqa_val_images: int = _f(1000, lo=1)  # real VQAv2: val2014 images held out for model selection
+    # real VQAv2: "heldout" (ours: train2014; val and a labelled test from val2014) or "official"
+    # (train2014 + val2014's trainable part; test-dev2015 answers written for the EvalAI server)
+    vqa_protocol: str = _f("heldout", choices=("heldout", "official"))
+    submission_dir: str = ""  # official VQA protocol: where the test-dev2015 answer files go; "" = none
     drop_path: float = _f(0.1, lo=0.0, hi=1.0)  # stochastic depth while fine-tuning (official 0.1; VQA 0.15)
     text_dropout: float = _f(0.1, lo=0.0, hi=1.0)  # text-embedding dropout while fine-tuning (official 0.1)
     augment: str = _f("photometric", choices=("official", "photometric", "none"))  # train image transform

@@ -16,7 +16,8 @@ import torch.distributed as dist
 
 from vlmerge_core.config import DataConfig, params_from_dict, profile_params
 from vlmerge_core.data import PairDataset
-from vlmerge_core.data.fixtures import write_arrow, write_fixtures, write_karpathy_folder
+from vlmerge_core.data import augment as augment_mod
+from vlmerge_core.data.fixtures import fixture_paths, write_arrow, write_fixtures, write_karpathy_folder
 from vlmerge_core.data.pretrain_data import (
     ArrowPairs,
     PretrainDataError,
@@ -297,3 +298,26 @@ def test_real_source_reads_released_folders(fx):
         {"data": {"pretrain_format": "released", "pretrain_path": "r", "tokenizer": "t"}}, "p.yaml"
     )
     assert params.data.pretrain_format == "released"
+
+
+def test_official_augment_crops_the_original_image_then_resizes(tmp_path):
+    """``official``: RandomResizedCrop of the decoded image at its own size (the official transform),
+    not of the image already resized to the model's size; the draw depends on (seed, epoch, item)."""
+    write_fixtures(tmp_path, 0)
+    p = fixture_paths(tmp_path)
+    tok = load_tokenizer(p["tokenizer"])
+    seen: list[tuple[int, ...]] = []
+    real = augment_mod._resized_crop
+
+    def spy(img, g, size=None):
+        seen.append(img.shape[:2])
+        return real(img, g, size)
+
+    pairs = ArrowPairs(arrow_paths(p["arrows"], ["coco"]), tok, 16, 32, augment="official")
+    try:
+        augment_mod._resized_crop = spy
+        x = pairs.image(0)
+    finally:
+        augment_mod._resized_crop = real
+    assert seen == [(16, 24)] and x.shape == (3, 32, 32)  # the fixtures' 24 x 16 JPEG, uncropped before
+    assert torch.equal(pairs.image(0), x)  # same (seed, epoch, item): the same crop

@@ -357,3 +357,43 @@ def test_task_resolution_from_overrides(tmp_path, smoke_world, pico_cfg):
     assert run.model.cfg.image_size == size and model.cfg.image_size == pico_cfg.image_size
     assert run.task.splits["train"]["images"][np.array([0])].shape == (1, size, size, 3)
     assert 0.0 <= run.metrics["main"] <= 100.0
+
+
+def test_vqa_official_protocol_trains_on_trainable_val_and_answers_test_dev(tmp_path, smoke_params):
+    """``vqa_protocol: official``: train2014 + the trainable part of val2014 train, the last
+    2 x ``vqa_val_images`` val2014 images are val then test (disjoint), and the test-dev2015
+    questions (no answers) get an EvalAI answer file from the fine-tuned model."""
+    import dataclasses
+
+    from vlmerge_core.config import FinetuneConfig
+    from vlmerge_core.data.fixtures import fixture_paths, write_fixtures
+    from vlmerge_core.data.real import read_vqav2_testdev
+    from vlmerge_core.tasks import run_task
+
+    write_fixtures(tmp_path, 0, smoke_params.model)
+    fx = fixture_paths(tmp_path)
+    splits = {
+        s: read_vqav2(fx["vqa"], s, SIZE, 1, val_images=1, protocol="official")
+        for s in ("train", "val", "test")
+    }
+    paths = {s: set(map(str, d["images"].paths)) for s, d in splits.items()}
+    assert sum("val2014" in p for p in paths["train"]) == 2 and len(paths["val"]) == len(paths["test"]) == 1
+    assert (
+        not (paths["train"] & paths["val"])
+        and not (paths["val"] & paths["test"])
+        and not (paths["train"] & paths["test"])
+    )
+    heldout = read_vqav2(fx["vqa"], "train", SIZE, 1, val_images=1)
+    assert all("train2014" in str(p) for p in heldout["images"].paths)  # ours: train2014 only
+    dev = read_vqav2_testdev(fx["vqa"], SIZE)
+    assert len(dev["questions"]) == 4 and all(q["answers"] == [] for q in dev["questions"])
+    cfg = FinetuneConfig(
+        epochs=1, batch_size=4, vqa_min_answer_count=1, vqa_val_images=1, vqa_protocol="official",
+        submission_dir=str(tmp_path / "sub"), real_paths={"vqa": str(fx["vqa"]), "tokenizer": str(fx["tokenizer"])},
+    )  # fmt: skip
+    model_cfg = dataclasses.replace(smoke_params.model, vocab_size=256)
+    run = run_task("vqa", "random:0", cfg, None, model_cfg=model_cfg)
+    assert run.metrics["n_train"] == sum(len(d["questions"]) for d in (splits["train"],))
+    out = json.loads((tmp_path / "sub" / "vqa_test-dev2015_random0_seed0.json").read_text())
+    assert [a["question_id"] for a in out] == [q["question_id"] for q in dev["questions"]]
+    assert all(a["answer"] in run.task.vocab for a in out)

@@ -15,7 +15,8 @@
   with ``train_annot.json`` / ``annot.json``), see :func:`write_released`;
 - ``coco/``: ``karpathy/dataset_coco.json`` with ``train2014/`` and ``val2014/`` JPEGs;
   ``flickr/``: ``karpathy/dataset_flickr30k.json`` with ``flickr30k-images/``;
-- ``vqa/``: VQAv2 questions and annotations JSON of train2014 and val2014 with their images;
+- ``vqa/``: VQAv2 questions and annotations JSON of train2014 and val2014 with their images, and the
+  test-dev2015 questions (no annotations) with their ``test2015/`` images;
 - ``nlvr2/``: ``nlvr2/data/{train,dev,test1}.json`` (JSON lines) with the PNG image pairs;
 - ``imagenet/``: class folders ``{train,val}/<wnid>/*.JPEG``; ``ade20k/``: images and label PNGs;
 - ``text/``: GLUE SST-2 ``{train,dev}.tsv``;
@@ -231,6 +232,33 @@ def write_vqav2(root: Path, seed: int) -> None:
         }
         _write(root / f"v2_OpenEnded_mscoco_{sub}_questions.json", json.dumps(questions))
         _write(root / f"v2_mscoco_{sub}_annotations.json", json.dumps({"info": {}, "annotations": anns}))
+    write_vqa_testdev(root, seed)
+
+
+def write_vqa_testdev(root: Path, seed: int) -> None:
+    """The official test split: ``v2_OpenEnded_mscoco_test-dev2015_questions.json`` (2 images, 2
+    questions each, no annotations) with its ``test2015/`` images."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(len(_PURPOSE),)))
+    qs = []
+    for k in range(2):
+        iid = 1000 + k
+        _write(root / "test2015" / f"COCO_test2015_{iid:012d}.jpg", _encode(_pixels(rng), "JPEG"))
+        qs += [
+            {
+                "image_id": iid,
+                "question": f"What colour is the {rng.choice(THINGS)}?",
+                "question_id": 9000 + 2 * k + j,
+            }
+            for j in range(2)
+        ]
+    doc = {
+        "info": {},
+        "task_type": "Open-Ended",
+        "data_type": "mscoco",
+        "data_subtype": "test-dev2015",
+        "questions": qs,
+    }
+    _write(root / "v2_OpenEnded_mscoco_test-dev2015_questions.json", json.dumps(doc))
 
 
 def write_nlvr2(root: Path, seed: int) -> None:

@@ -7,8 +7,8 @@ image is an item):
 the items of :class:`~vlmerge_core.data.loaders.PairDataset`. Images are decoded, resized and
 tokenised on access, i.e. in the DataLoader's workers; nothing is held decoded in memory. With
 ``augment`` (:data:`~vlmerge_core.data.augment.AUGMENT_MODES`) the train transform of
-:func:`~vlmerge_core.data.augment.augment_images` is applied after the resize to the model's size
-(the official ``square_transform_randaug`` crops the full-size image before resizing).
+:func:`~vlmerge_core.data.augment.augment_images` is applied: ``official`` crops the full-size image
+and resizes the crop, as the official ``square_transform_randaug``; the others resize first.
 
 - ``"arrow"`` (:class:`ArrowPairs`): the files of the official data preparation (ViLT's
   ``write_coco_karpathy.py``, ``write_vg.py``, ``write_conceptual_caption.py``, ``write_sbu.py``,
@@ -140,15 +140,24 @@ class PretrainPairs(Dataset):
         return len(self.texts)
 
     def image(self, i: int) -> torch.Tensor:
-        """Item ``i``'s image: decoded, resized, augmented (``augment``), normalised: float [3, S, S].
+        """Item ``i``'s image: decoded, augmented (``augment``) to the model's size, normalised: float
+        [3, S, S].
 
-        The augmentation's draws come from a generator seeded by (``aug_seed``, ``epoch``, ``i``), so
-        an item looks the same whatever the worker, the number of workers or the rank that reads it.
+        ``official`` crops the decoded image at its own size and resizes the crop (the official
+        ``square_transform_randaug``: ``RandomResizedCrop(S)`` of the original, then flip and
+        RandAugment); the other modes resize first. The augmentation's draws come from a generator
+        seeded by (``aug_seed``, ``epoch``, ``i``), so an item looks the same whatever the worker, the
+        number of workers or the rank that reads it.
         """
-        x = resize_pixels(self.load_image(self.image_index[i]), self.image_size)[None]  # (1, S, S, 3)
-        if self.augment != "none":
-            state = np.random.SeedSequence([self.aug_seed, self.epoch, i]).generate_state(2, np.uint64)
-            x = augment_images(x, self.augment, torch.Generator().manual_seed(int(state[0] >> 1)))
+        im = self.load_image(self.image_index[i])
+        if self.augment == "none":
+            return image_to_tensor(resize_pixels(im, self.image_size)[None])[0]
+        state = np.random.SeedSequence([self.aug_seed, self.epoch, i]).generate_state(2, np.uint64)
+        g = torch.Generator().manual_seed(int(state[0] >> 1))
+        if self.augment == "official":
+            x = augment_images(np.asarray(im.convert("RGB"))[None], "official", g, size=self.image_size)
+        else:
+            x = augment_images(resize_pixels(im, self.image_size)[None], self.augment, g)
         return image_to_tensor(x)[0]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:

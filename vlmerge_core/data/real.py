@@ -125,69 +125,108 @@ def normalize_answer(ans: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- VQA
-def read_vqav2(
-    root: str | Path, split: str, size: int, min_answer_count: int = 9, val_images: int = 1000
-) -> dict[str, Any]:
-    """VQAv2 -> ``{"images", "questions": [{image, question, answers, question_id}], "answers": vocab}``."""
-    root = Path(root)
-    subs = {"train": "train2014", "val": "val2014", "test": "val2014"}
-    if split not in subs:
-        raise KeyError(f"VQAv2 split {split!r}: expected train, val or test")
-    # answer vocabulary: multiple_choice_answer seen >= min_answer_count times in train + val (official)
+VQA_PROTOCOLS = ("heldout", "official")  # finetune.vqa_protocol
+VQA_TEST_DEV = "test-dev2015"  # the official test split: questions only, scored by the EvalAI server
+
+
+def _vqa_annotations(root: Path, need: tuple[str, ...]) -> tuple[Counter, dict[str, dict[int, list[str]]]]:
+    """multiple_choice_answer counts over train2014 + val2014 (the official vocabulary) and each
+    sub-set's question id -> its ten normalised answers; the files of ``need`` must exist."""
     counter: Counter = Counter()
-    ann_by_sub: dict[str, dict[int, dict]] = {}
+    ann_by_sub: dict[str, dict[int, list[str]]] = {}
     for sub in ("train2014", "val2014"):
         path = root / f"v2_mscoco_{sub}_annotations.json"
-        if sub != subs[split] and not path.exists():
+        if sub not in need and not path.exists():
             continue
         anns = _field(_load_json(path), "annotations", path, "top level")
         by_q = {}
         for i, a in enumerate(anns):
-            where = f"annotation {i}"
-            qid = _field(a, "question_id", path, where)
+            qid = _field(a, "question_id", path, f"annotation {i}")
             where = f"annotation {i} (question_id {qid})"
             counter[normalize_answer(str(_field(a, "multiple_choice_answer", path, where)))] += 1
             answers = _field(a, "answers", path, where)
             if not isinstance(answers, list):
                 raise RealFormatError(f"{path}: {where}: 'answers' must be a list")
-            by_q[qid] = {
-                "answers": [
-                    normalize_answer(str(_field(x, "answer", path, f"{where} answer {j}")))
-                    for j, x in enumerate(answers)
-                ]
-            }
+            by_q[qid] = [
+                normalize_answer(str(_field(x, "answer", path, f"{where} answer {j}")))
+                for j, x in enumerate(answers)
+            ]
         ann_by_sub[sub] = by_q
-    vocab = sorted(a for a, c in counter.items() if c >= min_answer_count)
-    sub = subs[split]
+    return counter, ann_by_sub
+
+
+def _vqa_questions(root: Path, sub: str, answers: dict[int, list[str]] | None) -> list[tuple]:
+    """``(sub, image_id, question, answers, question_id)`` of ``sub``'s questions file, in file order
+    (``answers`` None: an unlabelled split, every question's answers empty)."""
     qpath = root / f"v2_OpenEnded_mscoco_{sub}_questions.json"
-    questions = _field(_load_json(qpath), "questions", qpath, "top level")
-    image_ids: dict[int, None] = {}  # ordered set
-    records = []
-    for i, q in enumerate(questions):
-        where = f"question {i}"
-        qid = _field(q, "question_id", qpath, where)
+    out = []
+    for i, q in enumerate(_field(_load_json(qpath), "questions", qpath, "top level")):
+        qid = _field(q, "question_id", qpath, f"question {i}")
         where = f"question {i} (question_id {qid})"
-        iid = _field(q, "image_id", qpath, where)
-        text = _field(q, "question", qpath, where)
-        if qid not in ann_by_sub[sub]:
+        iid, text = _field(q, "image_id", qpath, where), _field(q, "question", qpath, where)
+        if answers is not None and qid not in answers:
             raise RealFormatError(f"{qpath}: {where}: no annotation with this question_id")
-        records.append((iid, str(text), ann_by_sub[sub][qid]["answers"], qid))
-        image_ids.setdefault(iid)
-    ids = list(image_ids)
-    if split != "train":
-        keep = set(ids[-val_images:]) if split == "val" else set(ids[:-val_images])
-        ids = [i for i in ids if i in keep]
-        records = [r for r in records if r[0] in keep]
-    pos = {iid: k for k, iid in enumerate(ids)}
-    paths = [root / sub / f"COCO_{sub}_{iid:012d}.jpg" for iid in ids]
-    _check_images(paths, qpath, [f"image_id {i}" for i in ids])
-    return {
-        "images": ImageFiles(paths, size),
-        "answers": vocab,
-        "questions": [
-            {"image": pos[iid], "question": t, "answers": a, "question_id": qid} for iid, t, a, qid in records
-        ],
-    }
+        out.append((sub, iid, str(text), [] if answers is None else answers[qid], qid))
+    return out
+
+
+def _vqa_split(root: Path, records: list[tuple], size: int, vocab: list[str]) -> dict[str, Any]:
+    """The reader's dict of ``records``: their images (one per (sub-set, image id)), in order."""
+    keys = list(dict.fromkeys((sub, iid) for sub, iid, *_ in records))
+    pos = {k: n for n, k in enumerate(keys)}
+    folder = {VQA_TEST_DEV: "test2015"}
+    paths = [root / folder.get(sub, sub) / f"COCO_{folder.get(sub, sub)}_{iid:012d}.jpg" for sub, iid in keys]
+    _check_images(paths, root, [f"{sub} image_id {iid}" for sub, iid in keys])
+    questions = [
+        {"image": pos[(sub, iid)], "question": t, "answers": a, "question_id": qid}
+        for sub, iid, t, a, qid in records
+    ]
+    return {"images": ImageFiles(paths, size), "answers": vocab, "questions": questions}
+
+
+def read_vqav2(
+    root: str | Path, split: str, size: int, min_answer_count: int = 9, val_images: int = 1000,
+    protocol: str = "heldout",
+) -> dict[str, Any]:  # fmt: skip
+    """VQAv2 -> ``{"images", "questions": [{image, question, answers, question_id}], "answers": vocab}``.
+
+    ``heldout`` (ours): train = train2014; val = the last ``val_images`` images of val2014; test = the
+    rest of val2014 (labelled, scored here). ``official``: train = train2014 + val2014 but its last
+    2 x ``val_images`` images (the official ``trainable_val``), val = the first half of those, test the
+    other half (the official code keeps ``val_images`` = 1000 for val and reports test-dev through the
+    EvalAI server: :func:`read_vqav2_testdev` and :func:`vqa_submission` write its file; the labelled
+    local test is ours). The answer vocabulary: ``multiple_choice_answer`` seen at least
+    ``min_answer_count`` times in train + val (official).
+    """
+    root = Path(root)
+    if split not in ("train", "val", "test"):
+        raise KeyError(f"VQAv2 split {split!r}: expected train, val or test")
+    if protocol not in VQA_PROTOCOLS:
+        raise KeyError(f"VQAv2 protocol {protocol!r}: expected one of {list(VQA_PROTOCOLS)}")
+    official = protocol == "official"
+    need = ("train2014",) if split == "train" and not official else ("val2014",)
+    counter, ann = _vqa_annotations(root, ("train2014", *need) if split == "train" else need)
+    vocab = sorted(a for a, c in counter.items() if c >= min_answer_count)
+    if split == "train" and not official:
+        return _vqa_split(root, _vqa_questions(root, "train2014", ann["train2014"]), size, vocab)
+    val = _vqa_questions(root, "val2014", ann["val2014"])
+    ids = list(dict.fromkeys(r[1] for r in val))
+    held = ids[-2 * val_images :] if official else ids
+    keep = {
+        "train": set(ids[: len(ids) - len(held)]),
+        "val": set(held[-val_images:] if not official else held[:val_images]),
+        "test": set(held[:-val_images] if not official else held[val_images:]),
+    }[split]
+    records = [r for r in val if r[1] in keep]
+    if split == "train":
+        records = _vqa_questions(root, "train2014", ann["train2014"]) + records
+    return _vqa_split(root, records, size, vocab)
+
+
+def read_vqav2_testdev(root: str | Path, size: int) -> dict[str, Any]:
+    """The official test split (``v2_OpenEnded_mscoco_test-dev2015_questions.json``, ``test2015/``
+    images): questions without answers, for the EvalAI submission file."""
+    return _vqa_split(Path(root), _vqa_questions(Path(root), VQA_TEST_DEV, None), size, [])
 
 
 # ----------------------------------------------------------------------------------------- retrieval

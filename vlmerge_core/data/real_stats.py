@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from vlmerge_core.config import FinetuneConfig
 from vlmerge_core.data.real import (
     ADE20K_CLASSES,
     read_ade20k,
@@ -36,11 +37,13 @@ def _majority(train: list, test: list) -> float:
     return float(np.mean([t == top for t in test]))
 
 
-def _vqa(root: Path, size: int, min_count: int, val_images: int) -> tuple[dict, float]:
-    train, test = (
-        read_vqav2(root, s, size, min_answer_count=min_count, val_images=val_images)
-        for s in ("train", "test")
-    )
+def _vqa(root: Path, size: int, ft: FinetuneConfig) -> tuple[dict, float]:
+    kw = {
+        "min_answer_count": ft.vqa_min_answer_count,
+        "val_images": ft.vqa_val_images,
+        "protocol": ft.vqa_protocol,
+    }
+    train, test = (read_vqav2(root, s, size, **kw) for s in ("train", "test"))
     top = Counter(a for q in train["questions"] for a in q["answers"]).most_common(1)[0][0]
     # VQA score of always answering the training majority answer: min(1, matches / 3), as evaluated
     score = [min(1.0, q["answers"].count(top) / 3) for q in test["questions"]]
@@ -52,12 +55,11 @@ def _vqa(root: Path, size: int, min_count: int, val_images: int) -> tuple[dict, 
     return counts, float(np.mean(score)) if score else 0.0
 
 
-def real_stats(
-    paths: dict[str, Path], image_size: int, vqa_min_answer_count: int = 9, vqa_val_images: int = 1000
-) -> dict[str, Any]:
-    """``stats.json`` of the real-format datasets at ``paths`` (``finetune.real_paths`` keys)."""
+def real_stats(paths: dict[str, Path], image_size: int, ft: FinetuneConfig) -> dict[str, Any]:
+    """``stats.json`` of the real-format datasets at ``paths`` (``finetune.real_paths`` keys); the
+    VQA splits as ``ft`` reads them (protocol, held-out images, answer vocabulary)."""
     counts: dict[str, Any] = {}
-    vqa_counts, vqa_chance = _vqa(Path(paths["vqa"]), image_size, vqa_min_answer_count, vqa_val_images)
+    vqa_counts, vqa_chance = _vqa(Path(paths["vqa"]), image_size, ft)
     counts["vqa"] = vqa_counts
     retrieval = {}
     for task in ("coco", "flickr"):

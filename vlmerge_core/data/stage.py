@@ -86,8 +86,7 @@ def fixtures_stage(params: Params, out: Path, metrics_out: str = "", force: bool
     else:
         log.info("reusing the fixtures in %s (same seed and model)", out)
     paths = fixture_paths(out)
-    ft = params.finetune
-    stats = real_stats(paths, cfg.image_size, ft.vqa_min_answer_count, ft.vqa_val_images)
+    stats = real_stats(paths, cfg.image_size, params.finetune)
     write_json(out / "stats.json", stats)
     if metrics_out:
         write_json(resolve(metrics_out), stats)

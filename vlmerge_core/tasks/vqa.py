@@ -38,8 +38,9 @@ def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> 
     root = cfg.real_paths.get("vqa")
     if root:
         return read_vqav2(
-            root, split, image_size, min_answer_count=cfg.vqa_min_answer_count, val_images=cfg.vqa_val_images
-        )
+            root, split, image_size, min_answer_count=cfg.vqa_min_answer_count, val_images=cfg.vqa_val_images,
+            protocol=cfg.vqa_protocol,
+        )  # fmt: skip
     qs = [{"image": q["image"], "question": q["question"], "answers": q["answers"]} for q in world.vqa(split)]
     return {"images": world.images(split), "questions": qs, "answers": list(world.answers)}
 
@@ -78,6 +79,27 @@ class VQATask(BaseTask):
     @property
     def n_train(self) -> int:
         return len(self.splits["train"]["image"])
+
+    @torch.no_grad()
+    def submission(self, model: nn.Module, raw: dict[str, Any]) -> list[dict[str, Any]]:
+        """The EvalAI answer file of an unlabelled split (:func:`~vlmerge_core.data.real.
+        read_vqav2_testdev`): ``[{"question_id", "answer"}]``, the arg-max answer of each question."""
+        qs = raw["questions"]
+        ids, mask = tokenize(self.tokenizer, [q["question"] for q in qs], self.max_len)
+        s = {
+            "images": raw["images"],
+            "image": np.asarray([q["image"] for q in qs], np.int64),
+            "ids": ids,
+            "mask": mask,
+        }
+        was = model.training, self.head.training
+        model.eval()
+        self.head.eval()
+        rows = self._eval_rows(len(qs), lambda idx: (self._logits(model, s, idx).argmax(1).cpu(),))
+        model.train(was[0])
+        self.head.train(was[1])
+        pred = rows[0].tolist() if rows else []
+        return [{"question_id": q["question_id"], "answer": self.vocab[p]} for q, p in zip(qs, pred)]
 
     def _inputs(
         self, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
