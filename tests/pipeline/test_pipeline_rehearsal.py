@@ -48,4 +48,7 @@ def test_rehearsal_runs_the_paper_path_on_the_fixtures(tmp_path_factory):
             r["task"],
             r["checkpoint"],
         )
+    # the official VQA protocol: one test-dev answer file per fine-tuned VQA model and seed
+    vqa = {(r["checkpoint"], r["ft_seed"]) for r in records if r["task"] == "vqa"}
+    assert len(list((repo / "runs/vqa_test_dev").glob("vqa_test-dev2015_*.json"))) == len(vqa)
     assert (repo / "paper/REPORT.md").is_file()

@@ -191,18 +191,16 @@ def build_task(
 
 def write_vqa_submission(obj: BaseTask, model: nn.Module, cfg: FinetuneConfig, backbone: Any) -> Path | None:
     """Under the official VQA protocol with a ``submission_dir``, the test-dev2015 answers of the
-    fine-tuned model for the EvalAI server (``vqa_test-dev2015_<backbone>_seed<k>.json``, rank 0)."""
+    fine-tuned model for the EvalAI server (``vqa_test-dev2015_<backbone path>_seed<k>.json``, rank 0)."""
     root = cfg.real_paths.get("vqa")
     if cfg.vqa_protocol != "official" or not cfg.submission_dir or not root:
         return None
-    name = (
-        Path(str(backbone)).parent.name
-        if isinstance(backbone, str | Path) and "/" in str(backbone)
-        else str(backbone)
-    )
+    # one file per backbone: its path (from the repo root, without the suffix) with "/" as "__"
+    spec = str(backbone) if isinstance(backbone, str | Path) else "model"
+    name = str(Path(spec).with_suffix("")).replace("/", "__").replace(":", "")
     raw = read_vqav2_testdev(resolve(root), model.cfg.image_size)
     answers = obj.submission(model, raw)
-    out = resolve(cfg.submission_dir) / f"vqa_{VQA_TEST_DEV}_{name.replace(':', '')}_seed{cfg.rng_seed}.json"
+    out = resolve(cfg.submission_dir) / f"vqa_{VQA_TEST_DEV}_{name}_seed{cfg.rng_seed}.json"
     if obj.runtime.rank == 0:
         write_json(out, answers)
         log.info("vqa: %d test-dev answers written to %s", len(answers), out)
