@@ -397,3 +397,30 @@ def test_vqa_official_protocol_trains_on_trainable_val_and_answers_test_dev(tmp_
     out = json.loads((tmp_path / "sub" / "vqa_test-dev2015_random0_seed0.json").read_text())
     assert [a["question_id"] for a in out] == [q["question_id"] for q in dev["questions"]]
     assert all(a["answer"] in run.task.vocab for a in out)
+
+
+def test_official_train_transform_crops_real_images_at_their_own_size(tmp_path, monkeypatch):
+    """Real files under ``augment: official`` are cropped from the decoded original (the official
+    ``square_transform_randaug``), then resized; evaluation and arrays (the micro-world) are as before."""
+    import torch
+
+    from vlmerge_core.config import FinetuneConfig
+    from vlmerge_core.data import augment
+    from vlmerge_core.data.real import ImageFiles
+    from vlmerge_core.tasks.base import augment_batch, train_images
+
+    for k in range(2):
+        _img(tmp_path / f"{k}.jpg", (40 * k, 90, 10), size=(24, 16))
+    src = ImageFiles([tmp_path / f"{k}.jpg" for k in range(2)], SIZE)
+    shapes: list[tuple[int, ...]] = []
+    real = augment._resized_crop
+    monkeypatch.setattr(
+        augment, "_resized_crop", lambda img, g, size=None: shapes.append(img.shape[:2]) or real(img, g, size)
+    )
+    cfg, rows = FinetuneConfig(augment="official"), np.array([1, 0])
+    out = train_images(src, rows, cfg, torch.Generator().manual_seed(0))
+    assert out.shape == (2, SIZE, SIZE, 3) and shapes == [(16, 24), (16, 24)]
+    assert np.array_equal(train_images(src, rows, cfg, None), src[rows])  # evaluation: resized only
+    arrays = src[np.arange(2)]
+    want = augment_batch(arrays[rows], cfg, torch.Generator().manual_seed(0))
+    assert np.array_equal(train_images(arrays, rows, cfg, torch.Generator().manual_seed(0)), want)

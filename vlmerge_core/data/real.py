@@ -79,6 +79,18 @@ class ImageFiles:
         except OSError as exc:
             raise RealFormatError(f"{path}: cannot decode image: {exc}") from None
 
+    def original(self, i: int) -> np.ndarray:
+        """Image ``i`` decoded at its own size: uint8 ``[H, W, 3]`` (the official train transform crops
+        it before resizing)."""
+        path = self.paths[i]
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image file not found: {path}") from None
+        except OSError as exc:
+            raise RealFormatError(f"{path}: cannot decode image: {exc}") from None
+
     def __getitem__(self, idx: Any) -> np.ndarray:
         idx = np.asarray(idx)
         if idx.ndim == 0:

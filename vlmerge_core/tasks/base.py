@@ -23,6 +23,7 @@ from torch import nn
 from vlmerge_core.config import FinetuneConfig
 from vlmerge_core.data.augment import augment_images
 from vlmerge_core.data.loaders import encode_text, image_to_tensor
+from vlmerge_core.data.real import ImageFiles
 from vlmerge_core.tasks.metrics import Outcomes, accuracy_from_predictions
 from vlmerge_core.tasks.parallel import Runtime, gather_parts, split_rows
 
@@ -83,6 +84,21 @@ def augment_batch(
     if generator is None:
         return images
     return augment_images(np.ascontiguousarray(images), cfg.augment, generator, photometric_only)
+
+
+def train_images(
+    src: Any, rows: np.ndarray, cfg: FinetuneConfig, generator: torch.Generator | None,
+    photometric_only: bool = False,
+) -> np.ndarray:  # fmt: skip
+    """uint8 images ``src[rows]`` ``[B, S, S, 3]``, as :func:`augment_batch`; but real files
+    (:class:`~vlmerge_core.data.real.ImageFiles`) under the ``official`` transform are cropped from the
+    decoded original and the crop resized to the task's size, as the official
+    ``square_transform_randaug`` (one image after the other: the same draws as :func:`augment_batch`)."""
+    if generator is None or cfg.augment != "official" or photometric_only or not isinstance(src, ImageFiles):
+        return augment_batch(src[rows], cfg, generator, photometric_only)
+    return np.stack(
+        [augment_images(src.original(int(i))[None], "official", generator, size=src.size)[0] for i in rows]
+    ) if len(rows) else src[rows]  # fmt: skip
 
 
 def image_batch(

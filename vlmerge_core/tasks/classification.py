@@ -15,7 +15,7 @@ from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
 from vlmerge_core.data.real import read_image_folders
-from vlmerge_core.tasks.base import ClassifierTask, augment_batch, subsample, subsample_size
+from vlmerge_core.tasks.base import ClassifierTask, subsample, subsample_size, train_images
 from vlmerge_core.tasks.heads import LinearClassifier
 
 
@@ -53,7 +53,7 @@ class ClassificationTask(ClassifierTask):
     def _inputs(
         self, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
     ) -> dict[str, Any]:
-        return {"images": augment_batch(s["images"][s["image"][idx.numpy()]], self.cfg, generator)}
+        return {"images": train_images(s["images"], s["image"][idx.numpy()], self.cfg, generator)}
 
     def _forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         return self.head(model.forward_image(batch["images"])["tokens"].mean(1))  # (B, 1+N, D) -> (B, D)

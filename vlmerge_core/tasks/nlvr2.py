@@ -21,11 +21,11 @@ from vlmerge_core.config import FinetuneConfig
 from vlmerge_core.data.real import read_nlvr2
 from vlmerge_core.tasks.base import (
     ClassifierTask,
-    augment_batch,
     subsample,
     subsample_size,
     text_batch,
     tokenize,
+    train_images,
 )
 from vlmerge_core.tasks.heads import MLPClassifier
 
@@ -67,8 +67,8 @@ class NLVR2Task(ClassifierTask):
     ) -> dict[str, Any]:
         i = idx.numpy()
         ids, mask = text_batch(s["ids"], s["mask"], idx)
-        left = augment_batch(s["images"][s["left"][i]], self.cfg, generator)
-        right = augment_batch(s["images"][s["right"][i]], self.cfg, generator)
+        left = train_images(s["images"], s["left"][i], self.cfg, generator)
+        right = train_images(s["images"], s["right"][i], self.cfg, generator)
         return {"ids": ids, "mask": mask, "left": left, "right": right}
 
     def _forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:

@@ -30,12 +30,12 @@ from vlmerge_core.config import FinetuneConfig
 from vlmerge_core.data.real import read_karpathy
 from vlmerge_core.tasks.base import (
     BaseTask,
-    augment_batch,
     images_to_tensor,
     subsample,
     subsample_size,
     text_batch,
     tokenize,
+    train_images,
 )
 from vlmerge_core.tasks.heads import ProjectionPair
 from vlmerge_core.tasks.metrics import Outcomes, retrieval_outcomes
@@ -93,7 +93,7 @@ class RetrievalTask(BaseTask):
     def embed_images(
         self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        images = augment_batch(s["images"][s["image"][idx.numpy()]], self.cfg, generator)
+        images = train_images(s["images"], s["image"][idx.numpy()], self.cfg, generator)
         return self._embed_images(model, images_to_tensor(images).to(self.runtime.device))
 
     def _embed_images(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -111,7 +111,7 @@ class RetrievalTask(BaseTask):
         captions, as in the official data module)."""
         s = self.splits["train"]
         ids, mask = text_batch(s["ids"], s["mask"], idx)
-        images = augment_batch(s["images"][s["image"][s["text_image"][idx].numpy()]], self.cfg, generator)
+        images = train_images(s["images"], s["image"][s["text_image"][idx].numpy()], self.cfg, generator)
         return {"images": images, "ids": ids, "mask": mask}
 
     def batch_loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:

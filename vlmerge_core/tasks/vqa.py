@@ -23,11 +23,11 @@ from vlmerge_core.config import FinetuneConfig
 from vlmerge_core.data.real import read_vqav2
 from vlmerge_core.tasks.base import (
     BaseTask,
-    augment_batch,
     subsample,
     subsample_size,
     text_batch,
     tokenize,
+    train_images,
 )
 from vlmerge_core.tasks.heads import MLPClassifier
 from vlmerge_core.tasks.metrics import Outcomes, dense_targets, mean_outcomes, vqa_score, vqa_targets
@@ -106,7 +106,7 @@ class VQATask(BaseTask):
     ) -> dict[str, Any]:
         ids, mask = text_batch(s["ids"], s["mask"], idx)
         return {
-            "images": augment_batch(s["images"][s["image"][idx.numpy()]], self.cfg, generator),
+            "images": train_images(s["images"], s["image"][idx.numpy()], self.cfg, generator),
             "ids": ids,
             "mask": mask,
         }
