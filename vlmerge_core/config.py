@@ -24,7 +24,7 @@ import yaml
 from vlmerge_core.paths import resolve
 
 PROFILES = ("micro", "smoke", "paper", "rehearsal")
-DATA_SOURCES = ("micro", "fixtures")  # what the data stage writes under data.root
+DATA_SOURCES = ("micro", "fixtures", "real")  # what the data stage writes (or reads) under data.root
 # what pre-training reads (metrics: data_format)
 PRETRAIN_FORMATS = ("micro", "arrow", "coco_karpathy", "released")
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -73,8 +73,9 @@ class DataConfig:
     text_label_noise: float = _f(0.1, lo=0.0, hi=1.0)  # text task: fraction of labels that are another class
     n_image_only: int = _f(3000, lo=1)  # unlabeled images (ImageNet-22k stand-in, MIM and codebook)
     n_corpus: int = _f(6000, lo=1)  # text-only corpus sentences (BookCorpus stand-in)
-    # the data stage writes the micro-world ("micro") or tiny files in every real on-disk format
-    # ("fixtures": the rehearsal of the paper path, vlmerge_core.data.fixtures)
+    # the data stage writes the micro-world ("micro"), tiny files in every real on-disk format
+    # ("fixtures": the rehearsal of the paper path, vlmerge_core.data.fixtures), or reads the real
+    # datasets of finetune.real_paths for their statistics ("real": the paper profile)
     source: str = _f("micro", choices=DATA_SOURCES)
     # pre-training pairs: the micro-world, the official arrow files, COCO's Karpathy release or the
     # released COCO/VG/CC/SBU folders (vlmerge_core.data.pretrain_data)
@@ -401,15 +402,18 @@ class Params:
                 f"finetune.real_paths.tokenizer ({real['tokenizer']}) differs from data.tokenizer "
                 f"({d.tokenizer}): a study has one tokenizer"
             )
-        if d.source == "fixtures" and d.pretrain_format == "micro":
+        if d.source != "micro" and d.pretrain_format == "micro":
             raise ParamsError(
-                "data.pretrain_format: 'micro' reads a micro-world, but data.source is 'fixtures'"
+                f"data.pretrain_format: 'micro' reads a micro-world, but data.source is {d.source!r}"
             )
+        missing = [t for t in self.finetune.tasks if not real.get(t)]
+        if d.source == "real" and missing:
+            raise ParamsError(f"finetune.real_paths: data.source 'real' needs a dataset root for {missing}")
         init = self.init_pretrain
-        if d.source == "fixtures" and init.steps > 0 and not init.beit_checkpoint:
+        if d.source != "micro" and init.steps > 0 and not init.beit_checkpoint:
             raise ParamsError(
-                "init_pretrain: the fixtures hold no image-only set for MIM; set init_pretrain.beit_checkpoint "
-                "(the fixtures' beit.safetensors) or init_pretrain.steps: 0"
+                f"init_pretrain: data.source {d.source!r} holds no image-only set for MIM; set "
+                "init_pretrain.beit_checkpoint (a BEiT file; the fixtures': beit.safetensors) or init_pretrain.steps: 0"
             )
 
 

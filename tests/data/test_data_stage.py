@@ -67,3 +67,36 @@ def test_fixtures_source_writes_the_real_formats_and_their_chance(tmp_path, monk
     assert world_summary(fx)["datasets"][0] == "ade20k"
     views = plots.data_views(fx)
     assert len(views) == 2  # counts and chance: the fixtures have no scenes to draw
+
+
+def test_real_source_reads_the_datasets_for_their_statistics(tmp_path, monkeypatch):
+    """data.source: real (the paper profile): the stage reads finetune.real_paths, writes only their
+    statistics, and a params file without a dataset root for a task is refused by name."""
+    import yaml
+
+    from vlmerge_core.config import ParamsError, params_from_dict
+    from vlmerge_core.data.fixtures import fixture_paths, write_fixtures
+
+    monkeypatch.setenv("VLMERGE_ROOT", str(tmp_path))
+    write_fixtures(tmp_path / "fx", 0)
+    fx = fixture_paths(tmp_path / "fx")
+    real = {
+        k: f"fx/{k}" for k in ("vqa", "coco", "flickr", "nlvr2", "imagenet", "ade20k", "text", "tokenizer")
+    }
+    doc = {
+        "profile": "rehearsal",
+        "data": {"source": "real", "root": "paper_data", "tokenizer": "fx/tokenizer"},
+        "finetune": {"real_paths": real},
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
+    out = run_data_stage(params_file="p.yaml", metrics_out="m/stats.json")
+    assert sorted(p.name for p in (tmp_path / "paper_data").iterdir()) == ["stats.json"]
+    assert (
+        read_json(tmp_path / "m/stats.json")["chance"]["nlvr2_majority_acc"]
+        == out.stats["chance"]["nlvr2_majority_acc"]
+    )
+    assert out.paths["vqa"] == fx["vqa"]
+    with pytest.raises(ParamsError, match=r"needs a dataset root for \['ade20k'\]"):
+        params_from_dict(
+            {**doc, "finetune": {"real_paths": {k: v for k, v in real.items() if k != "ade20k"}}}
+        )

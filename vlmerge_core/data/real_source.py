@@ -122,8 +122,8 @@ class RealSource:
 
 def task_world(cfg: DataConfig, world_dir: str | Path | None = None) -> World | None:
     """The micro-world that tasks without a ``finetune.real_paths`` entry read; ``None`` where the
-    data stage wrote real-format fixtures (``data.source: fixtures``: every task reads its path)."""
-    if cfg.source == "fixtures":
+    data are real (``data.source`` ``fixtures`` or ``real``: every task reads its path)."""
+    if cfg.source != "micro":
         return None
     return ensure_world(cfg, world_dir or None)
 

@@ -21,7 +21,8 @@ FIXTURES_FORMAT = "vlmerge-fixtures-1"  # fixtures.json's format tag
 
 @dataclasses.dataclass
 class FixtureSet:
-    """What the data stage wrote for the rehearsal: real-format fixtures under ``root``."""
+    """Real-format datasets the data stage wrote (the rehearsal's fixtures under ``root``) or read
+    (``data.source: real``: the paper's, at ``finetune.real_paths``), with their statistics."""
 
     root: Path
     paths: dict[str, Path]  # dataset -> folder (finetune.real_paths keys, arrows, tokenizer, beit)
@@ -53,6 +54,8 @@ def run_data_stage(
     out = resolve(out_dir or cfg.root)
     if cfg.source == "fixtures":
         return fixtures_stage(params, out, metrics_out, force)
+    if cfg.source == "real":
+        return real_data_stage(params, out, metrics_out)
     meta = read_json(out / "meta.json") if (out / "meta.json").exists() else {}
     same = (
         (out / "stats.json").exists()
@@ -88,6 +91,19 @@ def fixtures_stage(params: Params, out: Path, metrics_out: str = "", force: bool
     paths = fixture_paths(out)
     stats = real_stats(paths, cfg.image_size, params.finetune)
     write_json(out / "stats.json", stats)
+    if metrics_out:
+        write_json(resolve(metrics_out), stats)
+    return FixtureSet(root=out, paths=paths, stats=stats)
+
+
+def real_data_stage(params: Params, out: Path, metrics_out: str = "") -> FixtureSet:
+    """The paper's datasets (``finetune.real_paths``) read for their statistics; nothing is written
+    but ``<out>/stats.json`` (and ``metrics_out``), so a missing or malformed dataset fails here first."""
+    t0 = time.perf_counter()
+    paths = {k: resolve(v) for k, v in params.finetune.real_paths.items() if v}
+    stats = real_stats(paths, params.data.image_size, params.finetune)
+    write_json(out / "stats.json", stats)
+    write_run_info(run_info_path(out), params.data, read_seconds=round(time.perf_counter() - t0, 3))
     if metrics_out:
         write_json(resolve(metrics_out), stats)
     return FixtureSet(root=out, paths=paths, stats=stats)
