@@ -1,17 +1,21 @@
-"""Paper-scale check on a GPU: ViT-B/16 (the paper profile's model) through seed pre-training, MS
-pre-training under ``torchrun`` (nccl) with bf16 autocast, merging and the step throughput of MA vs MS.
+"""Paper path on a GPU: the rehearsal's real-format files at ViT-B/16 size, under torchrun, in bf16.
 
-Runs on a tiny micro-world rendered at 224 px (``--make-world`` writes it here, on a machine with
-scikit-learn; the GPU machine only reads it). Prints every figure and writes ``gpu_check.json``.
+Writes the fixtures with a BEiT ViT-B/16 checkpoint in timm's key layout (random weights: the path is
+checked, not the numbers), then runs the library's stage functions with ``study.launcher: torchrun``
+on ``--nproc`` processes (nccl on CUDA): the init loads the BEiT file, seed and MS pre-training read
+the official arrow files through the DataLoader with bf16 autocast, the MS model is merged
+(interpolation), and COCO retrieval is fine-tuned and evaluated at 384 px (the official fine-tuning
+resolution: the image position bias is interpolated from 224 px) with bf16. Last, samples/s and MFU of
+our MA/MS models against timm's ViT-B on the same device (``benchmarks/throughput.py``). Prints every
+figure and writes ``gpu_check.json`` to ``--out``.
 
-    python benchmarks/gpu_check.py --make-world scratch/gpu_world          # here, once
-    python benchmarks/gpu_check.py --world scratch/gpu_world --out OUT     # on the GPU machine
+    python benchmarks/gpu_check.py --out OUT                       # on the GPU machine
+    python benchmarks/gpu_check.py --tiny --device cpu --out OUT   # the same path, tiny, on a CPU
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -24,183 +28,109 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vlmerge_core.config import profile_params, to_dict  # noqa: E402
+from vlmerge_core.config import load_params, profile_params, to_dict  # noqa: E402
+from vlmerge_core.data.stage import fixtures_stage  # noqa: E402
+from vlmerge_core.merge.stream import merge_checkpoint  # noqa: E402
+from vlmerge_core.pretrain.stage import run_pretrain_stage  # noqa: E402
+from vlmerge_core.tasks.stage import run_finetune_stage  # noqa: E402
 
-SMALL_DATA = {
-    "image_size": 224,
-    "mim_patch": 16,
-    "n_train": 96,
-    "n_val": 32,
-    "n_test": 32,
-    "n_image_only": 32,
-    "n_corpus": 64,
-    "mim_codebook_size": 64,
-}
-STEPS = {
-    "steps": 8,
-    "batch_size": 32,
-    "warmup_frac": 0.25,
-    "ckpt_every": 4,
-    "log_every": 1,
-    "eval_batch_size": 64,
-}
+STEPS = {"steps": 8, "batch_size": 16, "warmup_frac": 0.25, "ckpt_every": 4, "log_every": 1}
 
 
-def params_dict(world: str) -> dict:
-    """The paper profile (ViT-B/16, BEiT-form blocks, rel. pos. bias, layer scale) on the tiny world."""
-    p = profile_params("paper")
-    d = to_dict(p)
-    d["data"].update(SMALL_DATA, root=world)
-    d["model"]["mim_vocab"] = SMALL_DATA["mim_codebook_size"]
-    d["init_pretrain"].update(steps=0, beit_checkpoint="")
-    d["seed_pretrain"].update(STEPS)
-    d["ms_pretrain"].update(STEPS)
-    d["study"].update(seed_lengths=[8], recipe_seed=8, pt_seeds=[0], grid={})
+def params_dict(run: Path, nproc: int, device: str, tiny: bool) -> dict:
+    """The rehearsal profile at ViT-B/16 (the paper's model; ``tiny``: the rehearsal's), on ``device``."""
+    d = to_dict(profile_params("rehearsal"))
+    fx = run.relative_to(ROOT) / "fx"
+    if not tiny:
+        d["model"] = {**to_dict(profile_params("paper"))["model"], "ms_components": []}
+        d["data"].update(image_size=224, mim_patch=16)
+    size = 384 if not tiny else 2 * d["model"]["image_size"]
+    d["data"].update(root=str(fx), pretrain_path=f"{fx}/arrows", tokenizer=f"{fx}/tokenizer", num_workers=2)
+    d["init_pretrain"]["beit_checkpoint"] = f"{fx}/beit.safetensors"
+    for stage in ("seed_pretrain", "ms_pretrain"):
+        d[stage].update(STEPS, amp=True)
+    d["finetune"].update(device=device, amp=True, tasks=["coco"], submission_dir="")
+    d["finetune"]["overrides"] = {"coco": {"image_size": size, "batch_size": 8, "epochs": 1}}
+    d["finetune"]["real_paths"] = {k: f"{fx}/{k}" for k in (*d["finetune"]["real_paths"],)}
+    d["study"].update(launcher="torchrun", nproc_per_node=nproc, sweep_tasks=["coco"])
     return d
 
 
-def sh(cmd: list[str], log: dict, key: str) -> None:
+def timed(log: dict, key: str, fn, *args, **kwargs):
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    log[key] = {"seconds": round(time.perf_counter() - t0, 2), "rc": proc.returncode}
-    print(f"$ {' '.join(cmd)}  -> rc {proc.returncode} in {log[key]['seconds']} s", flush=True)
-    if proc.returncode:
-        print(proc.stdout[-3000:], proc.stderr[-3000:], flush=True)
+    out = fn(*args, **kwargs)
+    log[key] = {"seconds": round(time.perf_counter() - t0, 2)}
+    print(f"{key}: {log[key]['seconds']} s", flush=True)
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--make-world", help="generate the tiny 224 px world into this folder and exit")
-    ap.add_argument("--world", default="scratch/gpu_world")
     ap.add_argument("--out", default=os.environ.get("OUT", "scratch/gpu_check"))
+    ap.add_argument("--nproc", type=int, default=1, help="torchrun processes (GPUs)")
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    ap.add_argument(
+        "--tiny", action="store_true", help="the rehearsal's model sizes (a CPU check of the path)"
+    )
     args = ap.parse_args()
-    if args.make_world:
-        from vlmerge_core.config import params_from_dict
-        from vlmerge_core.data import generate_world
-
-        params = params_from_dict(params_dict(args.make_world))
-        generate_world(dataclasses.replace(params.data, root=args.make_world), ROOT / args.make_world)
-        return 0
     import torch
 
-    out = Path(args.out)
+    out, run = Path(args.out), ROOT / "scratch" / "gpu_run"
     out.mkdir(parents=True, exist_ok=True)
-    run = ROOT / "scratch" / "gpu_run"
     run.mkdir(parents=True, exist_ok=True)
     pfile = run / "params.yaml"
-    pfile.write_text(yaml.safe_dump(params_dict(args.world), sort_keys=False))
-    rel = str(pfile.relative_to(ROOT))
-    log: dict = {
-        "torch": torch.__version__,
-        "cuda": torch.cuda.is_available(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-    }
-    print(log, flush=True)
-    from vlmerge_core.config import load_params
-    from vlmerge_core.model import MultiwayTransformer, save_model
-
+    pfile.write_text(yaml.safe_dump(params_dict(run, args.nproc, args.device, args.tiny), sort_keys=False))
+    rel, r = str(pfile.relative_to(ROOT)), str(run.relative_to(ROOT))
     params = load_params(rel)
-    torch.manual_seed(0)
-    save_model(run / "init.safetensors", MultiwayTransformer(params.model))
-    cli = [sys.executable, "-m", "vlmerge_core.cli"]
-    trun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "1",
-        "-m",
-        "vlmerge_core.cli",
-    ]
-    sh(
-        cli
-        + [
-            "pretrain",
-            "seed",
-            "--file",
-            rel,
-            "--init",
-            f"{run.relative_to(ROOT)}/init.safetensors",
-            "-o",
-            f"{run.relative_to(ROOT)}/seed",
-            "--world",
-            args.world,
-            "--restart",
-        ],
+    cuda = torch.cuda.is_available()
+    log: dict = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0) if cuda else "cpu"}
+    timed(log, "fixtures", fixtures_stage, params, ROOT / params.data.root)
+    common = {"params_file": rel, "resume": False}
+    init = timed(log, "init_beit", run_pretrain_stage, "init", out_dir=f"{r}/init", **common)
+    seed = timed(
         log,
         "seed_bf16",
+        run_pretrain_stage,
+        "seed",
+        init=f"{r}/init/last.safetensors",
+        out_dir=f"{r}/seed",
+        **common,
     )
-    sh(
-        trun
-        + [
-            "pretrain",
-            "ms",
-            "--file",
-            rel,
-            "--variant",
-            "all",
-            "--init",
-            f"{run.relative_to(ROOT)}/seed/last.safetensors",
-            "-o",
-            f"{run.relative_to(ROOT)}/ms",
-            "--world",
-            args.world,
-            "--restart",
-        ],
+    ms = timed(
         log,
-        "ms_bf16_torchrun_nccl",
+        "ms_bf16",
+        run_pretrain_stage,
+        "ms",
+        variant="all",
+        init=f"{r}/seed/last.safetensors",
+        out_dir=f"{r}/ms",
+        **common,
     )
-    for name in ("seed", "ms"):
-        m = run / name / "metrics.json"
-        if m.exists():
-            doc = json.loads(m.read_text())
-            log[f"{name}_metrics"] = {
-                k: doc.get(k) for k in ("loss_start", "loss_end", "device", "retrieval")
-            }
-    ms = f"{run.relative_to(ROOT)}/ms/last.safetensors"
-    sh(
-        cli + ["merge", ms, "--method", "interpolation", "-o", f"{run.relative_to(ROOT)}/interp.safetensors"],
+    timed(
         log,
-        "merge_interpolation",
+        "merge",
+        merge_checkpoint,
+        ROOT / r / "ms/last.safetensors",
+        ROOT / r / "merged.safetensors",
+        "interpolation",
     )
-    sh(
-        cli
-        + [
-            "merge",
-            ms,
-            "--method",
-            "arithmetic",
-            "--central",
-            f"{run.relative_to(ROOT)}/seed/last.safetensors",
-            "-o",
-            f"{run.relative_to(ROOT)}/arith.safetensors",
-        ],
-        log,
-        "merge_arithmetic",
+    ft = timed(
+        log, "coco_384_bf16", run_finetune_stage, rel, checkpoint=f"{r}/merged.safetensors", tasks=["coco"]
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/throughput.py",
-            "--size",
-            "vitb",
-            "--batch",
-            "64",
-            "--steps",
-            "10",
-            "--warmup",
-            "3",
-            "--device",
-            "cuda",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    log["throughput_vitb_bf16"] = proc.stdout[-2500:] + proc.stderr[-800:]
-    print(log["throughput_vitb_bf16"], flush=True)
+    log["init"] = {k: init.get(k) for k in ("tensors_loaded", "world_size", "data_format")}
+    for name, m in (("seed", seed), ("ms", ms)):
+        log[name] = {k: m.get(k) for k in ("world_size", "data_format", "samples_per_s", "loss_end")}
+    rec = ft["records"][0]
+    log["coco"] = {k: rec.get(k) for k in ("world_size", "data_format", "metrics", "seconds")}
+    log["coco"]["image_size"] = params.finetune.overrides["coco"]["image_size"]
+    if cuda:
+        cmd = [sys.executable, "benchmarks/throughput.py", "--size", "vitb", "--batch", "64", "--steps", "10",
+               "--warmup", "3", "--device", "cuda", "--skip-vl"]  # fmt: skip
+        proc = subprocess.run(
+            cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        )
+        log["throughput_vitb_bf16"] = proc.stdout[-2500:] + proc.stderr[-800:]
+        print(log["throughput_vitb_bf16"], flush=True)
     (out / "gpu_check.json").write_text(json.dumps(log, indent=1, default=str))
     print(json.dumps({k: v for k, v in log.items() if k != "throughput_vitb_bf16"}, indent=1, default=str))
     return 0

@@ -4,7 +4,9 @@ One process, same width, depth, heads, MLP ratio and token count (1 + N patches)
 is forward + backward + AdamW step on the image-only path (our ``forward_image``, timm's
 ``forward_features``) with the same loss (mean square of the tokens). Also times a full VL
 pre-training step (MLM + ITC + ITC-vl + ITM with hard negatives) of our MA and MS models.
-Prints samples/s, the ratios (goal: MA >= timm, MS within 10% of MA) and peak memory.
+Prints samples/s, the ratios (goal: MA >= timm, MS within 10% of MA), peak memory and, where the
+device's peak bf16 rate is known (``--peak-tflops`` or :data:`PEAK_BF16_TFLOPS`), the model FLOP
+utilisation (MFU): the FLOPs of one step (``torch.utils.flop_counter``) x steps/s / the peak.
 
     python benchmarks/throughput.py --size micro
     python benchmarks/throughput.py --size vitb --steps 3 --batch 8
@@ -39,6 +41,28 @@ SIZES = {
         layer_scale_init=0.1,
     ),
 }
+
+
+# dense bf16 peak of a GPU, TFLOP/s, by a substring of its name (vendor datasheets)
+PEAK_BF16_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0, "L40S": 362.1, "A10G": 70.0, "L4": 121.0}
+
+
+def peak_tflops(device: str, given: float | None) -> float | None:
+    """The peak bf16 rate of ``device``: ``given``, else the table's entry for the GPU's name."""
+    if given or not device.startswith("cuda"):
+        return given
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def step_flops(step) -> int:
+    """FLOPs of one call of ``step`` (forward, backward; matmuls and convolutions, as counted by
+    ``torch.utils.flop_counter``; the optimizer's elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode  # on use: only for the MFU line
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
 
 
 def peak_memory_mb(device: str) -> float:
@@ -99,10 +123,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--skip-vl", action="store_true", help="skip the full VL pre-training step")
+    ap.add_argument("--image-size", type=int, default=0, help="input side (default: the size's)")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="device peak bf16 TFLOP/s (MFU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg, dev, B = SIZES[args.size], args.device, args.batch
+    if args.image_size:
+        cfg = dataclasses.replace(cfg, image_size=args.image_size)
     pcfg = PretrainConfig()
     images = torch.randn(B, 3, cfg.image_size, cfg.image_size, device=dev)
     n_tokens = 1 + (cfg.image_size // cfg.patch_size) ** 2
@@ -145,9 +173,12 @@ def main() -> None:
             steps[name + " VL step"] = vl_step(model, opt, batch, losses, dev)
     with amp:
         sec = time_interleaved(steps, args.steps, args.warmup, dev)
+        peak = peak_tflops(dev, args.peak_tflops)
+        flops = {k: step_flops(s) for k, s in steps.items()} if peak else {}
     res = {k: B / v for k, v in sec.items()}
     for k, v in res.items():
-        print(f"{k:>22}: {v:10.4g} samples/s  ({B / v:.3f} s/step)")
+        mfu = f"  MFU {100 * flops[k] / sec[k] / (peak * 1e12):.1f} %" if peak else ""
+        print(f"{k:>22}: {v:10.4g} samples/s  ({B / v:.3f} s/step){mfu}")
     print(f"ratio MA / timm (image path): {res['ours MA'] / res['timm ViT']:.3f}   (goal >= 1)")
     print(f"ratio MS / MA (image path):   {res['ours MS(all)'] / res['ours MA']:.3f}   (goal >= 0.9)")
     if not args.skip_vl:
