@@ -51,7 +51,7 @@ def params_dict(run: Path, nproc: int, device: str, tiny: bool) -> dict:
         d[stage].update(STEPS, amp=True)
     d["finetune"].update(device=device, amp=True, tasks=["coco"], submission_dir="")
     d["finetune"]["overrides"] = {"coco": {"image_size": size, "batch_size": 8, "epochs": 1}}
-    d["finetune"]["real_paths"] = {k: f"{fx}/{k}" for k in (*d["finetune"]["real_paths"],)}
+    d["finetune"]["real_paths"] = {k: f"{fx}/{k}" for k in d["finetune"]["real_paths"]}
     d["study"].update(launcher="torchrun", nproc_per_node=nproc, sweep_tasks=["coco"])
     return d
 

@@ -51,7 +51,8 @@ from vlmerge_core.io import atomic_path, atomic_write, save_safetensors
 COLOURS = ("red", "green", "blue", "yellow", "white", "black")
 THINGS = ("dog", "cat", "bus", "tree", "boat", "kite")
 PLACES = ("street", "field", "beach", "room", "park")
-_PURPOSE = ("coco", "flickr", "vg", "cc", "sbu", "vqa", "nlvr2", "imagenet", "ade20k", "text", "released")
+_PURPOSE = ("coco", "flickr", "vg", "cc", "sbu", "vqa", "nlvr2", "imagenet", "ade20k", "text", "released",
+            "vqa_testdev")  # fmt: skip
 
 
 def _rng(seed: int, purpose: str) -> np.random.Generator:
@@ -238,7 +239,7 @@ def write_vqav2(root: Path, seed: int) -> None:
 def write_vqa_testdev(root: Path, seed: int) -> None:
     """The official test split: ``v2_OpenEnded_mscoco_test-dev2015_questions.json`` (2 images, 2
     questions each, no annotations) with its ``test2015/`` images."""
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(len(_PURPOSE),)))
+    rng = _rng(seed, "vqa_testdev")
     qs = []
     for k in range(2):
         iid = 1000 + k

@@ -33,6 +33,7 @@ the examples that are reported.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import re
 from collections import Counter
@@ -67,29 +68,27 @@ class ImageFiles:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _load(self, i: int) -> np.ndarray:
+    def _decode(self, i: int, convert: Any) -> np.ndarray:
+        """``convert(image)`` of file ``i``; a missing or undecodable file raises an error naming it."""
         path = self.paths[i]
         try:
             with Image.open(path) as im:
-                if self.mask:
-                    return np.asarray(im.resize((self.size, self.size), Image.NEAREST), dtype=np.uint8)
-                return np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BICUBIC))
+                return convert(im)
         except FileNotFoundError:
             raise FileNotFoundError(f"image file not found: {path}") from None
         except OSError as exc:
             raise RealFormatError(f"{path}: cannot decode image: {exc}") from None
 
+    def _load(self, i: int) -> np.ndarray:
+        S = (self.size, self.size)
+        if self.mask:
+            return self._decode(i, lambda im: np.asarray(im.resize(S, Image.NEAREST), dtype=np.uint8))
+        return self._decode(i, lambda im: np.asarray(im.convert("RGB").resize(S, Image.BICUBIC)))
+
     def original(self, i: int) -> np.ndarray:
         """Image ``i`` decoded at its own size: uint8 ``[H, W, 3]`` (the official train transform crops
         it before resizing)."""
-        path = self.paths[i]
-        try:
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image file not found: {path}") from None
-        except OSError as exc:
-            raise RealFormatError(f"{path}: cannot decode image: {exc}") from None
+        return self._decode(i, lambda im: np.asarray(im.convert("RGB")))
 
     def __getitem__(self, idx: Any) -> np.ndarray:
         idx = np.asarray(idx)
@@ -141,14 +140,31 @@ VQA_PROTOCOLS = ("heldout", "official")  # finetune.vqa_protocol
 VQA_TEST_DEV = "test-dev2015"  # the official test split: questions only, scored by the EvalAI server
 
 
+_VQA_SUBS = ("train2014", "val2014")  # the labelled sub-sets (annotation files)
+
+
 def _vqa_annotations(root: Path, need: tuple[str, ...]) -> tuple[Counter, dict[str, dict[int, list[str]]]]:
     """multiple_choice_answer counts over train2014 + val2014 (the official vocabulary) and each
-    sub-set's question id -> its ten normalised answers; the files of ``need`` must exist."""
+    sub-set's question id -> its ten normalised answers; the files of ``need`` must exist.
+
+    A task reads three splits and the data stage two, each from the same files: they are parsed once
+    while unchanged (the cache key holds each file's size and modification time). Read-only results.
+    """
+    files = [root / f"v2_mscoco_{sub}_annotations.json" for sub in _VQA_SUBS]
+    for sub, path in zip(_VQA_SUBS, files):
+        if sub in need:
+            _need(path)
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files if p.exists())
+    return _parse_vqa_annotations(root, stamp)
+
+
+@functools.lru_cache(maxsize=1)
+def _parse_vqa_annotations(root: Path, stamp: tuple) -> tuple[Counter, dict[str, dict[int, list[str]]]]:
     counter: Counter = Counter()
     ann_by_sub: dict[str, dict[int, list[str]]] = {}
-    for sub in ("train2014", "val2014"):
+    for sub in _VQA_SUBS:
         path = root / f"v2_mscoco_{sub}_annotations.json"
-        if sub not in need and not path.exists():
+        if not path.exists():
             continue
         anns = _field(_load_json(path), "annotations", path, "top level")
         by_q = {}

@@ -28,6 +28,7 @@ from vlmerge_core.data.pretrain_data import (
     open_arrow,
     resize_pixels,
 )
+from vlmerge_core.data.real import read_karpathy
 from vlmerge_core.data.tokenizer import load_identified_tokenizer
 from vlmerge_core.data.world import World, ensure_world
 from vlmerge_core.paths import resolve
@@ -87,14 +88,11 @@ class RealSource:
                 for r in rows
             ]
         else:
-            coco = self.root / "coco" if self.data_format == "released" else self.root
-            pairs = KarpathyPairs(coco, self._tok, 1, size, split="val")
-            keep = min(n, pairs.num_images)
-            caps = [[] for _ in range(keep)]
-            for t, j in zip(pairs.texts, pairs.image_index):
-                if j < keep:
-                    caps[j].append(t)
-            images = [resize_pixels(pairs.load_image(j), size) for j in range(keep)]
+            val = read_karpathy(
+                self.root / "coco" if self.data_format == "released" else self.root, "val", size
+            )
+            caps = val["captions"][:n]
+            images = list(val["images"][np.arange(len(caps))])
         if not images:
             raise ValueError(f"{self.root}: the Karpathy val split (zero-shot evaluation) has no image")
         return np.stack(images), caps

@@ -25,16 +25,9 @@ from vlmerge_core.data.real import (
     read_text_tsv,
     read_vqav2,
 )
-from vlmerge_core.data.stats import majority_miou, random_recall
+from vlmerge_core.data.stats import majority_acc, majority_miou, random_recall
 
 __all__ = ["real_stats"]
-
-
-def _majority(train: list, test: list) -> float:
-    if not train or not test:
-        return 0.0
-    top = Counter(train).most_common(1)[0][0]
-    return float(np.mean([t == top for t in test]))
 
 
 def _vqa(root: Path, size: int, ft: FinetuneConfig) -> tuple[dict, float]:
@@ -83,10 +76,10 @@ def real_stats(paths: dict[str, Path], image_size: int, ft: FinetuneConfig) -> d
     counts["ade20k"] = {s: len(m) for s, m in masks.items()}
     chance = {
         "vqa_majority_acc": vqa_chance,
-        "nlvr2_majority_acc": _majority(nlvr2["train"], nlvr2["test"]),
-        "imagenet_majority_acc": _majority(imagenet["train"], imagenet["test"]),
+        "nlvr2_majority_acc": majority_acc(nlvr2["train"], nlvr2["test"]),
+        "imagenet_majority_acc": majority_acc(imagenet["train"], imagenet["test"]),
         "imagenet_uniform_acc": 1.0 / max(1, len(set(imagenet["train"]))),
-        "text_majority_acc": _majority(text["train"], text["test"]),
+        "text_majority_acc": majority_acc(text["train"], text["test"]),
         "ade20k_majority": majority_miou(valid["train"], valid["test"], ADE20K_CLASSES),
         "retrieval_random": retrieval["coco"],
         "retrieval_random_flickr": retrieval["flickr"],

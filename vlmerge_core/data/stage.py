@@ -88,12 +88,7 @@ def fixtures_stage(params: Params, out: Path, metrics_out: str = "", force: bool
         write_run_info(run_info_path(out), cfg, generation_seconds=round(time.perf_counter() - t0, 3))
     else:
         log.info("reusing the fixtures in %s (same seed and model)", out)
-    paths = fixture_paths(out)
-    stats = real_stats(paths, cfg.image_size, params.finetune)
-    write_json(out / "stats.json", stats)
-    if metrics_out:
-        write_json(resolve(metrics_out), stats)
-    return FixtureSet(root=out, paths=paths, stats=stats)
+    return _real_set(params, out, fixture_paths(out), metrics_out)
 
 
 def real_data_stage(params: Params, out: Path, metrics_out: str = "") -> FixtureSet:
@@ -101,9 +96,16 @@ def real_data_stage(params: Params, out: Path, metrics_out: str = "") -> Fixture
     but ``<out>/stats.json`` (and ``metrics_out``), so a missing or malformed dataset fails here first."""
     t0 = time.perf_counter()
     paths = {k: resolve(v) for k, v in params.finetune.real_paths.items() if v}
+    data = _real_set(params, out, paths, metrics_out)
+    write_run_info(run_info_path(out), params.data, read_seconds=round(time.perf_counter() - t0, 3))
+    return data
+
+
+def _real_set(params: Params, out: Path, paths: dict[str, Path], metrics_out: str) -> FixtureSet:
+    """The statistics of the real-format datasets at ``paths``, written to ``<out>/stats.json`` (and
+    ``metrics_out``)."""
     stats = real_stats(paths, params.data.image_size, params.finetune)
     write_json(out / "stats.json", stats)
-    write_run_info(run_info_path(out), params.data, read_seconds=round(time.perf_counter() - t0, 3))
     if metrics_out:
         write_json(resolve(metrics_out), stats)
     return FixtureSet(root=out, paths=paths, stats=stats)

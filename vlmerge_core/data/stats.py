@@ -22,7 +22,8 @@ def _dist(values: list) -> dict[str, int]:
     return {str(k): v for k, v in sorted(Counter(values).items(), key=lambda kv: str(kv[0]))}
 
 
-def _majority_acc(train: list, test: list) -> float:
+def majority_acc(train: list, test: list) -> float:
+    """Accuracy on ``test`` of always answering ``train``'s most common label (0 when either is empty)."""
     if not train or not test:
         return 0.0
     top = Counter(train).most_common(1)[0][0]
@@ -115,14 +116,14 @@ def compute_stats(world) -> dict[str, Any]:
         }
     n_test = len(world.labels("test"))
     chance = {
-        "vqa_majority_acc": _majority_acc(
+        "vqa_majority_acc": majority_acc(
             [q["answer"] for q in world.vqa("train")], [q["answer"] for q in world.vqa("test")]
         ),
-        "nlvr2_majority_acc": _majority_acc(
+        "nlvr2_majority_acc": majority_acc(
             [x["label"] for x in world.nlvr2("train")], [x["label"] for x in world.nlvr2("test")]
         ),
-        "imagenet_majority_acc": _majority_acc(world.labels("train").tolist(), world.labels("test").tolist()),
-        "text_majority_acc": _majority_acc(
+        "imagenet_majority_acc": majority_acc(world.labels("train").tolist(), world.labels("test").tolist()),
+        "text_majority_acc": majority_acc(
             [x["label"] for x in world.text_cls("train")], [x["label"] for x in world.text_cls("test")]
         ),
         "imagenet_uniform_acc": 1.0 / world.num_image_classes,

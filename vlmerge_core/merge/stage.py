@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from vlmerge_core.config import Params, profile_params
-from vlmerge_core.data.real_source import open_source
+from vlmerge_core.data import ensure_world
 from vlmerge_core.io import read_json, write_json
 from vlmerge_core.merge.gram import collect_grams, save_grams
 from vlmerge_core.merge.grid import MergeJob, check_inputs, merge_jobs, method_grid, run_name
@@ -96,7 +96,7 @@ def write_grams(
     source = (
         batches
         if batches is not None
-        else open_source(params.data, resolve(world_dir) if world_dir else None)
+        else ensure_world(params.data, resolve(world_dir) if world_dir else None)
     )
     model = load_model(resolve(ms_ckpt))
     if model.kind != "ms":

@@ -30,6 +30,8 @@ __all__ = [
     "PAIR_LOSSES",
     "PretrainData",
     "build_pretrain_data",
+    "check_vocab",
+    "global_micro_batch",
     "make_global_batch",
     "mix_seed",
     "mlm_inputs",
@@ -79,13 +81,32 @@ class PretrainData:
     txt_mask: torch.Tensor | None = None  # Bool [C, T]
 
 
+def check_vocab(tok, model_cfg: ModelConfig) -> None:
+    """Refuse a tokenizer with more tokens than the model's embedding rows."""
+    if len(tok) > model_cfg.vocab_size:
+        raise ValueError(f"tokenizer has {len(tok)} tokens but model.vocab_size is {model_cfg.vocab_size}")
+
+
+def global_micro_batch(cfg: PretrainConfig, world_size: int) -> int:
+    """Rows of a global micro-batch, ``batch_size / grad_accum``; each of the ranks gets an equal share.
+
+    Raises:
+        ValueError: ``batch_size`` is not a multiple of ``grad_accum x world_size``.
+    """
+    A, W = cfg.grad_accum, world_size
+    if cfg.batch_size % (A * W):
+        raise ValueError(
+            f"batch_size {cfg.batch_size} must be divisible by grad_accum ({A}) x world size ({W})"
+        )
+    return cfg.batch_size // A
+
+
 def build_pretrain_data(
     world, model_cfg: ModelConfig, losses: dict[str, float], style: str = "coco"
 ) -> PretrainData:
     """Encode the sources the active losses need (pairs of the train split, image-only, text-only)."""
     tok = world.tokenizer()
-    if len(tok) > model_cfg.vocab_size:
-        raise ValueError(f"tokenizer has {len(tok)} tokens but model.vocab_size is {model_cfg.vocab_size}")
+    check_vocab(tok, model_cfg)
     data = PretrainData(tokenizer=tok, continuation=continuation_pieces(tok))
     active = {k for k, w in losses.items() if w > 0}
     T = model_cfg.max_text_len

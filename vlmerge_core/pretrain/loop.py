@@ -42,7 +42,13 @@ from vlmerge_core.model import (
 )
 from vlmerge_core.paths import resolve
 from vlmerge_core.pretrain import objectives
-from vlmerge_core.pretrain.batches import PretrainData, build_pretrain_data, make_global_batch
+from vlmerge_core.pretrain.batches import (
+    PretrainData,
+    build_pretrain_data,
+    check_vocab,
+    global_micro_batch,
+    make_global_batch,
+)
 from vlmerge_core.pretrain.distributed import DistInfo, all_reduce_sum, init_distributed, repeatable
 from vlmerge_core.pretrain.evaluate import evaluate_retrieval
 from vlmerge_core.pretrain.optim import make_optimizer, set_lr
@@ -266,12 +272,7 @@ def _start(cfg, model_cfg: ModelConfig, world, out_dir: Path, init, stage: str, 
     losses = {k: float(w) for k, w in cfg.losses.items() if w > 0}
     if not losses:
         raise ValueError(f"{stage}: no loss has a weight > 0 in losses={cfg.losses}")
-    A, W = cfg.grad_accum, info.world_size
-    if cfg.batch_size % (A * W):
-        raise ValueError(
-            f"batch_size {cfg.batch_size} must be divisible by grad_accum ({A}) x world size ({W})"
-        )
-    G = cfg.batch_size // A  # global micro-batch
+    W, G = info.world_size, global_micro_batch(cfg, info.world_size)
     shard = objectives.Shard(lo=info.rank * G // W, hi=(info.rank + 1) * G // W, size=G)
     torch.manual_seed(cfg.rng_seed)  # the model's init (a resume then overwrites weights and RNG)
     model = build_stage_model(model_cfg, stage, init).to(info.device)
@@ -317,9 +318,7 @@ def _pretrain_data(run: _Run, world, model_cfg: ModelConfig) -> PretrainData | L
     if fmt == "micro":
         run.data_info = {"data_format": fmt}
         return build_pretrain_data(world, model_cfg, run.losses, run.cfg.caption_style)
-    tok = world.tokenizer()
-    if len(tok) > model_cfg.vocab_size:
-        raise ValueError(f"tokenizer has {len(tok)} tokens but model.vocab_size is {model_cfg.vocab_size}")
+    check_vocab(world.tokenizer(), model_cfg)
     pairs = world.pairs(model_cfg.max_text_len, model_cfg.image_size, run.cfg.augment)
     stream = LoaderStream(pairs, run.cfg, run.info.rank, run.info.world_size, world.config.num_workers)
     run.data_info = stream.describe()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from vlmerge_core.data.real_source import open_source
 from vlmerge_core.io import write_json
 from vlmerge_core.paths import resolve
 from vlmerge_core.pretrain.loop import run_pretrain, stage_configs
-from vlmerge_core.study.launch import run_launched  # the launcher (config, io, paths only: no cycle)
+from vlmerge_core.study.launch import is_rank_zero, launch_call  # config, io, paths only: no cycle
 
 __all__ = [
     "checkpoints_table",
@@ -45,17 +44,7 @@ def run_pretrain_stage(
     processes (rank 0's metrics come back), as the study's pre-training units.
     """
     params = stage_params(params_file, profile)
-    if params.study.launcher == "torchrun" and "WORLD_SIZE" not in os.environ:
-        return run_launched(
-            launched_pretrain_run, [{"params": params, "stage": stage, **kwargs}], params.study
-        )[0]
-    return pretrain_run(params, stage, **kwargs)
-
-
-def launched_pretrain_run(unit: dict[str, Any]) -> dict:
-    """One rank of a launched :func:`pretrain_run` (``unit``: its arguments, ``params`` included)."""
-    args = dict(unit)
-    return pretrain_run(args.pop("params"), args.pop("stage"), **args)
+    return launch_call(pretrain_run, params.study, params, stage, **kwargs)
 
 
 def pretrain_run(
@@ -112,7 +101,7 @@ def pretrain_run(
     metrics = run_pretrain(
         cfg, model_cfg, world, resolve(out_dir), init=resolve(init) if init else None, stage=stage
     )
-    if metrics_out and int(os.environ.get("RANK", "0")) == 0:  # rank 0 holds the evaluated metrics
+    if metrics_out and is_rank_zero():  # rank 0 holds the evaluated metrics
         out = resolve(metrics_out)
         write_json(out, metrics)
         write_json(curve_path(out), curve_records(metrics))

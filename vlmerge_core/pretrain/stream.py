@@ -25,7 +25,7 @@ from vlmerge_core.config import PretrainConfig
 from vlmerge_core.data.loaders import continuation_pieces
 from vlmerge_core.data.pretrain_data import PretrainPairs
 from vlmerge_core.data.pretrain_loader import make_pretrain_loader
-from vlmerge_core.pretrain.batches import PAIR_LOSSES, mix_seed, mlm_inputs
+from vlmerge_core.pretrain.batches import PAIR_LOSSES, global_micro_batch, mix_seed, mlm_inputs
 
 __all__ = ["LoaderStream"]
 
@@ -54,13 +54,8 @@ class LoaderStream:
     def __init__(
         self, pairs: PretrainPairs, cfg: PretrainConfig, rank: int, world_size: int, num_workers: int = 0
     ):
-        if cfg.batch_size % (cfg.grad_accum * world_size):
-            raise ValueError(
-                f"batch_size {cfg.batch_size} must be divisible by grad_accum ({cfg.grad_accum}) x "
-                f"world size ({world_size})"
-            )
         self.pairs, self.cfg, self.rank, self.world_size = pairs, cfg, rank, world_size
-        self.per_rank = cfg.batch_size // (cfg.grad_accum * world_size)
+        self.per_rank = global_micro_batch(cfg, world_size) // world_size
         self.num_workers = num_workers
         self.tokenizer = pairs.tokenizer
         self.continuation = continuation_pieces(pairs.tokenizer)

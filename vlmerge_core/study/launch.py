@@ -30,7 +30,15 @@ from vlmerge_core.config import ParamsError, StudyConfig
 from vlmerge_core.io import atomic_write
 from vlmerge_core.paths import repo_root, resolve
 
-__all__ = ["LAUNCHERS", "LaunchError", "run_launched", "torchrun_command", "world_probe"]
+__all__ = [
+    "LAUNCHERS",
+    "LaunchError",
+    "is_rank_zero",
+    "launch_call",
+    "run_launched",
+    "torchrun_command",
+    "world_probe",
+]
 
 LAUNCHERS = ("inprocess", "torchrun")
 LAUNCH_DIR = "runs/launch"
@@ -94,6 +102,31 @@ def run_launched(fn: Callable[[Any], Any], units: Sequence[Any], study: StudyCon
             f.unlink(missing_ok=True)
 
 
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0 of its ``torchrun`` job (or runs alone): the one that writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _resolve(target: str) -> Callable[..., Any]:
+    """The function ``module:name``."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _call(unit: tuple[str, tuple, dict]) -> Any:
+    """A unit of :func:`launch_call`: ``(module:function, args, kwargs)``."""
+    target, args, kwargs = unit
+    return _resolve(target)(*args, **kwargs)
+
+
+def launch_call(fn: Callable[..., Any], study: StudyConfig, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``: here, or with ``study.launcher: torchrun`` as one job of
+    ``study.nproc_per_node`` processes (rank 0's result); inside a launched job it just runs here."""
+    if study.launcher != "torchrun" or "WORLD_SIZE" in os.environ:
+        return fn(*args, **kwargs)
+    return run_launched(_call, [(f"{fn.__module__}:{fn.__qualname__}", args, kwargs)], study)[0]
+
+
 def world_probe(unit: Any) -> dict[str, Any]:
     """A unit that reports the process group it ran in: world size, rank 0's view of the sum of
     ``rank + 1`` over the ranks (all-reduced), and the unit back."""
@@ -112,8 +145,7 @@ def main(argv: Sequence[str]) -> int:
     A unit that raises is named in ``<pid>.failed.txt`` beside the units (for the launcher's error).
     """
     target, unit_file, result_file = argv
-    module, _, name = target.partition(":")
-    fn = getattr(importlib.import_module(module), name)
+    fn = _resolve(target)
     results = []
     for i, unit in enumerate(pickle.loads(Path(unit_file).read_bytes())):
         try:
@@ -124,7 +156,7 @@ def main(argv: Sequence[str]) -> int:
             ) as fh:
                 fh.write(f"unit {i}")
             raise
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_rank_zero():
         _write(Path(result_file), results)
     if dist.is_initialized():  # gloo's threads abort a process that exits with its group alive
         dist.destroy_process_group()

@@ -13,6 +13,7 @@ n)`` (a few predictions for the figures).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -211,6 +212,11 @@ class BaseTask:
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         """The metrics of ``split`` (percent)."""
         return self.outcomes(model, split).metrics()
+
+    def write_submission(self, model: nn.Module, name: str) -> Path | None:
+        """The answers of an unlabelled test split for its evaluation server, when the task has one
+        and ``cfg`` asks for it (VQA's test-dev); the file written, else None."""
+        return None
 
     def examples(self, model: nn.Module, split: str = "test", n: int = 4) -> list[dict[str, Any]]:
         """A few test predictions: ``[{"images": [uint8 HxWx3, ...], "text": str, "pred": str,

@@ -31,7 +31,6 @@ from torch import nn
 
 from vlmerge_core.config import FinetuneConfig, ModelConfig, Params, profile_params
 from vlmerge_core.data import load_world
-from vlmerge_core.data.real import VQA_TEST_DEV, read_vqav2_testdev
 from vlmerge_core.data.real_source import task_world
 from vlmerge_core.data.tokenizer import check_tokenizer, load_identified_tokenizer
 from vlmerge_core.io import write_json
@@ -189,22 +188,11 @@ def build_task(
     return cls(model, data, cfg, tok)
 
 
-def write_vqa_submission(obj: BaseTask, model: nn.Module, cfg: FinetuneConfig, backbone: Any) -> Path | None:
-    """Under the official VQA protocol with a ``submission_dir``, the test-dev2015 answers of the
-    fine-tuned model for the EvalAI server (``vqa_test-dev2015_<backbone path>_seed<k>.json``, rank 0)."""
-    root = cfg.real_paths.get("vqa")
-    if cfg.vqa_protocol != "official" or not cfg.submission_dir or not root:
-        return None
-    # one file per backbone: its path (from the repo root, without the suffix) with "/" as "__"
+def file_stem(backbone: Any) -> str:
+    """A backbone as a file-name part: its path (from the repo root, without the suffix) with "/" as
+    "__" (``random:0`` -> ``random0``), so that two backbones never share a name."""
     spec = str(backbone) if isinstance(backbone, str | Path) else "model"
-    name = str(Path(spec).with_suffix("")).replace("/", "__").replace(":", "")
-    raw = read_vqav2_testdev(resolve(root), model.cfg.image_size)
-    answers = obj.submission(model, raw)
-    out = resolve(cfg.submission_dir) / f"vqa_{VQA_TEST_DEV}_{name}_seed{cfg.rng_seed}.json"
-    if obj.runtime.rank == 0:
-        write_json(out, answers)
-        log.info("vqa: %d test-dev answers written to %s", len(answers), out)
-    return out
+    return str(Path(spec).with_suffix("")).replace("/", "__").replace(":", "")
 
 
 def run_task(
@@ -241,8 +229,7 @@ def run_task(
         task, model, tcfg, world, source=backbone if isinstance(backbone, str | Path) else "the backbone"
     )
     res = run_finetune(model, obj, tcfg)
-    if task == "vqa":
-        write_vqa_submission(obj, model, tcfg, backbone)
+    obj.write_submission(model, file_stem(backbone))  # e.g. VQA's test-dev answers for EvalAI
     ci = bootstrap_ci(res["test_outcomes"], n_bootstrap, bootstrap_seed)
     metrics: dict[str, Any] = {
         "task": task,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from vlmerge_core.io import write_json
 from vlmerge_core.model import CheckpointMismatchError, model_config_of
 from vlmerge_core.model.experts import TASKS
 from vlmerge_core.paths import resolve
-from vlmerge_core.study.launch import run_launched  # the launcher (config, io, paths only: no cycle)
+from vlmerge_core.study.launch import is_rank_zero, launch_call  # config, io, paths only: no cycle
 from vlmerge_core.tasks.registry import RANDOM_PREFIX, TaskRun, predictions, run_task
 
 __all__ = ["check_architecture", "finetune_models", "records_table", "run_finetune_stage", "stage_params"]
@@ -106,15 +105,7 @@ def run_finetune_stage(params_file: str = "", *, profile: str = "smoke", **kwarg
     ``study.nproc_per_node`` processes (rank 0's result comes back), as the study's units.
     """
     params = stage_params(params_file, profile)
-    if params.study.launcher == "torchrun" and "WORLD_SIZE" not in os.environ:
-        return run_launched(launched_finetune, [{"params": params, **kwargs}], params.study)[0]
-    return finetune_models(params, **kwargs)
-
-
-def launched_finetune(unit: dict[str, Any]) -> dict:
-    """One rank of a launched :func:`finetune_models` (``unit``: its arguments, ``params`` included)."""
-    args = dict(unit)
-    return finetune_models(args.pop("params"), **args)
+    return launch_call(finetune_models, params.study, params, **kwargs)
 
 
 def finetune_models(
@@ -185,7 +176,7 @@ def finetune_models(
             if n_examples > 0 and k == 0:
                 shown[task] = predictions(run, "test", n_examples)
     result: dict[str, Any] = {"model": dict(model_info or {}), "records": records}
-    if metrics_out and int(os.environ.get("RANK", "0")) == 0:  # every rank holds the same metrics
+    if metrics_out and is_rank_zero():  # every rank holds the same metrics
         write_json(resolve(metrics_out), result)
         log.info("fine-tuning metrics written to %s", resolve(metrics_out))
     if n_examples > 0:

@@ -11,7 +11,9 @@ of the arg-max answer, as ``VQAScore``. The micro-world gives every question ten
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlmerge_core.config import FinetuneConfig
-from vlmerge_core.data.real import read_vqav2
+from vlmerge_core.data.real import VQA_TEST_DEV, read_vqav2, read_vqav2_testdev
+from vlmerge_core.io import write_json
+from vlmerge_core.paths import resolve
 from vlmerge_core.tasks.base import (
     BaseTask,
     subsample,
@@ -31,6 +35,8 @@ from vlmerge_core.tasks.base import (
 )
 from vlmerge_core.tasks.heads import MLPClassifier
 from vlmerge_core.tasks.metrics import Outcomes, dense_targets, mean_outcomes, vqa_score, vqa_targets
+
+log = logging.getLogger(__name__)
 
 
 def load_split(world: Any, cfg: FinetuneConfig, image_size: int, split: str) -> dict[str, Any]:
@@ -79,6 +85,19 @@ class VQATask(BaseTask):
     @property
     def n_train(self) -> int:
         return len(self.splits["train"]["image"])
+
+    def write_submission(self, model: nn.Module, name: str) -> Path | None:
+        """Under the official protocol with a ``submission_dir``: the test-dev2015 answers of the
+        fine-tuned model for the EvalAI server, ``vqa_test-dev2015_<name>_seed<k>.json`` (rank 0 writes)."""
+        cfg, root = self.cfg, self.cfg.real_paths.get("vqa")
+        if cfg.vqa_protocol != "official" or not cfg.submission_dir or not root:
+            return None
+        answers = self.submission(model, read_vqav2_testdev(root, model.cfg.image_size))
+        out = resolve(cfg.submission_dir) / f"vqa_{VQA_TEST_DEV}_{name}_seed{cfg.rng_seed}.json"
+        if self.runtime.rank == 0:
+            write_json(out, answers)
+            log.info("vqa: %d test-dev answers written to %s", len(answers), out)
+        return out
 
     @torch.no_grad()
     def submission(self, model: nn.Module, raw: dict[str, Any]) -> list[dict[str, Any]]:
