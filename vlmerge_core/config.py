@@ -249,7 +249,7 @@ class FinetuneConfig:
             "coco": {"batch_size": 64, "train_subsample": 500},
             "flickr": {"batch_size": 64, "train_subsample": 500},
             "nlvr2": {"epochs": 12},
-            "ade20k": {"lr": 1e-3, "batch_size": 16},
+            "ade20k": {"lr": 1e-3, "batch_size": 16, "seg_out_blocks": [0, 1, 2, 3]},
             "text": {"lr": 1e-3},
         }
     )
@@ -275,6 +275,9 @@ class FinetuneConfig:
     eval_batch_size: int = _f(256, lo=1)  # evaluation batch per process (no gradients)
     run_dir: str = ""  # folder of the resumable train state (<task>_train_state.pt, every epoch); "" = none
     image_size: int = _f(0, lo=0)  # task resolution; 0 = the checkpoint's (else position bias interpolated)
+    # segmentation: the blocks (0-based) whose patch tokens the decoder reads, concatenated, as BEiT's
+    # UperNet reads blocks 4, 6, 8 and 12 of 12 ([3, 5, 7, 11]); [] = the last block after the final norm
+    seg_out_blocks: list[int] = _f(factory=list, lo=0)
 
 
 # ------------------------------------------------------------------------------------------- report

@@ -190,6 +190,32 @@ def test_nlvr2_pairing_concatenates_left_and_right(pico_ma, ft_cfg, smoke_world)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+def test_segmentation_reads_the_named_blocks(pico_ma, ft_cfg, smoke_world):
+    """seg_out_blocks (BEiT's UperNet reads blocks 4, 6, 8, 12): the decoder gets the raw outputs of
+    those blocks concatenated; re-derived here with forward hooks on the image path."""
+    from vlmerge_core.tasks.base import images_to_tensor
+    from vlmerge_core.tasks.registry import build_task
+
+    cfg = dataclasses.replace(ft_cfg, seg_out_blocks=[0, 1])
+    task = build_task("ade20k", pico_ma, cfg, smoke_world)
+    assert task.head.norm.normalized_shape == (2 * pico_ma.cfg.width,)
+    pico_ma.eval()
+    s, idx = task.splits["test"], torch.arange(3)
+    outs: list[torch.Tensor] = []
+    hooks = [b.register_forward_hook(lambda m, i, o: outs.append(o)) for b in pico_ma.blocks]
+    with torch.no_grad():
+        pico_ma.forward_image(images_to_tensor(s["images"][s["image"][:3]]))
+        want = task.head(torch.cat([o[:, 1:] for o in outs], dim=-1))
+        for h in hooks:
+            h.remove()
+        got = task._logits(pico_ma, s, idx)
+    torch.testing.assert_close(got, want)
+    last = build_task("ade20k", pico_ma, dataclasses.replace(ft_cfg, seg_out_blocks=[]), smoke_world)
+    assert last.head.norm.normalized_shape == (pico_ma.cfg.width,)
+    with pytest.raises(ValueError, match="seg_out_blocks"):
+        build_task("ade20k", pico_ma, dataclasses.replace(ft_cfg, seg_out_blocks=[0, 5]), smoke_world)
+
+
 def test_val_every_validates_every_kth_epoch_and_the_last(pico_ma, ft_cfg, smoke_world):
     cfg = dataclasses.replace(ft_cfg, epochs=5, val_every=2)
     m = finetune_task("imagenet", pico_ma, cfg, smoke_world)

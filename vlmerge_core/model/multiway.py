@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import torch
 from timm.layers import DropPath, PatchEmbed
@@ -224,6 +225,20 @@ class MultiwayTransformer(nn.Module):
         if top not in ("v", "vl"):
             raise ValueError(f"forward_image: top must be 'v' or 'vl', got {top!r}")
         return self.image_top(self.image_bottom(images, patch_mask), top)
+
+    def image_block_tokens(self, images: torch.Tensor, blocks: Sequence[int]) -> list[torch.Tensor]:
+        """Image-only path (``v`` in every block, as :meth:`forward_image` with ``top="v"``): the raw
+        output tokens [B, 1+N, D] of each block in ``blocks`` (0-based, in that order), before any
+        final norm, as BEiT's segmentation backbone hands blocks 4, 6, 8 and 12 to UperNet."""
+        bad = [b for b in blocks if not 0 <= b < len(self.blocks)]
+        if bad:
+            raise ValueError(f"image_block_tokens: blocks {bad} outside 0..{len(self.blocks) - 1}")
+        x, out = self.embed_image(images), {}
+        rel = self._biases("image")
+        for i in range(max(blocks) + 1 if blocks else 0):
+            x = self.blocks[i](x, "v", attention_bias(None, rel[i], x.dtype))
+            out[i] = x
+        return [out[b] for b in blocks]
 
     def forward_text(self, ids: torch.Tensor, mask: torch.Tensor, top: str = "l") -> dict[str, torch.Tensor]:
         """Text-only path: ``l`` below ``vl_start``, ``top`` (``"l"`` or ``"vl"``) above.

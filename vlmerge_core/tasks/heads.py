@@ -4,7 +4,7 @@ Shapes follow the official vl-merging code (``vilt_module.py``): the VQA classif
 ``Linear(D, 2D) -> LayerNorm -> GELU -> Linear(2D, #answers)``, the NLVR2 classifier the same on the
 concatenation of the two pooled features (``2D -> 2D -> 2``), the image classifier a single linear
 layer on mean-pooled image tokens. The segmentation decoder is ours (the code has none; BEiT uses
-UperNet): a light transposed-convolution decoder on the patch grid, upsampled bilinearly to pixels.
+UperNet): a linear per-patch decoder, pixel-shuffled onto the image.
 """
 
 from __future__ import annotations

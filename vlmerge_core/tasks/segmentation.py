@@ -1,8 +1,11 @@
 """Semantic segmentation (ADE20k, Zhou et al. 2017; the micro-world's shape masks).
 
-Model path: the image alone through the ``v`` path (``forward_image``), its patch tokens on their
-grid -> :class:`SegDecoder` (two transposed-conv stages, 1x1 conv, bilinear upsampling to
-pixels). The official code has no segmentation recipe (BEiT uses UperNet): this light decoder is ours.
+Model path: the image alone through the ``v`` path, its patch tokens on their grid ->
+:class:`SegDecoder` (a per-patch linear decoder, pixel-shuffled onto the image). The official code has
+no segmentation recipe; BEiT fine-tunes UperNet on the outputs of blocks 4, 6, 8 and 12 of 12. As
+BEiT, the decoder reads several blocks when ``seg_out_blocks`` names them (their patch tokens
+concatenated, :meth:`~vlmerge_core.model.multiway.MultiwayTransformer.image_block_tokens`); with
+``[]`` it reads the last block after the final norm (``forward_image``).
 Loss: per-pixel cross-entropy, ignoring :data:`~vlmerge_core.tasks.metrics.SEG_IGNORE_LABEL` (ADE20k's
 "other", ``reduce_zero_label``). Metric: mIoU over the classes present in the ground truth or the
 predictions of the split, and pixel accuracy, from per-image intersection and union counts (the
@@ -50,7 +53,14 @@ class SegmentationTask(BaseTask):
                 "image": keep.astype(np.int64),
             }
         grid = model.cfg.image_size // model.cfg.patch_size
-        self.head = SegDecoder(self.dim, self.num_classes, grid, model.cfg.image_size)
+        self.out_blocks = list(cfg.seg_out_blocks)
+        depth = len(model.blocks)
+        if any(b >= depth for b in self.out_blocks):
+            raise ValueError(
+                f"finetune seg_out_blocks {self.out_blocks}: the model has blocks 0..{depth - 1}"
+            )
+        width = self.dim * max(1, len(self.out_blocks))
+        self.head = SegDecoder(width, self.num_classes, grid, model.cfg.image_size)
 
     @property
     def n_train(self) -> int:
@@ -66,9 +76,10 @@ class SegmentationTask(BaseTask):
         return {"images": images, "masks": self._masks(s, idx)}
 
     def _forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        return self.head(
-            model.forward_image(batch["images"])["tokens"][:, 1:]
-        )  # patch tokens -> (B, C, S, S)
+        if not self.out_blocks:  # the last block's patch tokens -> (B, C, S, S)
+            return self.head(model.forward_image(batch["images"])["tokens"][:, 1:])
+        feats = model.image_block_tokens(batch["images"], self.out_blocks)
+        return self.head(torch.cat([f[:, 1:] for f in feats], dim=-1))  # (B, N, |blocks| D) -> (B, C, S, S)
 
     def _logits(
         self, model: nn.Module, s: dict[str, Any], idx: torch.Tensor, generator: torch.Generator | None = None
