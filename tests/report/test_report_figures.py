@@ -9,8 +9,8 @@ import pytest
 from conftest import DESIGN, frame, merged, study_rows
 from matplotlib.figure import Figure
 
+from vlmerge_core.figstyle import figure_bytes, not_run_figure, save_figure
 from vlmerge_core.report.e4 import e4_correlations, e4_points
-from vlmerge_core.report.figstyle import figure_bytes, not_run_figure, save_figure
 from vlmerge_core.report.figures import fig_e1_seed, fig_e2_methods
 from vlmerge_core.report.figures_e4 import fig_e4_layers, fig_e4_scatter
 from vlmerge_core.report.framework import fig_framework

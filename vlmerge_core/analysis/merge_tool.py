@@ -9,7 +9,6 @@ The study's notebooks (05-07) run the same steps over the whole grid
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -21,20 +20,9 @@ from vlmerge_core.merge.stage import make_demo_checkpoints, write_grams, write_m
 from vlmerge_core.paths import resolve
 from vlmerge_core.tasks.registry import gram_inputs
 
-__all__ = ["distance_table", "merge_one", "merges_table", "run_merge_tool_stage"]
+__all__ = ["distance_table", "merges_table", "run_merge_tool_stage"]
 
 DISTANCE_KEYS = ("k", "central", "experts", "total", "blocks")
-
-
-def run_merge_tool_stage(params_file: str = "", *, profile: str = "smoke", **kwargs: Any) -> dict:
-    """Entry point (notebook 03): parse the params once, then :func:`merge_one`.
-
-    Args:
-        params_file: params file (relative to the repo root); empty = ``profile``.
-        profile: params preset used when ``params_file`` is empty.
-        **kwargs: the arguments of :func:`merge_one`.
-    """
-    return merge_one(stage_params(params_file, profile), **kwargs)
 
 
 def _inputs(
@@ -58,9 +46,10 @@ def _inputs(
     return ms_ckpt, central_ckpt, gram_path
 
 
-def merge_one(
-    params: Params,
+def run_merge_tool_stage(
+    params_file: str = "",
     *,
+    profile: str = "smoke",
     ms_ckpt: str = "",
     central_ckpt: str = "",
     gram_path: str = "",
@@ -71,11 +60,13 @@ def merge_one(
     out_dir: str = "scratch/nb03",
     metrics_out: str = "",
 ) -> dict:
-    """Merge one MS checkpoint by every method of ``params.merge`` (or ``methods``) and measure its
-    experts' distances around ``central_ckpt``.
+    """Entry point (notebook 03): merge one MS checkpoint by every method of ``params.merge`` (or
+    ``methods``) and measure its experts' distances around ``central_ckpt``.
 
     Args:
-        params: the parameters (``merge``, ``finetune.tasks``, ``data`` for the Grams).
+        params_file: params file (relative to the repo root); empty = ``profile``. The parameters used:
+            ``merge``, ``finetune.tasks``, ``data`` for the Grams.
+        profile: params preset used when ``params_file`` is empty.
         ms_ckpt: the MS checkpoint; empty = a pico demo pair and its Grams under ``out_dir/demo``.
         central_ckpt: the seed (MA) checkpoint, origin of the modality vectors.
         gram_path: RegMean's Gram matrices; empty = collected on the micro-world when needed.
@@ -90,6 +81,7 @@ def merge_one(
         ``{"merges": [records], "distance": {...}, "ms_ckpt", "central_ckpt"}`` plus ``"rows"`` (the
         tidy distance rows, not written).
     """
+    params = stage_params(params_file, profile)
     out = resolve(out_dir)
     names = [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else methods
     ms_ckpt, central_ckpt, gram_path = _inputs(

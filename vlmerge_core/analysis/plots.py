@@ -8,7 +8,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from vlmerge_core.analysis.distance import METRICS, layer_table
-from vlmerge_core.plotting import subplots
+from vlmerge_core.figstyle import subplots
 
 
 def fig_layer_distances(dists: Mapping[str, Mapping[str, Any]], metrics: Sequence[str] = METRICS) -> Figure:

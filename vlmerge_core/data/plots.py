@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from vlmerge_core.data.scenes import SHAPES
-from vlmerge_core.plotting import new_figure
+from vlmerge_core.figstyle import new_figure
 
 
 def _figure(w: float, h: float) -> Figure:

@@ -4,8 +4,8 @@
 - :func:`write_merges`: every method and knob of ``params.merge`` on one MS checkpoint, one merged
   checkpoint per task group for a task-dependent merge (:mod:`vlmerge_core.merge.grid`), written as
   ``<out_dir>/<run_name>[__<group>].safetensors`` with an index ``<out_dir>/merges.json``.
-- :func:`run_jobs`: one checkpoint per :class:`~vlmerge_core.merge.grid.MergeJob` (the study's merges
-  too).
+- :func:`job_kwargs` / :func:`job_record`: the arguments of ``merge_checkpoint`` for one
+  :class:`~vlmerge_core.merge.grid.MergeJob` and the record of its checkpoint (the study's merges too).
 - :func:`record_for_task` / :func:`checkpoint_for_task`: which of those checkpoints a task is
   evaluated with.
 - :func:`make_demo_checkpoints`: a pico central (MA) model, a noisy MS copy and its Gram matrices, so
@@ -37,11 +37,12 @@ from vlmerge_core.pretrain.distributed import resolve_device
 
 __all__ = [
     "checkpoint_for_task",
+    "job_kwargs",
+    "job_record",
     "make_demo_checkpoints",
     "method_grid",
     "random_batches",
     "record_for_task",
-    "run_jobs",
     "run_name",
     "write_grams",
     "write_merges",
@@ -120,58 +121,48 @@ def write_grams(
     return result
 
 
-def run_jobs(
-    ms_path: str | Path,
-    out_dir: str | Path,
-    jobs: Sequence[MergeJob],
+def job_kwargs(
+    job: MergeJob,
     *,
     central_path: str | Path | None = None,
     gram_path: str | Path | None = None,
     only_used_experts: bool = False,
     unimodal_paths: bool = False,
     drop_gramless: bool = False,
-) -> list[dict[str, Any]]:
-    """Write one checkpoint per job (:func:`~vlmerge_core.merge.grid.merge_jobs`, split by task group).
-    ``drop_gramless``: see :func:`~vlmerge_core.merge.unify.iter_unified` (``merge.gram_source``).
+) -> dict[str, Any]:
+    """The keyword arguments of :func:`~vlmerge_core.merge.stream.merge_checkpoint` for one
+    :class:`~vlmerge_core.merge.grid.MergeJob` (the central checkpoint and the Grams only where its
+    method needs them). ``drop_gramless``: see :func:`~vlmerge_core.merge.unify.iter_unified`
+    (``merge.gram_source``)."""
+    method = get_method(job.method)
+    return {
+        "central_path": central_path if method.needs_central else None,
+        "gram_path": gram_path if method.needs_grams else None,
+        "task": job.task,
+        "only_used_experts": only_used_experts,
+        "unimodal_paths": unimodal_paths,
+        "extra_info": {"group": job.group, "tasks": list(job.tasks), "run": job.run_name},
+        "drop_gramless": drop_gramless and method.needs_grams,
+        **job.params,
+    }
 
-    Records: ``{method, run, knob, knob_value, params, group, tasks, path, seconds}`` (``run`` the
-    run name, e.g. ``regmean_alpha1``; ``path`` relative to the repo root when inside it).
-    """
-    check_inputs([j.method for j in jobs], central=central_path is not None, grams=gram_path is not None)
-    out_dir = Path(out_dir)
-    records = []
-    for job in jobs:
-        method = get_method(job.method)
-        path = out_dir / f"{job.stem}.safetensors"
-        t0 = time.perf_counter()
-        merge_checkpoint(
-            ms_path,
-            path,
-            job.method,
-            central_path=central_path if method.needs_central else None,
-            gram_path=gram_path if method.needs_grams else None,
-            task=job.task,
-            only_used_experts=only_used_experts,
-            unimodal_paths=unimodal_paths,
-            extra_info={"group": job.group, "tasks": list(job.tasks), "run": job.run_name},
-            drop_gramless=drop_gramless and method.needs_grams,
-            **job.params,
-        )
-        records.append(
-            {
-                "method": job.method,
-                "run": job.run_name,
-                "knob": job.knob,
-                "knob_value": job.knob_value,
-                "params": job.params,
-                "group": job.group,
-                "tasks": list(job.tasks),
-                "path": _shown(path),
-                "seconds": time.perf_counter() - t0,
-            }
-        )
-        log.info("merged %s (%s) -> %s", job.run_name, job.group, path)
-    return records
+
+def job_record(job: MergeJob, path: Path, seconds: float) -> dict[str, Any]:
+    """The record of one merged checkpoint: ``{method, run, knob, knob_value, params, group, tasks,
+    path, seconds}`` (``run`` the run name, e.g. ``regmean_alpha1``; ``path`` relative to the repo
+    root when inside it); logs the merge."""
+    log.info("merged %s (%s) -> %s", job.run_name, job.group, path)
+    return {
+        "method": job.method,
+        "run": job.run_name,
+        "knob": job.knob,
+        "knob_value": job.knob_value,
+        "params": job.params,
+        "group": job.group,
+        "tasks": list(job.tasks),
+        "path": _shown(path),
+        "seconds": seconds,
+    }
 
 
 def write_merges(
@@ -210,17 +201,19 @@ def write_merges(
     check_inputs(dict(grid), central=bool(central_ckpt), grams=bool(gram_path))
     tasks = [t for t in params.finetune.tasks if t in TASKS] or list(TASKS)
     jobs = merge_jobs(grid, tasks=tasks, only_used_experts=used, unimodal_paths=cfg.unimodal_paths)
-    out = resolve(out_dir)
-    records = run_jobs(
-        resolve(ms_ckpt),
-        out,
-        jobs,
-        central_path=resolve(central_ckpt) if central_ckpt else None,
-        gram_path=resolve(gram_path) if gram_path else None,
-        only_used_experts=used,
-        unimodal_paths=cfg.unimodal_paths,
-        drop_gramless=cfg.gram_source == "coco_retrieval",
-    )
+    out, ms_path = resolve(out_dir), resolve(ms_ckpt)
+    common = {
+        "central_path": resolve(central_ckpt) if central_ckpt else None,
+        "gram_path": resolve(gram_path) if gram_path else None,
+        "only_used_experts": used,
+        "unimodal_paths": cfg.unimodal_paths,
+        "drop_gramless": cfg.gram_source == "coco_retrieval",
+    }
+    records = []
+    for job in jobs:
+        path, t0 = out / f"{job.stem}.safetensors", time.perf_counter()
+        merge_checkpoint(ms_path, path, job.method, **job_kwargs(job, **common))
+        records.append(job_record(job, path, time.perf_counter() - t0))
     result = {
         "ms_ckpt": Path(ms_ckpt).name,
         "central_ckpt": Path(central_ckpt).name if central_ckpt else None,

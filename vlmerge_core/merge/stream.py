@@ -161,16 +161,15 @@ def _check_central_is_ma(central_path: str | Path | None) -> None:
         )
 
 
-def _merged_tensors(
-    paths: tuple[str | Path, str | Path | None, str | Path | None], method: str, **unify: Any
-) -> dict[str, Tensor]:
-    """Every output tensor of :func:`iter_unified` over the MS, central and Gram files ``paths``.
+@contextlib.contextmanager
+def _checked_inputs(
+    ms_path: str | Path, central_path: str | Path | None, gram_path: str | Path | None
+) -> Iterator[tuple[list[str], Callable[[str], Tensor], Callable | None, Callable | None]]:
+    """Open the MS, central and Gram files: yields ``(ms keys, get_ms, get_central, get_gram)``.
 
-    Each input tensor is checked finite once, when first read; after the merge every tensor that
-    no group read (unused experts, unused Gram matrices) is read and checked too.
+    Each input tensor is checked finite once, when first read; on leaving the block (without an
+    error) every tensor that nothing read (unused experts, unused Gram matrices) is read and checked too.
     """
-    ms_path, central_path, gram_path = paths
-    out: dict[str, Tensor] = {}
     with (
         open_tensors(ms_path, "MS") as (get, keys),
         open_tensors(central_path, "central") as (get_c, c_keys),
@@ -183,15 +182,11 @@ def _merged_tensors(
         ]
         seen: list[set[str]] = [set(), set(), set()]
         get_ms, get_central, get_gram = (_checked(g, src, sn) for (src, g, _), sn in zip(sources, seen))
-        for name, tensor in iter_unified(
-            keys, get_ms, method, get_central=get_central, get_gram=get_gram, source=str(ms_path), **unify
-        ):
-            out[name] = tensor
+        yield keys, get_ms, get_central, get_gram
         for (src, g, ks), sn in zip(sources, seen):  # every other tensor of every input: no NaN/inf
             for k in ks if g is not None else ():
                 if k not in sn:
                     check_finite(g(k), k, src)
-    return out
 
 
 def merge_checkpoint(
@@ -243,15 +238,14 @@ def merge_checkpoint(
         **({"drop_gramless": True} if drop_gramless else {}),  # recorded only when on (same bytes off)
     }
     rule = {"task": task, "only_used_experts": only_used_experts, "experts": experts}
-    out = _merged_tensors(
-        (ms_path, central_path, gram_path),
-        method,
-        vl_start=vl_start,
-        unimodal_paths=unimodal_paths,
-        drop_gramless=drop_gramless,
-        **rule,
-        **method_params,
-    )
+    with _checked_inputs(ms_path, central_path, gram_path) as (keys, get_ms, get_central, get_gram):
+        out = dict(
+            iter_unified(
+                keys, get_ms, method, get_central=get_central, get_gram=get_gram, source=str(ms_path),
+                vl_start=vl_start, unimodal_paths=unimodal_paths, drop_gramless=drop_gramless,
+                **rule, **method_params,
+            )
+        )  # fmt: skip
     log.info("merged %s by %s: %d tensors", ms_path, method, len(out))
     save_safetensors(out_path, out, ma_metadata(ms_meta, ms_path, info))
     return Path(out_path)

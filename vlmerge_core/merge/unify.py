@@ -31,7 +31,7 @@ __all__ = [
     "check_finite",
     "gram_key",
     "iter_unified",
-    "merge_group",
+    "group_call",
     "method_params",
     "plan_groups",
     "split_expert_key",
@@ -177,23 +177,19 @@ def method_params(method: MergeMethod | str, params: Mapping[str, Any]) -> dict[
     return get_method(method).check_params(params)
 
 
-def merge_group(
+def group_call(
     method: MergeMethod,
     target: str,
-    tensors: Sequence[Tensor],
     experts: Sequence[str],
     *,
     central: Tensor | None = None,
     grams: Sequence[Tensor] | None = None,
     params: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
-) -> Tensor:
-    """Merge the expert tensors of one MA parameter ``target`` with ``method``.
-
-    A lone expert passes through unchanged in every method (the official code gives it weight 1).
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The keyword arguments ``(kwargs, params)`` that ``method.fn`` merges the expert tensors of one
+    MA parameter ``target`` with (:func:`iter_unified` calls ``method.fn(tensors, **kwargs, **params)``).
     """
-    if len(tensors) == 1:
-        return tensors[0].detach().clone()
     params = dict(params or {})
     kwargs: dict[str, Any] = {"name": target, **(extra or {})}
     if method.bind is not None:
@@ -208,8 +204,7 @@ def merge_group(
         kwargs["central"] = central
     if method.needs_grams and grams is not None:
         kwargs["grams"] = grams
-    out = method.fn(list(tensors), **kwargs, **params)
-    return out.contiguous()  # the writer needs contiguous tensors: copy now, while one group is alive
+    return kwargs, params
 
 
 Plan = list[tuple[str, list[str], list[str]]]  # (MA target, experts merged, their MS keys), by target
@@ -292,7 +287,8 @@ def iter_unified(
 ) -> Iterator[tuple[str, Tensor]]:
     """Yield ``(ma_name, tensor)`` one group at a time, reading tensors lazily through ``get``.
 
-    The driver of :func:`unify_state_dict` and of the streaming ``merge_checkpoint``. A method with
+    The driver of :func:`unify_state_dict` and of the streaming ``merge_checkpoint``; it calls the
+    registered method function itself (:func:`group_call` gives its arguments). A method with
     a ``prepare`` hook (TIES per modality vector) first reads every merged group once more.
     ``drop_gramless`` (the official RegMean with Grams from COCO retrieval, which has none for
     ``vl``): a linear weight is merged over the experts that have a Gram matrix only; biases and
@@ -315,12 +311,15 @@ def iter_unified(
         grams = None
         if method.needs_grams and len(use) > 1 and gram_key(target, use[0]) is not None:
             grams = LazyGrams(target, [gram_key(target, e) for e in use], get_gram)
-        extra = per_group(target, use) if per_group is not None and len(use) > 1 else None
-        central = central_of(target) if len(use) > 1 else None
-        merged = merge_group(
-            method, target, tensors, use, central=central, grams=grams, params=params, extra=extra
+        if len(use) == 1:  # a lone expert passes through unchanged in every method (official: weight 1)
+            yield target, tensors[0].detach().clone()
+            continue
+        extra = per_group(target, use) if per_group is not None else None
+        kwargs, knobs = group_call(
+            method, target, use, central=central_of(target), grams=grams, params=params, extra=extra
         )
-        yield target, merged
+        # the writer needs contiguous tensors: copy now, while one group is alive
+        yield target, method.fn(list(tensors), **kwargs, **knobs).contiguous()
 
 
 def _with_grams(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from vlmerge_core.plotting import subplots
+from vlmerge_core.figstyle import subplots
 
 __all__ = ["fig_pretrain_losses"]
 

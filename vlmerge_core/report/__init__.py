@@ -9,6 +9,7 @@ Reads only the study metrics (``metrics/study/*.csv`` and ``design.json``, see :
 
 from __future__ import annotations
 
+from vlmerge_core.figstyle import save_figure
 from vlmerge_core.report.build import ARTEFACTS, Artefact, build_artefacts
 from vlmerge_core.report.claims import judge_claims
 from vlmerge_core.report.design import Design, design_from_dict, read_design
@@ -19,7 +20,6 @@ from vlmerge_core.report.e3 import table_e3, table_orderings
 from vlmerge_core.report.e4 import e4_correlations, e4_points, table_e4
 from vlmerge_core.report.e5 import table_e5
 from vlmerge_core.report.e6 import table_methods
-from vlmerge_core.report.figstyle import save_figure
 from vlmerge_core.report.figures import fig_e1_seed, fig_e2_methods
 from vlmerge_core.report.figures_e4 import fig_e4_layers, fig_e4_scatter
 from vlmerge_core.report.framework import fig_framework

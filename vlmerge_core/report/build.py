@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from vlmerge_core.figstyle import not_run_figure, save_figure
 from vlmerge_core.report.e0 import table_e0, table_e0_scores, table_e0_zeroshot
 from vlmerge_core.report.e1 import table_e1
 from vlmerge_core.report.e2 import table_e2
@@ -21,7 +22,6 @@ from vlmerge_core.report.e3 import table_e3, table_orderings
 from vlmerge_core.report.e4 import e4_correlations, e4_points, table_e4
 from vlmerge_core.report.e5 import table_e5
 from vlmerge_core.report.e6 import table_methods
-from vlmerge_core.report.figstyle import not_run_figure, save_figure
 from vlmerge_core.report.figures import fig_e1_seed, fig_e2_methods
 from vlmerge_core.report.figures_e4 import fig_e4_layers, fig_e4_scatter
 from vlmerge_core.report.framework import fig_framework

@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from vlmerge_core.plotting import subplots
+from vlmerge_core.figstyle import not_run_figure, styled, subplots
+from vlmerge_core.report.colors import BASELINE_COLORS, BASELINE_STYLES, color
 from vlmerge_core.report.design import ROLE_NAMES, Design, role_rows
 from vlmerge_core.report.e1 import e1_recipe
 from vlmerge_core.report.e2 import best_of_methods
-from vlmerge_core.report.figstyle import BASELINE_COLORS, BASELINE_STYLES, color, not_run_figure, styled
 from vlmerge_core.report.schema import METHOD_NAMES, TASK_NAMES
 from vlmerge_core.report.select import main_metrics, seed_label, unit_values
 from vlmerge_core.report.stats import t_interval

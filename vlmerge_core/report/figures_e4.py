@@ -10,10 +10,10 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from scipy import stats
 
-from vlmerge_core.plotting import subplots
+from vlmerge_core.figstyle import not_run_figure, styled, subplots
+from vlmerge_core.report.colors import PALETTE
 from vlmerge_core.report.design import Design
 from vlmerge_core.report.e4 import e4_points
-from vlmerge_core.report.figstyle import PALETTE, not_run_figure, styled
 from vlmerge_core.report.schema import DISTANCE_METRICS, TASK_NAMES, TASKS, order_key
 from vlmerge_core.report.stats import fmt_p
 

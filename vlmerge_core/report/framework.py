@@ -10,8 +10,8 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from vlmerge_core.plotting import new_figure
-from vlmerge_core.report.figstyle import PALETTE, styled
+from vlmerge_core.figstyle import new_figure, styled
+from vlmerge_core.report.colors import PALETTE
 
 STAGES = (
     ("Init", "BEiT (image-only MIM);\nmicro: a short\nMIM run"),

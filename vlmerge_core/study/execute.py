@@ -18,9 +18,10 @@ from typing import Any
 from vlmerge_core.analysis.stage import expert_distances
 from vlmerge_core.config import Params, ParamsError
 from vlmerge_core.io import read_json, write_json
-from vlmerge_core.merge.grid import MergeJob, merge_jobs
+from vlmerge_core.merge.grid import MergeJob, check_inputs, merge_jobs
 from vlmerge_core.merge.methods import get_method
-from vlmerge_core.merge.stage import record_for_task, run_jobs, write_grams
+from vlmerge_core.merge.stage import job_kwargs, job_record, record_for_task, write_grams
+from vlmerge_core.merge.stream import merge_checkpoint
 from vlmerge_core.paths import resolve
 from vlmerge_core.pretrain.stage import curve_records, pretrain_run
 from vlmerge_core.study import plan
@@ -153,10 +154,15 @@ def _merge_unit(args: dict[str, Any]) -> dict:
         used = job.option == plan.OPTION_USED_EXPERTS or cfg.only_used_experts
         split = merge_jobs([(job.method, job.params)], tasks=job.tasks, only_used_experts=used,
                            unimodal_paths=cfg.unimodal_paths)  # fmt: skip
-        recs = run_jobs(ms_path, resolve(plan.merge_dir(run.id, runs)) / (job.option or "default"), split,
-                        central_path=central, gram_path=grams.get(job.option == plan.OPTION_GRAM_NOPAD),
-                        only_used_experts=used, unimodal_paths=cfg.unimodal_paths,
-                        drop_gramless=cfg.gram_source == "coco_retrieval")  # fmt: skip
+        common = {"central_path": central, "gram_path": grams.get(job.option == plan.OPTION_GRAM_NOPAD),
+                  "only_used_experts": used, "unimodal_paths": cfg.unimodal_paths,
+                  "drop_gramless": cfg.gram_source == "coco_retrieval"}  # fmt: skip
+        check_inputs([one.method for one in split], central=True, grams=common["gram_path"] is not None)
+        out_dir, recs = resolve(plan.merge_dir(run.id, runs)) / (job.option or "default"), []
+        for one in split:  # one checkpoint per task group
+            path, t1 = out_dir / f"{one.stem}.safetensors", time.perf_counter()
+            merge_checkpoint(ms_path, path, one.method, **job_kwargs(one, **common))
+            recs.append(job_record(one, path, time.perf_counter() - t1))
         seconds = (time.perf_counter() - t0) / max(len(recs), 1)
         extra = {"option": job.option, "experiments": list(job.experiments), "seconds": seconds}
         records += [{**rec, **extra} for rec in recs]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from vlmerge_core.plotting import subplots
+from vlmerge_core.figstyle import subplots
 
 
 def fig_learning_curves(records: Sequence[Mapping[str, Any]]) -> Figure:

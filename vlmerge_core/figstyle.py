@@ -1,6 +1,14 @@
-"""The report's figure conventions on top of :mod:`vlmerge_core.plotting` (the one paper style):
-the style applied around each whole figure function, fixed colours per method and task, and
-byte-identical PDF/PNG files."""
+"""The one figure-style module: pyplot-free ``Figure`` objects in a fixed paper style, the style
+applied around each whole figure function, the "not run" placeholder, and byte-identical PDF/PNG files.
+
+Figures built here are not registered with pyplot, so no global state is touched, any backend
+works (Agg in scripts, inline in notebooks, where a returned Figure is shown exactly once), and
+figure functions stay pure in their inputs.
+
+It sits low (next to :mod:`vlmerge_core.io`) because ``data``, ``pretrain``, ``tasks``, ``analysis``
+and ``report`` all draw with it; the report's fixed colours per method and task, which need the
+report's schema, are in :mod:`vlmerge_core.report.colors`.
+"""
 
 from __future__ import annotations
 
@@ -11,28 +19,51 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-import seaborn as sns
+import numpy as np
 from matplotlib.figure import Figure
 
 from vlmerge_core.io import atomic_write
-from vlmerge_core.plotting import STYLE, new_figure
-from vlmerge_core.report.schema import METHODS, TASKS
 
-PALETTE = sns.color_palette("colorblind", 10).as_hex()  # a list: no global seaborn state is set
-METHOD_COLORS = {m: PALETTE[i] for i, m in enumerate(METHODS)}
-TASK_COLORS = {t: PALETTE[i] for i, t in enumerate(TASKS)}
-# claim rows drawn as references: the unmerged MS models and both MA controls
-BASELINE_COLORS = {
-    "ms_recipe": "#555555",
-    "ms_naive": "#999999",
-    "ma_baseline": "#000000",
-    "ma_matched": PALETTE[3],
+STYLE: dict[str, Any] = {
+    "font.size": 8,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "svg.hashsalt": "vlmerge",  # deterministic SVG ids
 }
-BASELINE_STYLES = {"ms_recipe": "--", "ms_naive": "--", "ma_baseline": ":", "ma_matched": "-."}
 PNG_DPI = 200
 # fixed metadata: no creation dates, no software version, so a rebuild changes no byte
 PDF_METADATA: dict[str, Any] = {"CreationDate": None, "ModDate": None, "Creator": None, "Producer": None}
 PNG_METADATA: dict[str, Any] = {"Software": None}
+
+
+class PaperFigure(Figure):
+    """A ``Figure`` that renders itself as PNG for IPython/Jupyter, whatever the backend."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=110)
+        return buf.getvalue()
+
+
+def new_figure(w: float, h: float) -> Figure:
+    """An empty ``w`` x ``h`` inch figure in the paper style."""
+
+    with matplotlib.rc_context(STYLE):
+        return PaperFigure(figsize=(w, h), layout="constrained")
+
+
+def subplots(rows: int, cols: int, w: float, h: float, **kwargs: Any) -> tuple[Figure, np.ndarray]:
+    """A figure and its ``rows`` x ``cols`` axes (always a 2-D array)."""
+
+    fig = new_figure(w, h)
+    with matplotlib.rc_context(STYLE):
+        axes = fig.subplots(rows, cols, squeeze=False, **kwargs)
+    return fig, axes
 
 
 def styled(fn: Callable[..., Figure]) -> Callable[..., Figure]:
@@ -45,11 +76,6 @@ def styled(fn: Callable[..., Figure]) -> Callable[..., Figure]:
             return fn(*args, **kwargs)
 
     return wrapper
-
-
-def color(key: str, i: int = 0) -> str:
-    """The fixed colour of a method or task, else the ``i``-th palette colour."""
-    return METHOD_COLORS.get(key) or TASK_COLORS.get(key) or PALETTE[i % len(PALETTE)]
 
 
 @styled
