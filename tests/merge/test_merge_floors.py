@@ -1,14 +1,18 @@
 """The fast paths of the merge methods give the plain whole-tensor computation bit for bit.
 
 The element-wise methods merge a tensor slice by slice (``registry.by_slices``); TIES too (its
-trimming thresholds keep their tie state across slices); DARE draws its masks slice by slice in
-worker threads. Each is checked against the whole-tensor
+trimming thresholds keep their tie state across slices); DARE draws its masks slice by slice
+(checked against its documented rule, recomputed here). Each is checked against the whole-tensor
 formula written out here (the code before these paths), on tensors spanning several slices, in
 float32 and float64, with ties straddling the threshold.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+
+import numpy as np
 import pytest
 import torch
 from _merge_helpers import make_ma_sd, ms_from_ma
@@ -68,28 +72,41 @@ def test_ties_keeps_its_inputs():
     assert all(torch.equal(a, b) for a, b in zip(before, (*experts, central)))
 
 
+def _dare_keep(rng_seed, name, i, n, drop_rate):
+    """The documented mask rule, from scratch: PCG64 seeded by sha256([seed, name, i]); entry j takes
+    the 32-bit half j % 2 (low first) of 64-bit output j // 2 and is kept iff it is >= round(p 2^32)."""
+    digest = hashlib.sha256(json.dumps([rng_seed, name, i]).encode()).digest()
+    words = np.random.PCG64(int.from_bytes(digest[:16], "little")).random_raw((n + 1) // 2)
+    halves = np.stack([words & 0xFFFFFFFF, words >> np.uint64(32)], axis=1).reshape(-1)[:n]
+    return torch.from_numpy(halves >= round(drop_rate * 2**32))
+
+
 def _dare_whole(experts, central, drop_rate, lam, rng_seed, name):
-    """DARE with one ``torch.rand`` per expert (the pre-slicing code)."""
+    """DARE with one whole-tensor mask per expert, drawn by the documented rule."""
     c = f64(central)
     out = c.clone()
     for i, t in enumerate(experts):
         tau = f64(t) - c
-        g = dare_mod._generator(rng_seed, name, i)
-        tau.mul_(torch.rand(tau.shape, generator=g, dtype=torch.float64) >= drop_rate)
+        tau.mul_(_dare_keep(rng_seed, name, i, tau.numel(), drop_rate).view(tau.shape))
         out.add_(tau, alpha=lam / (1.0 - drop_rate))
     return out.to(experts[0].dtype)
 
 
 @pytest.mark.parametrize("drop_rate", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("m", [2, 3])
-def test_dare_masks_by_slices_in_threads_equal_one_draw(monkeypatch, drop_rate, m):
-    monkeypatch.setattr(dare_mod, "SLICE", 41)
-    monkeypatch.setattr(registry, "SLICE", 43)
-    experts, central = _experts(1000, m, torch.float32, False)
-    experts = [t.view(10, 100) for t in experts]
-    central = central.view(10, 100)
+@pytest.mark.parametrize("slice_size", [43, 44, 1 << 15])
+def test_dare_masks_by_slices_equal_one_draw(monkeypatch, drop_rate, m, slice_size):
+    monkeypatch.setattr(registry, "SLICE", slice_size)  # odd slices: a half-word spans two slices
+    experts, central = _experts(1001, m, torch.float32, False)
+    experts = [t.view(7, 143) for t in experts]
+    central = central.view(7, 143)
     got = get_method("dare")(experts, central=central, drop_rate=drop_rate, lam=0.7, rng_seed=3, name="w")
     assert torch.equal(got, _dare_whole(experts, central, drop_rate, 0.7, 3, "w"))
+
+
+def test_dare_keep_probability_exact():
+    for p in (0.0, 0.1, 0.25, 0.5, 0.9, 1 - 2**-40):
+        assert abs((1 - dare_mod.drop_threshold(p) / 2**32) - (1 - p)) <= 2**-32
 
 
 def _elementwise_whole(method, experts, central, lam):
@@ -131,6 +148,25 @@ def test_vector_trim_passes_by_slices_equal_one_slice(monkeypatch, rounded):
     monkeypatch.setattr(ties_mod, "SLICE", 5)
     sliced = unify_state_dict(ms, "ties", vl_start=1, central=central, density=0.3, lam=0.7)
     assert all(torch.equal(whole[k], sliced[k]) for k in whole)
+
+
+@pytest.mark.parametrize("window, cap", [(0, 1 << 22), (1, 1 << 22), (4, 3), (4, 1 << 22)])
+@pytest.mark.parametrize("rounded", [False, True])
+def test_vector_trim_candidates_equal_a_second_pass(monkeypatch, window, cap, rounded):
+    """First-pass candidates (windows that miss the bin, a cap that drops them) select what a full
+    second pass does: the same output bit for bit."""
+    central = make_ma_sd(depth=3, width=8, seed=2)
+    ms = ms_from_ma(central, vl_start=1, noise=1.0, seed=7)
+    if rounded:
+        ms = {k: v.round() for k, v in ms.items()}
+        central = {k: v.round() for k, v in central.items()}
+    monkeypatch.setattr(ties_mod, "_MAX_CANDS", -1)  # no candidates: every tensor read in pass 2
+    ref = unify_state_dict(ms, "ties", vl_start=1, central=central, density=0.3, lam=0.7)
+    monkeypatch.setattr(ties_mod, "_MAX_CANDS", cap)
+    monkeypatch.setattr(ties_mod, "_WINDOW", window)
+    monkeypatch.setattr(ties_mod, "SLICE", 7)
+    got = unify_state_dict(ms, "ties", vl_start=1, central=central, density=0.3, lam=0.7)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
 
 
 def test_has_nan_by_slices(monkeypatch):

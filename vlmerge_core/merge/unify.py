@@ -261,10 +261,14 @@ def _prepared(
     if method.prepare is None:
         return None
 
-    def read_groups() -> Iterator[tuple[str, list[str], list[Tensor], Tensor | None]]:
+    def read_groups(
+        want: Callable[[str, str], bool] | None = None,
+    ) -> Iterator[tuple[str, list[str], list[Tensor], Tensor | None]]:
+        """Every merged group; with ``want(target, expert)``, only the experts wanted (others unread)."""
         for target, use, ms_keys in plan:
-            if len(use) > 1:
-                yield target, use, [get(k) for k in ms_keys], central_of(target)
+            pick = [(e, k) for e, k in zip(use, ms_keys) if want is None or want(target, e)]
+            if len(use) > 1 and pick:
+                yield target, [e for e, _ in pick], [get(k) for _, k in pick], central_of(target)
 
     return method.prepare(read_groups, params)
 

@@ -1,24 +1,28 @@
 """DARE (Yu et al. 2024): drop each entry of a modality vector at random, rescale, then add up.
 
-The drop masks dominate the cost: each is drawn from its own generator (seeded by the seed, the
-tensor name and the expert index), one uniform float64 at a time, on one core. The masks of a
-group's experts are independent streams, so they are drawn at once in worker threads (the draws of
-each generator and hence the masks are the same as drawing them one after the other), while this
-thread forms the modality vectors; each is drawn in slices into a small buffer (the same sequence of
-draws as one ``torch.rand`` of the whole shape) and kept as a boolean mask, not a float64 tensor.
+**How the drop masks are drawn.** The mask of expert ``i`` of tensor ``name`` comes from its own
+numpy ``PCG64`` bit generator, seeded with the first 128 bits (little-endian) of
+``sha256(json.dumps([rng_seed, name, i]))``: deterministic from (seed, tensor name, expert index),
+and independent streams for different experts and tensors. Entry ``j`` of the flattened tensor takes
+the 32-bit half ``j % 2`` (the low half first) of the ``j // 2``-th 64-bit output ``u`` of that
+generator and is kept iff ``u >= round(p * 2**32)``: its keep probability is
+``1 - round(p * 2**32) / 2**32``, within ``2**-32`` of ``1 - p``. Entry ``j`` uses the same bits
+whatever the slicing or the thread count (a :class:`_KeepStream` carries a spare half-word from
+one slice to the next), so the masks are drawn slice by slice with the merge, with no whole-tensor
+mask and no float uniforms (a 64-bit output gives two entries).
 """
 
 from __future__ import annotations
 
-import zlib
+import hashlib
+import json
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from vlmerge_core.merge.methods.registry import (
-    SLICE,
     Knob,
     MergeError,
     by_slices,
@@ -30,21 +34,32 @@ from vlmerge_core.merge.methods.registry import (
 )
 
 
-def _generator(rng_seed: int, name: str, index: int) -> torch.Generator:
-    """A CPU generator seeded from (rng_seed, tensor name, expert index), stable across runs."""
-    g = torch.Generator(device="cpu")
-    g.manual_seed((int(rng_seed) * 1_000_003 + zlib.crc32(name.encode()) * 31 + index) % (2**63 - 1))
-    return g
+def _bit_generator(rng_seed: int, name: str, index: int) -> np.random.PCG64:
+    """The ``PCG64`` of expert ``index`` of tensor ``name``: seeded from sha256 of the three (stable)."""
+    key = json.dumps([int(rng_seed), name, int(index)]).encode()
+    return np.random.PCG64(int.from_bytes(hashlib.sha256(key).digest()[:16], "little"))
 
 
-def _keep_mask(n: int, drop_rate: float, g: torch.Generator) -> Tensor:
-    """``torch.rand(n, generator=g, dtype=float64) >= drop_rate``, drawn slice by slice."""
-    keep = torch.empty(n, dtype=torch.bool)
-    buf = torch.empty(min(n, SLICE), dtype=torch.float64)
-    for a in range(0, n, SLICE):
-        b = min(a + SLICE, n)
-        torch.ge(buf[: b - a].uniform_(0.0, 1.0, generator=g), drop_rate, out=keep[a:b])
-    return keep
+def drop_threshold(drop_rate: float) -> int:
+    """``round(p * 2**32)`` (at most ``2**32 - 1``): a 32-bit draw ``u`` keeps its entry iff ``u >=`` it."""
+    return min(round(drop_rate * 2**32), 2**32 - 1)
+
+
+class _KeepStream:
+    """The keep mask of one (tensor, expert), drawn in consecutive slices (module docstring)."""
+
+    def __init__(self, rng_seed: int, name: str, index: int, drop_rate: float):
+        self.bg = _bit_generator(rng_seed, name, index)
+        self.thr = np.uint32(drop_threshold(drop_rate))
+        self.spare: np.ndarray | None = None  # the high half of the last word, not used yet
+
+    def take(self, n: int) -> Tensor:
+        """The boolean keep mask of the next ``n`` entries."""
+        head = self.spare if self.spare is not None else np.empty(0, dtype=np.uint32)
+        words = self.bg.random_raw((n - head.size + 1) // 2).view("<u4")
+        u = np.concatenate((head, words)) if head.size else words
+        self.spare = u[n:].copy() if u.size > n else None
+        return torch.from_numpy(u[:n] >= self.thr)
 
 
 @merge_method(
@@ -85,27 +100,22 @@ def dare(
     name: str = "tensor",
 ) -> Tensor:
     """DARE: drop each entry of ``tau^m`` with probability ``p``, rescale by ``1/(1-p)``, then
-    ``W0 + sum_m lam_m tau~^m``. The masks come from a generator seeded by (rng_seed, name, expert)."""
+    ``W0 + sum_m lam_m tau~^m``. The masks: module docstring (from (rng_seed, name, expert))."""
     check_experts(experts, name, central, nan=False)
     if not 0.0 <= drop_rate < 1.0:
         raise MergeError(f"{name}: DARE drop rate must be in [0, 1), got {drop_rate}")
     lams = lambdas(lam, len(experts), name)
     ts, c = [flat(t) for t in experts], flat(central)
-    workers = min(len(experts), max(1, torch.get_num_threads())) if drop_rate > 0 else 0
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [
-            pool.submit(_keep_mask, t.numel(), drop_rate, _generator(rng_seed, name, i)) if workers else None
-            for i, t in enumerate(ts)
-        ]
-        masks = [f.result() if f is not None else None for f in futures]
+    streams = [_KeepStream(rng_seed, name, i, drop_rate) if drop_rate > 0 else None for i in range(len(ts))]
     scale = [lm / (1.0 - drop_rate) if drop_rate > 0 else lm for lm in lams]
 
     def body(s: slice) -> Tensor:
-        out = f64(c[s]).clone()
-        for lm, t, mask in zip(scale, ts, masks):
-            tau = f64(t[s]) - f64(c[s])
-            if mask is not None:
-                tau.mul_(mask[s])
+        c64 = f64(c[s])
+        out = c64.clone()
+        for lm, t, stream in zip(scale, ts, streams):
+            tau = t[s] - c64 if t.dtype == torch.float64 else f64(t[s]).sub_(c64)
+            if stream is not None:
+                tau.mul_(stream.take(tau.numel()))
             out.add_(tau, alpha=lm)
         return out
 

@@ -9,8 +9,11 @@ the fusion blocks from the task whatever ``only_activate_used_experts``: the met
 
 The solve: ``G~`` is symmetric positive semi-definite and, for Gram matrices of enough tokens,
 positive definite, so ``sum_m G~^m`` is factored by Cholesky (``n^3 / 3`` flops, half of LU) and
-``X (sum G~) = sum W G~`` is solved by two triangular solves in float64 (the factor overwrites the
-sum: one ``[in, in]`` matrix in memory). When the factorisation fails
+``X (sum G~) = sum W G~`` is solved by two triangular solves in float64. Memory: the factor
+overwrites the sum with no copy (LAPACK factors the column-major view ``sum.T`` in place, after
+its lower triangle is mirrored: the same factor bit for bit), the numerator ``sum W G~`` takes the
+Gram matrices column block by column block (no float64 copy of a whole one), and the solve frees
+each ``[out, in]`` float64 matrix once used: one ``[in, in]`` float64 matrix in memory. When the factorisation fails
 (not positive definite: too few tokens, a dead input feature with ``alpha = 1``) the LU solve
 ``torch.linalg.solve`` is used and a warning names the tensor; a singular sum raises
 :class:`MergeError`. The official code takes the explicit inverse; ``benchmarks/merge.py`` measures
@@ -39,6 +42,7 @@ from vlmerge_core.merge.methods.registry import (
 
 log = logging.getLogger(__name__)
 SOLVERS = ("cholesky", "lu", "inverse")
+_BLOCK = 1 << 20  # float64 entries of one column block of a Gram matrix (8 MiB)
 
 
 def regmean_gram(gram: Tensor, alpha: float) -> Tensor:
@@ -55,6 +59,45 @@ class NotPositiveDefinite(MergeError):
     """The summed Gram matrix has no Cholesky factor (it was overwritten by the attempt)."""
 
 
+def _mirror_lower(den: Tensor) -> None:
+    """Copy the strict lower triangle of square ``den`` onto its upper one, in place, block by block."""
+    n, step = den.shape[0], 256
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        iu = torch.triu_indices(b - a, b - a, 1)
+        blk = den[a:b, a:b]
+        blk[iu[0], iu[1]] = blk[iu[1], iu[0]]
+        den[a:b, b:] = den[b:, a:b].T
+
+
+def _factor_in_place(den: Tensor) -> tuple[Tensor, Tensor]:
+    """``cholesky_ex`` of symmetric row-major ``den`` into its own memory: ``(L, info)``.
+
+    LAPACK factors column-major matrices, so ``cholesky_ex(den, out=den)`` copies ``den`` (one more
+    ``[in, in]`` float64 matrix); ``den.T`` is column-major and is factored in place instead. Its lower
+    triangle is ``den``'s upper one, so the lower one is mirrored first: LAPACK reads the same entries
+    as when factoring ``den`` (the same factor bit for bit), and ``L`` is ``den.T`` (a view).
+    """
+    _mirror_lower(den)
+    dt = den.T
+    return torch.linalg.cholesky_ex(dt, out=(dt, torch.empty((), dtype=torch.int32)))
+
+
+def _solve_owned(eqs: list[Tensor], name: str, dtype: torch.dtype) -> Tensor:
+    """The Cholesky solve of ``eqs = [num, den]`` as :func:`solve_normal` ``overwrite=True``, cast to
+    ``dtype``; both are taken out of the list, so each is freed as soon as it is used up (the peak is
+    ``den`` and two ``[out, in]`` float64 matrices). Raises :class:`NotPositiveDefinite`."""
+    num, den = eqs.pop(0), eqs.pop(0)
+    chol, info = _factor_in_place(den)
+    if int(info) != 0:
+        raise NotPositiveDefinite(f"{name}: summed Gram matrix is not positive definite")
+    z = torch.linalg.solve_triangular(chol.T, num, upper=True, left=False)  # Z L^T = num
+    del num
+    x = torch.linalg.solve_triangular(chol, z, upper=False, left=False)  # X L = Z
+    del z, chol, den
+    return cast(x, dtype)
+
+
 def solve_normal(
     num: Tensor, den: Tensor, name: str, solver: str = "cholesky", *, overwrite: bool = False
 ) -> Tensor:
@@ -68,10 +111,7 @@ def solve_normal(
     if solver not in SOLVERS:
         raise MergeError(f"{name}: RegMean solver must be one of {list(SOLVERS)}, got {solver!r}")
     if solver == "cholesky":
-        if overwrite:
-            chol, info = torch.linalg.cholesky_ex(den, out=(den, torch.empty((), dtype=torch.int32)))
-        else:
-            chol, info = torch.linalg.cholesky_ex(den)
+        chol, info = _factor_in_place(den) if overwrite else torch.linalg.cholesky_ex(den)
         if int(info) == 0:
             z = torch.linalg.solve_triangular(chol.T, num, upper=True, left=False)  # Z L^T = num
             return torch.linalg.solve_triangular(chol, z, upper=False, left=False)  # X L = Z
@@ -90,18 +130,36 @@ def solve_normal(
         raise MergeError(f"{name}: summed Gram matrix is singular ({exc}); use alpha < 1") from None
 
 
+def _gram_columns(g: Tensor, alpha: float, a: int, b: int) -> Tensor:
+    """Columns ``a:b`` of :func:`regmean_gram` ``(g)``, in float64 (the same entries, without the rest)."""
+    part = f64(g[:, a:b])
+    if alpha == 1.0:
+        return part
+    out = part * alpha
+    out.diagonal(-a).add_(part.diagonal(-a), alpha=1.0 - alpha)  # entries (a + j, j)
+    return out
+
+
 def _numerator(experts: Sequence[Tensor], grams: Sequence[Tensor], alpha: float, name: str) -> Tensor:
-    """``sum_m W^m G~^m`` in float64, reading one Gram matrix at a time (each checked here)."""
+    """``sum_m W^m G~^m`` in float64, reading one Gram matrix at a time (each checked here).
+
+    Column block by column block of ``G~^m`` (``num[:, a:b] += W^m G~^m[:, a:b]``, every entry the
+    same dot product over the whole ``in`` as one product): no float64 copy of a whole Gram matrix.
+    """
     d_in = experts[0].shape[1]
     num = torch.zeros(experts[0].shape, dtype=torch.float64)
+    step = max(64, (_BLOCK // d_in) // 64 * 64)
     for i, w in enumerate(experts):
         g = grams[i]  # grams may read lazily: one [in, in] matrix held at a time
         if tuple(g.shape) != (d_in, d_in):
             raise MergeError(f"{name}: Gram matrix {i} has shape {tuple(g.shape)}, expected ({d_in}, {d_in})")
         if has_nan(g):
             raise MergeError(f"{name}: Gram matrix {i} contains NaN")
-        num.addmm_(cast(w, torch.float64), regmean_gram(g, alpha))  # num += W^m G~^m, no temporary
-        del g
+        w64 = cast(w, torch.float64)
+        for a in range(0, d_in, step):
+            b = min(a + step, d_in)
+            num[:, a:b].addmm_(w64, _gram_columns(g, alpha, a, b))  # num += W^m G~^m, by columns
+        del g, w64
     return num
 
 
@@ -179,12 +237,11 @@ def regmean(
         raise MergeError(
             f"{name}: RegMean needs 2-D linear weights [out, in], got shape {tuple(experts[0].shape)}"
         )
-    num, den = _normal_equations(experts, grams, alpha, name)
     if solver == "cholesky":
         try:
-            return cast(solve_normal(num, den, name, overwrite=True), experts[0].dtype)
+            return _solve_owned([*_normal_equations(experts, grams, alpha, name)], name, experts[0].dtype)
         except NotPositiveDefinite:
             log.warning("%s: summed Gram matrix is not positive definite; using the LU solve", name)
-            num, den = _normal_equations(experts, grams, alpha, name)  # den was factored in place
             solver = "lu"
+    num, den = _normal_equations(experts, grams, alpha, name)  # (again: den was factored in place)
     return cast(solve_normal(num, den, name, solver), experts[0].dtype)

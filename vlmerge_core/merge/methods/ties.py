@@ -16,11 +16,16 @@ trims each parameter tensor on its own, as mergekit does.
 ``benchmarks/merge.py``). The threshold is found by a radix selection over the float32 bit
 patterns of the magnitudes, which for non-negative floats are ordered as integers
 (:func:`prepare_vector_trim`): a first pass counts the top 16 bits of every magnitude
-(32 768 bins), the bin holding the ``k``-th largest is refined by a second pass counting its low 16
-bits, which gives the exact float32 threshold; only if several entries share that float32 value
-and not all of them fit in ``k`` does a third pass read their float64 magnitudes to break the tie
-exactly. Each selection pass reads the expert and central tensors again before the merge pass
-(three reads of the input instead of one, rarely four) for a memory cost of a few hundred kB.
+(32 768 bins), the bin holding the ``k``-th largest is refined by counting the low 16 bits of its
+entries, which gives the exact float32 threshold ``t32``; if several entries share that float32 value
+and not all of them fit in ``k``, their float64 magnitudes break the tie exactly. The first pass
+also keeps the bit patterns of the entries whose top bin lies within ``_WINDOW`` bins of the
+running estimate of the threshold's bin (the quantile of the histogram so far), per tensor; the
+refinement counts those, and reads again only the tensors whose window missed the final bin (a
+second pass over all of them if more than ``_MAX_CANDS`` patterns would be kept). The tie-break
+reads again only the tensors that may hold an entry equal to ``t32`` (the candidates tell which do
+not). So the input is read about twice (the first pass and the merge) for a few MB per expert;
+the kept set is the same as three full passes would select.
 ``trim="tensor"`` finds each tensor's threshold by the same selection (the value ``kthvalue`` gives).
 
 **Slice by slice.** Given the thresholds, TIES is element-wise: each tensor is merged in slices of
@@ -157,7 +162,7 @@ def topk_mask(x: Tensor, density: float) -> Tensor:
     return tensor_threshold(m32, x, density).keep(m32, x.detach()).view(x.shape)
 
 
-GroupReader = Callable[[], Iterable[tuple[str, Sequence[str], Sequence[Tensor], Tensor | None]]]
+GroupReader = Callable[..., Iterable[tuple[str, Sequence[str], Sequence[Tensor], Tensor | None]]]
 
 
 def _bits(t: Tensor, central: Tensor | None) -> Tensor:
@@ -170,19 +175,6 @@ def _slices(t: Tensor, central: Tensor | None) -> Iterator[Tensor]:
     ft, fc = t.detach().reshape(-1), central.detach().reshape(-1) if central is not None else None
     for a in range(0, ft.numel(), SLICE):
         yield _bits(ft[a : a + SLICE], fc[a : a + SLICE] if fc is not None else None)
-
-
-def _top_histograms(read_groups: GroupReader) -> tuple[dict[str, Tensor], dict[str, int]]:
-    """First pass: per expert, the histogram of the top 16 bits of every ``m32``, and its size."""
-    hist: dict[str, Tensor] = {}
-    count: dict[str, int] = {}
-    for _, names, tensors, central in read_groups():
-        for e, t in zip(names, tensors):
-            h = hist.setdefault(e, torch.zeros(_TOP_BINS, dtype=torch.int64))
-            for bits in _slices(t, central):
-                h += _count(bits >> 16, minlength=_TOP_BINS)
-            count[e] = count.get(e, 0) + t.numel()
-    return hist, count
 
 
 def _count(values: Tensor, minlength: int) -> Tensor:
@@ -202,45 +194,141 @@ def _select_bin(h: Tensor, rank: int) -> tuple[int, int, int]:
     return b, rank - above, int(counts[b])
 
 
-def _top_bins(hist: dict[str, Tensor], count: dict[str, int], density: float) -> dict[str, Any]:
+_WINDOW = 4  # top bins collected either side of the running estimate of the threshold's top bin
+_MAX_CANDS = 1 << 22  # bit patterns an expert may collect in the first pass (then: a whole second pass)
+
+
+@dataclass
+class _Scan:
+    """First-pass state of one expert: top-16-bit histogram, and the bit patterns of its entries whose
+    top bin lay in the window ``[lo, hi]`` around the running estimate of the threshold's bin, per
+    tensor (``cands[target] = (lo, hi, patterns)``)."""
+
+    hist: np.ndarray
+    count: int = 0
+    window: tuple[int, int] | None = None
+    cands: dict[str, tuple[int, int, list[np.ndarray]]] | None = None
+    collected: int = 0
+
+    def estimate(self, density: float) -> int:
+        """The top bin holding the ``int(density * count)``-th largest entry counted so far."""
+        return _select_bin(torch.from_numpy(self.hist), max(1, int(density * self.count)))[0]
+
+    def recentre(self, density: float) -> None:
+        """Centre the window on the estimate unless the estimate is already well inside it."""
+        if self.count == 0 or not 0.0 < density < 1.0:
+            return
+        est = self.estimate(density)
+        if self.window is None or not self.window[0] + 2 <= est <= self.window[1] - 2:
+            self.window = (max(0, est - _WINDOW), min(_TOP_BINS - 1, est + _WINDOW))
+
+    def scan(self, target: str, t: Tensor, central: Tensor | None, density: float) -> None:
+        """Count one tensor's top bins; keep the bit patterns of its entries in the window."""
+        self.recentre(density)
+        parts: list[np.ndarray] = []
+        for bits in _slices(t, central):
+            b = bits.numpy()
+            self.hist += np.bincount(b >> 16, minlength=_TOP_BINS)
+            self.count += b.size
+            if self.window is None:  # the first slice of the vector: estimate from it
+                self.recentre(density)
+            if self.cands is not None and self.window is not None:
+                lo, hi = self.window
+                parts.append(b[(b - (lo << 16)).view(np.uint32) < ((hi - lo + 1) << 16)])
+                self.collected += parts[-1].size
+        if self.cands is not None and self.window is not None:
+            self.cands[target] = (*self.window, parts)
+        if self.collected > _MAX_CANDS:  # too many in the window: the second pass reads everything
+            self.cands = None
+
+    def skip(self, bits: int) -> set[str]:
+        """The tensors whose window covered ``bits`` and that hold no entry with that bit pattern."""
+        top = bits >> 16
+        return {
+            target
+            for target, (lo, hi, parts) in (self.cands or {}).items()
+            if lo <= top <= hi and not any(bool((p == bits).any()) for p in parts)
+        }
+
+    def low_bits(self, top: int) -> tuple[list[np.ndarray], set[str]]:
+        """Low 16 bits of the collected entries in bin ``top``; the tensors whose window missed it."""
+        found, covered = [], set()
+        for target, (lo, hi, parts) in (self.cands or {}).items():
+            if lo <= top <= hi:
+                covered.add(target)
+                found.extend(p[(p >> 16) == top] & 0xFFFF for p in parts)
+        return found, covered
+
+
+def _first_pass(read_groups: GroupReader, density: float) -> dict[str, _Scan]:
+    """Pass 1: per expert, the top-16-bit histogram and the candidates near the threshold."""
+    scans: dict[str, _Scan] = {}
+    for target, names, tensors, central in read_groups():
+        for e, t in zip(names, tensors):
+            st = scans.setdefault(e, _Scan(np.zeros(_TOP_BINS, dtype=np.int64), cands={}))
+            st.scan(target, t, central, density)
+    return scans
+
+
+def _top_bins(scans: dict[str, _Scan], density: float) -> dict[str, Any]:
     """Per expert: a final :class:`Threshold` (density 0 or 1), or ``(top bin, rank in it)`` to refine."""
     state: dict[str, Any] = {}
-    for e, h in hist.items():
+    for e, st in scans.items():
         if density >= 1.0:
             state[e] = Threshold(-1.0)
         elif density <= 0.0:
             state[e] = Threshold()
         else:
-            top, rank, _ = _select_bin(h, max(1, int(density * count[e])))
+            top, rank, _ = _select_bin(torch.from_numpy(st.hist), max(1, int(density * st.count)))
             state[e] = (top, rank)
     return state
 
 
-def _low_histograms(read_groups: GroupReader, refine: dict[str, tuple[int, int]]) -> dict[str, Tensor]:
-    """Second pass: per expert, the histogram of the low 16 bits of the ``m32`` in its top bin.
+def _low_histograms(
+    read_groups: GroupReader, refine: dict[str, tuple[int, int]], scans: dict[str, _Scan]
+) -> dict[str, Tensor]:
+    """Per expert: the histogram of the low 16 bits of the ``m32`` in its top bin.
 
-    The entries of the top bin (a small fraction) are gathered and counted once per expert: a
-    ``bincount`` of 65 536 bins per tensor would cost more than the selection itself.
+    From the first pass's candidates where that tensor's window held the bin; the other tensors are
+    read again (a second pass over those only). The entries of the top bin (a small fraction) are
+    gathered and counted once per expert: a ``bincount`` of 65 536 bins per tensor would cost more.
     """
-    sel: dict[str, list[Tensor]] = {e: [] for e in refine}
-    for _, names, tensors, central in read_groups():
+    sel: dict[str, list[np.ndarray]] = {}
+    covered: dict[str, set[str]] = {}
+    for e, (top, _) in refine.items():
+        sel[e], covered[e] = scans[e].low_bits(top)
+    for _, names, tensors, central in read_groups(lambda target, e: e in refine and target not in covered[e]):
         for e, t in zip(names, tensors):
-            if e in refine:
-                top = refine[e][0]
-                sel[e].extend(bits[(bits >> 16) == top] & 0xFFFF for bits in _slices(t, central))
-    return {e: _count(torch.cat(parts), minlength=1 << 16) for e, parts in sel.items()}
+            top = refine[e][0]
+            sel[e].extend(b[(b >> 16) == top] & 0xFFFF for b in (x.numpy() for x in _slices(t, central)))
+    return {
+        e: _count_np(np.concatenate(parts) if parts else np.empty(0, np.int32)) for e, parts in sel.items()
+    }
 
 
-def _tie_candidates(read_groups: GroupReader, pending: dict[str, tuple[float, int]]) -> dict[str, Tensor]:
-    """Third pass: per expert, the float64 magnitudes of its entries with ``m32 == t32``, in order."""
+def _count_np(values: np.ndarray) -> Tensor:
+    """The 65 536-bin histogram of the low 16 bits ``values``."""
+    return torch.from_numpy(np.bincount(values, minlength=1 << 16))
+
+
+def _tie_candidates(
+    read_groups: GroupReader, pending: dict[str, tuple[float, int]], scans: dict[str, _Scan]
+) -> dict[str, Tensor]:
+    """Third pass: per expert, the float64 magnitudes of its entries with ``m32 == t32``, in order.
+
+    Reads only the tensors that may hold such an entry: the first pass's candidates tell which do not.
+    """
     cands: dict[str, list[Tensor]] = {e: [] for e in pending}
-    for _, names, tensors, central in read_groups():
+    bits = {
+        e: int(torch.tensor([t32], dtype=torch.float32).view(torch.int32)) for e, (t32, _) in pending.items()
+    }
+    skip = {e: scans[e].skip(bits[e]) for e in pending}
+    for _, names, tensors, central in read_groups(lambda target, e: e in pending and target not in skip[e]):
         for e, t in zip(names, tensors):
-            if e in pending:
-                eq = (_mag32(t, central) == pending[e][0]).reshape(-1)
-                if eq.any():
-                    cands[e].append((f64(t.reshape(-1)[eq]) - f64(central.reshape(-1)[eq])).abs())
-    return {e: torch.cat(c) for e, c in cands.items()}
+            eq = (_mag32(t, central) == pending[e][0]).reshape(-1)
+            if eq.any():
+                cands[e].append((f64(t.reshape(-1)[eq]) - f64(central.reshape(-1)[eq])).abs())
+    return {e: torch.cat(c) if c else torch.empty(0, dtype=torch.float64) for e, c in cands.items()}
 
 
 def prepare_vector_trim(read_groups: GroupReader, params: dict[str, Any]) -> Callable[..., dict] | None:
@@ -248,7 +336,8 @@ def prepare_vector_trim(read_groups: GroupReader, params: dict[str, Any]) -> Cal
 
     Args:
         read_groups: yields ``(target, expert names, expert tensors, central tensor)`` for every
-            group merged from two or more experts, in merge order; called once per pass.
+            group merged from two or more experts, in merge order; called once per pass;
+            ``read_groups(want)`` reads only the experts with ``want(target, expert)``.
         params: the method's parameters (``density``, ``trim``).
 
     Returns:
@@ -256,9 +345,11 @@ def prepare_vector_trim(read_groups: GroupReader, params: dict[str, Any]) -> Cal
     """
     if params.get("trim", "vector") != "vector":
         return None
-    state = _top_bins(*_top_histograms(read_groups), float(params.get("density", 0.5)))
+    density = float(params.get("density", 0.5))
+    scans = _first_pass(read_groups, density)
+    state = _top_bins(scans, density)
     refine = {e: s for e, s in state.items() if isinstance(s, tuple)}
-    low = _low_histograms(read_groups, refine) if refine else {}
+    low = _low_histograms(read_groups, refine, scans) if refine else {}
     pending: dict[str, tuple[float, int]] = {}
     for e, (top, rank) in refine.items():
         lo16, need, count_eq = _select_bin(low[e], rank)
@@ -266,7 +357,7 @@ def prepare_vector_trim(read_groups: GroupReader, params: dict[str, Any]) -> Cal
         state[e] = Threshold(t32)
         if need < count_eq:  # not every entry equal to t32 is kept: break the tie in float64
             pending[e] = (t32, need)
-    for e, cands in (_tie_candidates(read_groups, pending) if pending else {}).items():
+    for e, cands in (_tie_candidates(read_groups, pending, scans) if pending else {}).items():
         state[e] = _resolve_ties(pending[e][0], pending[e][1], cands.numel(), lambda a=cands: a)
 
     def per_group(target: str, names: Sequence[str]) -> dict[str, Any]:
