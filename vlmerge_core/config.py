@@ -248,7 +248,7 @@ class FinetuneConfig:
             "vqa": {"head_lr_mult": 100.0, "epochs": 24, "drop_path": 0.15},
             "coco": {"batch_size": 64, "train_subsample": 500},
             "flickr": {"batch_size": 64, "train_subsample": 500},
-            "nlvr2": {"epochs": 12},
+            "nlvr2": {"epochs": 10, "batch_size": 128, "train_subsample": 0},
             "ade20k": {"lr": 1e-3, "batch_size": 16, "seg_out_blocks": [0, 1, 2, 3]},
             "text": {"lr": 1e-3},
         }
