@@ -31,7 +31,7 @@ from vlmerge_core.tasks.engine import task_config
 from vlmerge_core.tasks.registry import gram_inputs
 from vlmerge_core.tasks.stage import finetune_models
 
-__all__ = ["checkpoints_for", "collect_study", "evaluate", "merge_grid", "pretrain_group"]
+__all__ = ["checkpoints_for", "collect_study", "evaluate", "merge_ms_run", "pretrain_group"]
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,11 @@ def _grams(
     return grams
 
 
-def _merge_unit(args: dict[str, Any]) -> dict:
+def merge_ms_run(args: dict[str, Any]) -> dict:
     """Gram matrices, every merge (its checkpoints, one per task group) and the distances of one MS run
-    (in a worker). A merge's records carry its option and experiments; ``seconds`` is its mean time."""
+    (a unit of :func:`~vlmerge_core.study.stage.run_merge_grid_stage`, in a worker; ``args``: params,
+    ms_id, runs_dir, world_dir). A merge's records carry its option and experiments; ``seconds`` is its
+    mean time."""
     params, runs = args["params"], args["runs_dir"]
     run, cfg = plan.ms_runs(params)[args["ms_id"]], params.merge
     jobs = plan.study_merges(params, run.id)
@@ -169,33 +171,6 @@ def _merge_unit(args: dict[str, Any]) -> dict:
     info = {"model_id": run.model_id, **run.info()}
     dist = expert_distances(params, ms_ckpt=str(ms_path), central_ckpt=str(central))
     return {"merges": {"model": info, "records": records}, "distance": {**dist, "model": info}}
-
-
-def merge_grid(
-    params: Params,
-    *,
-    world_dir: str = "",
-    runs_dir: str = plan.RUNS,
-    merge_dir: str = "",
-    distance_dir: str = "",
-) -> dict[str, dict]:
-    """Gram matrices (where a merge needs them), every merge and the expert distances around the seed
-    of every MS run. Writes ``<merge_dir>/<ms id>.json`` (the merge records: method, knob, option, task
-    group, tasks, path, seconds) and ``<distance_dir>/<ms id>.json`` (total, per block, per parameter)."""
-    runs = plan.ms_runs(params)
-    ids = list(runs)
-    for ms_id, run in runs.items():
-        need(run.ckpt(runs_dir), f"MS checkpoint of {ms_id}")
-        need(run.central_ckpt(runs_dir), f"central (seed) checkpoint of {ms_id}")
-    units = [{"params": params, "ms_id": i, "runs_dir": runs_dir, "world_dir": world_dir} for i in ids]
-    costs = [len(plan.study_merges(params, i)) for i in ids]
-    done = run_units(_merge_unit, units, params.study.workers, costs)
-    for ms_id, res in zip(ids, done):
-        if merge_dir:
-            write_json(resolve(merge_dir) / f"{ms_id}.json", res["merges"])
-        if distance_dir:
-            write_json(resolve(distance_dir) / f"{ms_id}.json", res["distance"])
-    return dict(zip(ids, done))
 
 
 # ----------------------------------------------------------------------------------------- fine-tuning
