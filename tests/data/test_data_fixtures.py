@@ -154,7 +154,7 @@ def test_every_task_finetunes_on_the_fixtures(fx, model_cfg):
     tok = load_tokenizer(fx["tokenizer"])
     cfg = dataclasses.replace(model_cfg, vocab_size=len(tok))
     paths = {k: str(v) for k, v in fx.items() if k not in ("arrows", "beit")}
-    ft = FinetuneConfig(epochs=1, batch_size=4, real_paths=paths, vqa_min_answer_count=1)
+    ft = FinetuneConfig(epochs=1, batch_size=4, real_paths=paths, vqa_min_answer_count=1, overrides={})
     torch.manual_seed(0)
     model = MultiwayTransformer(cfg)
     load_timm_into_v(model, fx["beit"])

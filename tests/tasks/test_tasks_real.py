@@ -252,7 +252,7 @@ def test_real_formats_through_finetune(tmp_path, smoke_world, pico_cfg):
             Image.fromarray(mask).save(tmp_path / "ade" / "annotations" / sub / f"{name}.png")
     paths = {t: str(tmp_path / t) for t in ("vqa", "flickr", "nlvr2", "imagenet")}
     paths["ade20k"] = str(tmp_path / "ade")
-    cfg = FinetuneConfig(epochs=1, batch_size=4, real_paths=paths, vqa_min_answer_count=1)
+    cfg = FinetuneConfig(epochs=1, batch_size=4, real_paths=paths, vqa_min_answer_count=1, overrides={})
     torch.manual_seed(0)
     model = MultiwayTransformer(dataclasses.replace(pico_cfg, vocab_size=len(smoke_world.tokenizer())))
     for task in ("vqa", "flickr", "nlvr2", "imagenet", "ade20k"):
