@@ -83,40 +83,42 @@ def _factor_in_place(den: Tensor) -> tuple[Tensor, Tensor]:
     return torch.linalg.cholesky_ex(dt, out=(dt, torch.empty((), dtype=torch.int32)))
 
 
+def _cholesky_solve(chol: Tensor, eqs: list[Tensor]) -> Tensor:
+    """``X`` with ``X L L^T = num`` for the Cholesky factor ``chol = L``: ``Z L^T = num``, then
+    ``X L = Z``. ``num`` is taken out of ``eqs`` (its only holder), so it is freed once ``Z`` exists."""
+    num = eqs.pop()
+    z = torch.linalg.solve_triangular(chol.T, num, upper=True, left=False)  # Z L^T = num
+    del num
+    return torch.linalg.solve_triangular(chol, z, upper=False, left=False)  # X L = Z
+
+
 def _solve_owned(eqs: list[Tensor], name: str, dtype: torch.dtype) -> Tensor:
-    """The Cholesky solve of ``eqs = [num, den]`` as :func:`solve_normal` ``overwrite=True``, cast to
-    ``dtype``; both are taken out of the list, so each is freed as soon as it is used up (the peak is
-    ``den`` and two ``[out, in]`` float64 matrices). Raises :class:`NotPositiveDefinite`."""
-    num, den = eqs.pop(0), eqs.pop(0)
+    """The Cholesky solve of ``eqs = [num, den]``, ``den`` factored in place, cast to ``dtype``; both are
+    taken out of the list, so each is freed as soon as it is used up (the peak is ``den`` and two
+    ``[out, in]`` float64 matrices). Raises :class:`NotPositiveDefinite` (``den`` is then overwritten)."""
+    den = eqs.pop()
     chol, info = _factor_in_place(den)
     if int(info) != 0:
         raise NotPositiveDefinite(f"{name}: summed Gram matrix is not positive definite")
-    z = torch.linalg.solve_triangular(chol.T, num, upper=True, left=False)  # Z L^T = num
-    del num
-    x = torch.linalg.solve_triangular(chol, z, upper=False, left=False)  # X L = Z
-    del z, chol, den
+    x = _cholesky_solve(chol, eqs)
+    del chol, den
     return cast(x, dtype)
 
 
-def solve_normal(
-    num: Tensor, den: Tensor, name: str, solver: str = "cholesky", *, overwrite: bool = False
-) -> Tensor:
+def solve_normal(num: Tensor, den: Tensor, name: str, solver: str = "cholesky") -> Tensor:
     """``X`` with ``X @ den = num`` for a symmetric ``den`` (float64).
 
     ``cholesky``: ``den = L L^T``, then two triangular solves ``Z L^T = num``, ``X L = Z``; LU
     fallback with a warning when ``den`` is not positive definite. ``lu``: ``torch.linalg.solve``.
-    ``inverse``: ``num @ inv(den)`` (the official code). ``overwrite=True`` factors ``den`` in place
-    (no second ``[in, in]`` matrix) and raises :class:`NotPositiveDefinite` instead of falling back.
+    ``inverse``: ``num @ inv(den)`` (the official code). The in-place form that RegMean uses, which
+    keeps no second ``[in, in]`` matrix, is :func:`_solve_owned`.
     """
     if solver not in SOLVERS:
         raise MergeError(f"{name}: RegMean solver must be one of {list(SOLVERS)}, got {solver!r}")
     if solver == "cholesky":
-        chol, info = _factor_in_place(den) if overwrite else torch.linalg.cholesky_ex(den)
+        chol, info = torch.linalg.cholesky_ex(den)
         if int(info) == 0:
-            z = torch.linalg.solve_triangular(chol.T, num, upper=True, left=False)  # Z L^T = num
-            return torch.linalg.solve_triangular(chol, z, upper=False, left=False)  # X L = Z
-        if overwrite:
-            raise NotPositiveDefinite(f"{name}: summed Gram matrix is not positive definite")
+            return _cholesky_solve(chol, [num])
         log.warning(
             "%s: summed Gram matrix is not positive definite (leading minor %d); using the LU solve",
             name,

@@ -302,13 +302,9 @@ def _low_histograms(
             top = refine[e][0]
             sel[e].extend(b[(b >> 16) == top] & 0xFFFF for b in (x.numpy() for x in _slices(t, central)))
     return {
-        e: _count_np(np.concatenate(parts) if parts else np.empty(0, np.int32)) for e, parts in sel.items()
+        e: _count(torch.from_numpy(np.concatenate(parts) if parts else np.empty(0, np.int32)), 1 << 16)
+        for e, parts in sel.items()
     }
-
-
-def _count_np(values: np.ndarray) -> Tensor:
-    """The 65 536-bin histogram of the low 16 bits ``values``."""
-    return torch.from_numpy(np.bincount(values, minlength=1 << 16))
 
 
 def _tie_candidates(
