@@ -5,8 +5,10 @@ Gram file under ``--dir``, then runs in a fresh subprocess each (torch with ``--
 the I/O floor (read every tensor of the MS file with positioned reads and write an MA-size file of
 plain copies; ``floor_central`` reads the central file too), and ``merge_checkpoint`` by every
 registered method with its knob defaults (plus ``ties:trim=tensor``). Peak RSS is the child's own
-``ru_maxrss``; "net" subtracts the RSS of a child that only imports the library. Every job runs a
-second time in another process; "same bytes" says whether the two output files are identical.
+``ru_maxrss``; "net" subtracts the RSS of a child that only imports the library. Every job runs
+``--repeats`` times (default 3), in rounds of all jobs, after a ``sync``: the table gives the least
+seconds (the disk's write speed, which the fsync of every output meets, varies from run to run on a
+shared machine: a single run's floor swung 0.85-2.0 s) and whether all runs wrote identical files.
 ``--keep`` leaves the output files (``out_<job>.safetensors``) under ``--dir``, e.g. to ``cmp`` them
 with another commit's outputs for the same inputs.
 
@@ -220,19 +222,31 @@ def solvers(n: int, cond: float, out_dim: int) -> dict:
     return res
 
 
+def _run_child(args, d: Path, job: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", job, "--dir", str(d), "--threads", str(args.threads)]
+    res = subprocess.run(
+        [*cmd, *(["--keep"] if args.keep else [])], capture_output=True, text=True, check=True
+    )
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def run_jobs(args, d: Path, jobs: list[str]) -> dict[str, dict]:
-    """Each job in a fresh child process, then (outputs) once more: the same bytes?"""
-    rows = {}
-    for job in ["import", "matmul", "floor", "floor_central", *jobs]:
-        cmd = [sys.executable, __file__, "--child", job, "--dir", str(d), "--threads", str(args.threads)]
-        cmd += ["--keep"] if args.keep else []
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        rows[job] = json.loads(res.stdout.strip().splitlines()[-1])
-        if job not in ("import", "matmul"):  # the same input again, in another process: the same bytes?
-            again = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            rows[job]["same_bytes"] = (
-                json.loads(again.stdout.strip().splitlines()[-1])["sha256"] == rows[job]["sha256"]
-            )
+    """Every job in a fresh child process, ``--repeats`` rounds of all of them (floors included, so that
+    a slow spell of the machine's disk hits the floors and the methods alike), dirty pages written
+    back (``sync``) before each run: per job the least seconds (the run least disturbed), the most
+    seconds, the largest peak RSS, and whether every round wrote the same bytes."""
+    rows = {job: _run_child(args, d, job) for job in ("import", "matmul")}
+    for _ in range(args.repeats):
+        for job in ("floor", "floor_central", *jobs):
+            os.sync()
+            res = _run_child(args, d, job)
+            row = rows.setdefault(job, {**res, "max_seconds": 0.0, "digests": set()})
+            row["seconds"] = min(row["seconds"], res["seconds"])
+            row["max_seconds"] = max(row["max_seconds"], res["seconds"])
+            row["peak_rss"] = max(row["peak_rss"], res["peak_rss"])
+            row["digests"].add(res["sha256"])
+    for job in ("floor", "floor_central", *jobs):
+        rows[job]["same_bytes"] = len(rows[job]["digests"]) == 1
     return rows
 
 
@@ -250,9 +264,10 @@ def print_table(args, d: Path, rows: dict[str, dict]) -> None:
         f"floor: RegMean = its FLOPs at that rate ({flop_floor:.2f}s); others = the I/O floor of the same "
         "reads (MS file; MS + central file for methods that need it)"
     )
+    print(f"seconds: the least of {args.repeats} runs (in brackets the most); x floor: least over least")
     print(
-        f"{'job':18s} {'seconds':>8s} {'floor':>7s} {'x floor':>8s} {'peak RSS':>9s} {'net RSS':>8s} {'net/out':>8s} "
-        f"{'same bytes':>10s}"
+        f"{'job':18s} {'seconds':>8s} {'[most]':>8s} {'floor':>7s} {'x floor':>8s} {'peak RSS':>9s} {'net RSS':>8s} "
+        f"{'net/out':>8s} {'same bytes':>10s}"
     )
     from vlmerge_core.merge.methods import METHODS as methods  # after the children (their RSS is measured)
 
@@ -264,7 +279,8 @@ def print_table(args, d: Path, rows: dict[str, dict]) -> None:
         ref_s = ref if isinstance(ref, float) else ref["seconds"]
         net = r["peak_rss"] - base
         print(
-            f"{job:18s} {r['seconds']:8.2f} {ref_s:7.2f} {r['seconds'] / ref_s:8.2f} {r['peak_rss'] / mib:8.0f}M "
+            f"{job:18s} {r['seconds']:8.2f} {'[' + format(r['max_seconds'], '.2f') + ']':>8s} {ref_s:7.2f} "
+            f"{r['seconds'] / ref_s:8.2f} {r['peak_rss'] / mib:8.0f}M "
             f"{net / mib:7.0f}M {net / max(r['out_bytes'], 1):8.2f} {'yes' if r['same_bytes'] else 'NO':>10s}"
         )
 
@@ -292,8 +308,11 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp/vlmerge_bench")
     ap.add_argument("--methods", default="", help="jobs, e.g. regmean,ties:trim=tensor; default every method")
     ap.add_argument("--keep", action="store_true", help="leave the output files under --dir")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of every job (>= 2: the same bytes?)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.repeats < 2:
+        ap.error("--repeats must be at least 2 (two runs tell whether the bytes are the same)")
     d = Path(args.dir)
     if args.child == "write":
         import torch

@@ -186,42 +186,82 @@ def test_cast_by_slices(monkeypatch):
     assert registry.cast(x, torch.float64) is x
 
 
-class _RowGrams(list):
-    """Gram matrices that are also read by blocks of rows (as a file's ``LazyGrams``)."""
+class _CountedGrams(list):
+    """Gram matrices that count their reads (as a file's ``LazyGrams`` reads each indexing)."""
 
-    def rows(self, i, first, stop):
-        return self[i][first:stop].clone()
+    reads = 0
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return super().__getitem__(i).clone()
+
+
+def _grams(g, n, count):
+    out = []
+    for _ in range(count):
+        a = torch.randn(n, 40, generator=g, dtype=torch.float64)
+        out.append(a @ a.T)
+    return out
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.7])
-def test_regmean_sums_grams_by_rows_as_whole(monkeypatch, alpha):
+def test_regmean_reads_each_gram_once_for_both_sums(monkeypatch, alpha):
     from vlmerge_core.merge.methods import regmean as regmean_mod
 
-    monkeypatch.setattr(regmean_mod, "SLICE", 50)  # blocks of 50 // 12 = 4 rows, the last one short
+    monkeypatch.setattr(regmean_mod, "SLICE", 50)  # the sum by blocks of 50 // 12 = 4 rows, the last short
     g = torch.Generator().manual_seed(0)
     experts = [torch.randn(5, 12, generator=g) for _ in range(3)]
-    grams = []
-    for _ in experts:
-        a = torch.randn(12, 40, generator=g, dtype=torch.float64)
-        grams.append(a @ a.T)
-    num, den = regmean_mod._normal_equations(experts, _RowGrams(grams), alpha, "w")
-    whole = sum(
-        (regmean_mod.regmean_gram(x, alpha) for x in grams[1:]),
-        torch.zeros(12, 12, dtype=torch.float64) + regmean_mod.regmean_gram(grams[0], alpha),
-    )
-    assert torch.equal(den, whole)
-    assert torch.equal(num, regmean_mod._normal_equations(experts, grams, alpha, "w")[0])
+    grams = _CountedGrams(_grams(g, 12, 3))
+    num, den = regmean_mod._normal_equations(experts, grams, alpha, "w")
+    assert grams.reads == 3
+    tilde = [regmean_mod.regmean_gram(list.__getitem__(grams, i), alpha) for i in range(3)]
+    whole = torch.zeros(12, 12, dtype=torch.float64)
+    want = torch.zeros(5, 12, dtype=torch.float64)
+    for w, gt in zip(experts, tilde):  # element-wise in the experts' order, one product per expert
+        whole += gt
+        want.addmm_(w.double(), gt)
+    assert torch.equal(den, whole) and torch.equal(num, want)
 
 
-def test_open_tensors_reads_rows(tmp_path):
+def test_regmean_names_the_gram_with_nan():
+    from vlmerge_core.merge.methods import regmean as regmean_mod
+
+    g = torch.Generator().manual_seed(1)
+    experts = [torch.randn(5, 12, generator=g) for _ in range(3)]
+    grams = _grams(g, 12, 3)
+    grams[1][3, 4] = float("nan")
+    with pytest.raises(regmean_mod.MergeError, match=r"w: Gram matrix 1 contains NaN"):
+        regmean_mod._normal_equations(experts, grams, 1.0, "w")
+
+
+def test_regmean_merges_the_largest_grams_first():
+    """fc2 groups first (their Gram matrices are 16x the others'), the same values as key order."""
+    from vlmerge_core.merge import unify
+
+    plan = [(f"blocks.0.{k}.weight", ["v", "l"], []) for k in ("attn.qkv", "mlp.fc1", "mlp.fc2")]
+    plan += [("blocks.1.mlp.fc2.weight", ["v", "l"], []), ("blocks.1.norm1.bias", ["v", "l"], [])]
+    got = [t for t, _, _ in unify._largest_grams_first(plan)]
+    assert got == [
+        "blocks.0.mlp.fc2.weight",
+        "blocks.1.mlp.fc2.weight",
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.mlp.fc1.weight",
+        "blocks.1.norm1.bias",
+    ]
+
+
+def test_open_tensors_reads_each_tensor(tmp_path):
     from vlmerge_core.io import save_safetensors
     from vlmerge_core.merge.stream import open_tensors
 
     x = torch.arange(24, dtype=torch.float64).reshape(6, 4)
-    save_safetensors(tmp_path / "t.safetensors", {"x": x, "s": torch.tensor(3.0)})
+    empty = torch.zeros(0, 3)
+    save_safetensors(tmp_path / "t.safetensors", {"x": x, "s": torch.tensor(3.0), "e": empty})
     with open_tensors(tmp_path / "t.safetensors", "test") as (get, _):
-        assert torch.equal(get.rows("x", 2, 5), x[2:5]) and torch.equal(get.rows("x", 4, 9), x[4:])
-        assert torch.equal(get("x"), x) and get("s").item() == 3.0
+        assert torch.equal(get("x"), x) and get("s").item() == 3.0 and get("s").shape == ()
+        assert get("e").shape == (0, 3)
+        with pytest.raises(KeyError, match="no tensor y"):
+            get("y")
 
 
 @pytest.mark.parametrize("rounded", [False, True])

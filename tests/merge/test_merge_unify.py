@@ -153,7 +153,7 @@ def test_errors_name_the_tensor(ms_and_central):
         unify_state_dict(ms, "arithmetic", vl_start=1, central=c)
     with pytest.raises(MergeError, match="needs the central"):
         unify_state_dict(ms, "ties", vl_start=1)
-    with pytest.raises(MergeError, match=r"Gram matrix blocks.0.attn.v.\w+ not found"):
+    with pytest.raises(MergeError, match=r"Gram matrix blocks.0.(attn|mlp).v.\w+ not found"):
         unify_state_dict(ms, "regmean", vl_start=1, grams={})
     with pytest.raises(MergeError, match=r"does not take \['density'\]"):
         unify_state_dict(ms, "interpolation", vl_start=1, density=0.5)

@@ -49,8 +49,6 @@ def open_tensors(
 ) -> Iterator[tuple[Callable[[str], Tensor] | None, list[str]]]:
     """Open a safetensors file lazily: yields ``(get(key) -> Tensor, keys)``; ``(None, [])`` for None.
 
-    ``get.rows(key, first, stop)`` reads rows ``first:stop`` of a tensor alone.
-
     Tensors are read with plain positioned reads into their own memory, not through ``safe_open``:
     safetensors >= 0.6 returns zero-copy views of a memory map, and every page of the file that a
     merge reads would then stay resident until the file is closed (the whole input in the peak RSS).
@@ -71,8 +69,8 @@ def open_tensors(
         base, size = 8 + n, path.stat().st_size
         keys = list(header)
 
-        def rows(key: str, first: int, stop: int) -> Tensor:
-            """Rows ``first:stop`` of tensor ``key`` (its leading dimension), read on their own."""
+        def get(key: str) -> Tensor:
+            """Tensor ``key``, read on its own."""
             if key not in header:
                 raise KeyError(f"{path}: no tensor {key}")
             entry = header[key]
@@ -82,20 +80,12 @@ def open_tensors(
                 raise ValueError(
                     f"{path}: tensor {key}: unsupported dtype {entry['dtype']} or truncated file"
                 )
-            shape = entry["shape"]
-            row = (end - start) // shape[0] if shape and shape[0] else 0  # bytes per leading index
-            first, stop = (0, 1) if not shape else (first, min(stop, shape[0]))
-            start, end = (start, end) if not shape else (start + first * row, start + stop * row)
             buf = torch.empty(end - start, dtype=torch.uint8)  # no zero fill
             got = os.preadv(fh.fileno(), [buf.numpy()], base + start) if end > start else 0
             if got != end - start:
                 raise ValueError(f"{path}: tensor {key}: short read ({got} of {end - start} bytes)")
-            return buf.view(dtype).reshape([stop - first, *shape[1:]] if shape else [])
+            return buf.view(dtype).reshape(entry["shape"])
 
-        def get(key: str) -> Tensor:
-            return rows(key, 0, header[key]["shape"][0] if key in header and header[key]["shape"] else 1)
-
-        get.rows = rows  # a reader of row blocks (RegMean sums its Gram matrices by rows)
         get.has = header.__contains__  # whether the file holds a tensor, without reading it
         yield get, keys
 
@@ -143,8 +133,6 @@ def _checked(
 
     if hasattr(get, "has"):
         checked_get.has = get.has
-    if hasattr(get, "rows"):  # row blocks of a tensor already read whole, hence checked
-        checked_get.rows = get.rows
     return checked_get
 
 

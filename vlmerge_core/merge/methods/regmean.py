@@ -11,9 +11,10 @@ The solve: ``G~`` is symmetric positive semi-definite and, for Gram matrices of 
 positive definite, so ``sum_m G~^m`` is factored by Cholesky (``n^3 / 3`` flops, half of LU) and
 ``X (sum G~) = sum W G~`` is solved by two triangular solves in float64. Memory: the factor
 overwrites the sum with no copy (LAPACK factors the column-major view ``sum.T`` in place, after
-its lower triangle is mirrored: the same factor bit for bit), the numerator ``sum W G~`` takes the
-Gram matrices column block by column block (no float64 copy of a whole one), and the solve frees
-each ``[out, in]`` float64 matrix once used: one ``[in, in]`` float64 matrix in memory. When the factorisation fails
+its lower triangle is mirrored: the same factor bit for bit), each Gram matrix is read once and
+serves both sums (the numerator ``sum W G~`` by column blocks, no float64 copy of a whole one), and
+the solve frees each ``[out, in]`` float64 matrix once used: at most two ``[in, in]`` float64
+matrices in memory, one while solving. When the factorisation fails
 (not positive definite: too few tokens, a dead input feature with ``alpha = 1``) the LU solve
 ``torch.linalg.solve`` is used and a warning names the tensor; a singular sum raises
 :class:`MergeError`. The official code takes the explicit inverse; ``benchmarks/merge.py`` measures
@@ -142,58 +143,53 @@ def _gram_columns(g: Tensor, alpha: float, a: int, b: int) -> Tensor:
     return out
 
 
-def _numerator(experts: Sequence[Tensor], grams: Sequence[Tensor], alpha: float, name: str) -> Tensor:
-    """``sum_m W^m G~^m`` in float64, reading one Gram matrix at a time (each checked here).
-
-    Column block by column block of ``G~^m`` (``num[:, a:b] += W^m G~^m[:, a:b]``, every entry the
-    same dot product over the whole ``in`` as one product): no float64 copy of a whole Gram matrix.
-    """
-    d_in = experts[0].shape[1]
-    num = torch.zeros(experts[0].shape, dtype=torch.float64)
-    step = max(64, (_BLOCK // d_in) // 64 * 64)
-    for i, w in enumerate(experts):
-        g = grams[i]  # grams may read lazily: one [in, in] matrix held at a time
-        if tuple(g.shape) != (d_in, d_in):
-            raise MergeError(f"{name}: Gram matrix {i} has shape {tuple(g.shape)}, expected ({d_in}, {d_in})")
-        if has_nan(g):
-            raise MergeError(f"{name}: Gram matrix {i} contains NaN")
-        w64 = cast(w, torch.float64)
-        for a in range(0, d_in, step):
-            b = min(a + step, d_in)
-            num[:, a:b].addmm_(w64, _gram_columns(g, alpha, a, b))  # num += W^m G~^m, by columns
-        del g, w64
-    return num
-
-
-def _denominator(grams: Sequence[Tensor], alpha: float, d_in: int) -> Tensor:
-    """``sum_m G~^m`` in float64, added block of rows by block of rows where ``grams`` reads rows.
-
-    Element-wise, in the experts' order: the same sums as adding whole matrices, without a whole
-    Gram matrix beside the sum (that pair was the peak memory of a merge).
-    """
-    den = torch.zeros(d_in, d_in, dtype=torch.float64)
-    rows = getattr(grams, "rows", None)
+def _add_gram(den: Tensor, g: Tensor, alpha: float) -> None:
+    """``den += regmean_gram(g, alpha)``, block of rows by block of rows (element-wise: the same sums as
+    adding the whole matrix, without a whole ``G~`` temporary when ``alpha < 1``)."""
+    d_in = den.shape[0]
     step = max(1, SLICE // d_in)
-    for i in range(len(grams)):
-        if rows is None:
-            den += regmean_gram(grams[i], alpha)
-            continue
-        for a in range(0, d_in, step):
-            part = f64(rows(i, a, a + step))  # rows a:a+step of G^m
-            if alpha != 1.0:  # regmean_gram on these rows: their diagonal entries are (j, a + j)
-                scaled = part * alpha
-                scaled.diagonal(a).add_(part.diagonal(a), alpha=1.0 - alpha)
-                part = scaled
-            den[a : a + step] += part
-    return den
+    for a in range(0, d_in, step):
+        part = f64(g[a : a + step])  # rows a:a+step of G^m
+        if alpha != 1.0:  # regmean_gram on these rows: their diagonal entries are (j, a + j)
+            scaled = part * alpha
+            scaled.diagonal(a).add_(part.diagonal(a), alpha=1.0 - alpha)
+            part = scaled
+        den[a : a + step] += part
 
 
 def _normal_equations(
     experts: Sequence[Tensor], grams: Sequence[Tensor], alpha: float, name: str
 ) -> tuple[Tensor, Tensor]:
-    """``(sum_m W^m G~^m, sum_m G~^m)`` in float64; never two ``[in, in]`` matrices at once."""
-    num = _numerator(experts, grams, alpha, name)
-    return num, _denominator(grams, alpha, experts[0].shape[1])
+    """``(sum_m W^m G~^m, sum_m G~^m)`` in float64, reading each Gram matrix once.
+
+    The numerator takes ``G~^m`` column block by column block (``num[:, a:b] += W^m G~^m[:, a:b]``,
+    every entry the same dot product over the whole ``in`` as one product: no float64 copy of a whole
+    Gram matrix), and the same ``G^m`` is then added into the sum: each Gram matrix is read once, and
+    two ``[in, in]`` matrices (the sum and one Gram matrix) are alive while it is used (the streaming
+    merge runs the groups of the largest ``in`` first, while the output is small: see
+    :func:`~vlmerge_core.merge.unify.iter_unified`). A NaN in any Gram matrix reaches the sum; only
+    then are they read again, to name the first.
+    """
+    d_in = experts[0].shape[1]
+    num = torch.zeros(experts[0].shape, dtype=torch.float64)
+    den = torch.zeros(d_in, d_in, dtype=torch.float64)
+    step = max(64, (_BLOCK // d_in) // 64 * 64)
+    for i, w in enumerate(experts):
+        g = grams[i]  # grams may read lazily: one [in, in] matrix held at a time
+        if tuple(g.shape) != (d_in, d_in):
+            raise MergeError(f"{name}: Gram matrix {i} has shape {tuple(g.shape)}, expected ({d_in}, {d_in})")
+        w64 = cast(w, torch.float64)
+        for a in range(0, d_in, step):
+            b = min(a + step, d_in)
+            num[:, a:b].addmm_(w64, _gram_columns(g, alpha, a, b))  # num += W^m G~^m, by columns
+        del w64
+        _add_gram(den, g, alpha)
+        del g
+    if has_nan(den):
+        bad = next((i for i in range(len(grams)) if has_nan(grams[i])), None)
+        if bad is not None:
+            raise MergeError(f"{name}: Gram matrix {bad} contains NaN")
+    return num, den
 
 
 @merge_method(
