@@ -31,7 +31,6 @@ from torch import Tensor
 
 from vlmerge_core.merge.methods.interpolation import interpolation
 from vlmerge_core.merge.methods.registry import (
-    SLICE,
     Knob,
     MergeError,
     cast,
@@ -143,32 +142,18 @@ def _gram_columns(g: Tensor, alpha: float, a: int, b: int) -> Tensor:
     return out
 
 
-def _add_gram(den: Tensor, g: Tensor, alpha: float) -> None:
-    """``den += regmean_gram(g, alpha)``, block of rows by block of rows (element-wise: the same sums as
-    adding the whole matrix, without a whole ``G~`` temporary when ``alpha < 1``)."""
-    d_in = den.shape[0]
-    step = max(1, SLICE // d_in)
-    for a in range(0, d_in, step):
-        part = f64(g[a : a + step])  # rows a:a+step of G^m
-        if alpha != 1.0:  # regmean_gram on these rows: their diagonal entries are (j, a + j)
-            scaled = part * alpha
-            scaled.diagonal(a).add_(part.diagonal(a), alpha=1.0 - alpha)
-            part = scaled
-        den[a : a + step] += part
-
-
 def _normal_equations(
     experts: Sequence[Tensor], grams: Sequence[Tensor], alpha: float, name: str
 ) -> tuple[Tensor, Tensor]:
     """``(sum_m W^m G~^m, sum_m G~^m)`` in float64, reading each Gram matrix once.
 
-    The numerator takes ``G~^m`` column block by column block (``num[:, a:b] += W^m G~^m[:, a:b]``,
-    every entry the same dot product over the whole ``in`` as one product: no float64 copy of a whole
-    Gram matrix), and the same ``G^m`` is then added into the sum: each Gram matrix is read once, and
-    two ``[in, in]`` matrices (the sum and one Gram matrix) are alive while it is used (the streaming
-    merge runs the groups of the largest ``in`` first, while the output is small: see
-    :func:`~vlmerge_core.merge.unify.iter_unified`). A NaN in any Gram matrix reaches the sum; only
-    then are they read again, to name the first.
+    Column block by column block of ``G~^m`` (``num[:, a:b] += W^m G~^m[:, a:b]``, every entry the
+    same dot product over the whole ``in`` as one product: no float64 copy of a whole Gram matrix),
+    and the same block is added into the sum (element-wise, in the experts' order): each Gram matrix
+    is read once, and two ``[in, in]`` matrices (the sum and one Gram matrix) are alive while it is
+    used (the streaming merge runs the groups of the largest ``in`` first, while the output is small:
+    :func:`~vlmerge_core.merge.unify._largest_grams_first`). A NaN in any Gram matrix reaches the sum;
+    only then are they read again, to name the first.
     """
     d_in = experts[0].shape[1]
     num = torch.zeros(experts[0].shape, dtype=torch.float64)
@@ -181,10 +166,10 @@ def _normal_equations(
         w64 = cast(w, torch.float64)
         for a in range(0, d_in, step):
             b = min(a + step, d_in)
-            num[:, a:b].addmm_(w64, _gram_columns(g, alpha, a, b))  # num += W^m G~^m, by columns
-        del w64
-        _add_gram(den, g, alpha)
-        del g
+            cols = _gram_columns(g, alpha, a, b)
+            num[:, a:b].addmm_(w64, cols)  # num += W^m G~^m, by columns
+            den[:, a:b] += cols
+        del w64, g, cols
     if has_nan(den):
         bad = next((i for i in range(len(grams)) if has_nan(grams[i])), None)
         if bad is not None:
