@@ -155,3 +155,37 @@ def test_ties_dataclass_threshold_keeps_state_in_order():
     b = thr.keep(torch.tensor([1.0]), torch.tensor([1.0], dtype=torch.float64))
     assert a.tolist() == [True, True, False] and b.tolist() == [False]
     assert dataclasses.asdict(thr)["ties_left"] == 0
+
+
+@pytest.fixture
+def two_threads():
+    """torch at two threads: iter_unified merges element-wise groups side by side, one per thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("density", [0.1, 0.5])
+def test_vector_trim_with_float64_ties_is_exact_when_groups_run_side_by_side(two_threads, density):
+    """The float64 tie at the threshold is shared out per tensor in the vector's order (first come
+    first kept), so merging the groups on two threads in any interleaving keeps the same entries."""
+    central = make_ma_sd(depth=3, width=8, seed=2)
+    ms = ms_from_ma(central, vl_start=1, noise=1.0, seed=7)
+    ms = {
+        k: (central[k.replace(".v.", ".").replace(".l.", ".").replace(".vl.", ".")] + v.round())
+        if any(f".{e}." in k for e in ("v", "l", "vl"))
+        else v
+        for k, v in ms.items()
+    }
+    got = unify_state_dict(ms, "ties", vl_start=1, central=central, density=density, lam=0.7)
+    _assert_same(got, _reference(ms, central, 1, density, 0.7))
+
+
+@pytest.mark.parametrize("method", ["interpolation", "arithmetic", "dare", "ties"])
+def test_groups_merged_side_by_side_equal_the_one_thread_merge(two_threads, method):
+    central = make_ma_sd(depth=3, width=8, seed=2)
+    ms = ms_from_ma(central, vl_start=1, noise=1.0, seed=5)
+    two = unify_state_dict(ms, method, vl_start=1, central=central)
+    torch.set_num_threads(1)
+    _assert_same(two, unify_state_dict(ms, method, vl_start=1, central=central))

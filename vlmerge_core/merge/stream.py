@@ -1,15 +1,16 @@
 """Streaming merge of safetensors checkpoints: MS file -> MA file, one tensor group at a time.
 
 The MS checkpoint, the central checkpoint and the Gram file are read tensor by tensor (positioned
-reads, see :func:`open_tensors`); only the output dict is accumulated (safetensors' ``save_file`` needs all tensors
-at once; since safetensors 0.6 it writes from the tensors' memory without a second copy), so the
-peak memory is about the size of the output plus the tensors of one group.
+reads, see :func:`open_tensors`), and each merged tensor goes to its place in the output file as
+soon as it is made (:func:`~vlmerge_core.merge.writer.streamed_safetensors`: the layout is planned from the MS
+header, a writer thread writes while the next group is merged), so the peak memory is about the
+tensors of a few groups, and the output's bytes are those of ``save_safetensors``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import gc
 import json
 import logging
 import os
@@ -21,9 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vlmerge_core.io import read_safetensors_metadata, save_safetensors
+from vlmerge_core.io import read_safetensors_metadata
 from vlmerge_core.merge.methods import MergeError
-from vlmerge_core.merge.unify import check_finite, iter_unified
+from vlmerge_core.merge.unify import check_finite, iter_unified, unified_outputs
+from vlmerge_core.merge.writer import streamed_safetensors
 from vlmerge_core.model.checkpoint import FORMAT, model_config_from_meta
 
 log = logging.getLogger(__name__)
@@ -87,21 +89,29 @@ def open_tensors(
             return buf.view(dtype).reshape(entry["shape"])
 
         get.has = header.__contains__  # whether the file holds a tensor, without reading it
+
+        def spec(key: str) -> tuple[torch.dtype, list[int]]:
+            """``(dtype, shape)`` of tensor ``key``, from the header (nothing read)."""
+            if key not in header or header[key]["dtype"] not in _DTYPES:
+                raise KeyError(f"{path}: no tensor {key} of a supported dtype")
+            return _DTYPES[header[key]["dtype"]], list(header[key]["shape"])
+
+        get.spec = spec
         yield get, keys
 
 
-def return_freed_memory(threshold: int = 1 << 20) -> bool:
-    """glibc only: serve allocations >= ``threshold`` bytes by ``mmap`` so that freed temporaries go
-    back to the OS (process-wide ``mallopt(M_MMAP_THRESHOLD)``).
-
-    glibc's dynamic threshold otherwise rises to the size of the first large temporary freed, and
-    later float64 temporaries interleave with the output tensors on the heap: a ViT-B merge then
-    peaks ~1.6x the output size instead of ~1.1x. Returns False where it is not available.
-    """
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block: a merge makes thousands of short-lived
+    tensors (freed by reference counting) and no cycles, and each collection walked every object
+    torch's import made (about 8% of a ViT-B TIES merge's CPU time, ``perf``)."""
+    enabled = gc.isenabled()
+    gc.disable()
     try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold)))  # -3 = M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def ma_metadata(ms_meta: dict[str, str], path: str | Path, merge_info: dict[str, Any]) -> dict[str, Any]:
@@ -189,7 +199,6 @@ def merge_checkpoint(
     only_used_experts: bool = False,
     experts: Sequence[str] | None = None,
     unimodal_paths: bool = False,
-    low_memory: bool = True,
     extra_info: Mapping[str, Any] | None = None,
     drop_gramless: bool = False,
     **method_params: Any,
@@ -199,16 +208,13 @@ def merge_checkpoint(
     ``vl_start`` defaults to the one in the checkpoint's ``model_config``. The output carries the
     MS ``model_config`` with ``ms_components: []`` (loads with ``load_model`` as MA), ``kind: ma``
     and a ``merge`` record (method, parameters, task, experts, plus ``extra_info``). Other arguments
-    as :func:`~vlmerge_core.merge.unify.unify_state_dict`; ``low_memory`` calls
-    :func:`return_freed_memory`.
+    as :func:`~vlmerge_core.merge.unify.unify_state_dict`.
 
     Raises:
         MergeError: the MS file holds no expert tensor, the central file is MS, or any tensor of any
             input file (pass-through tensors included) holds NaN/inf; the message names the file
             and tensor, and nothing is written (an existing ``out_path`` is left untouched).
     """
-    if low_memory:
-        return_freed_memory()
     ms_meta = read_safetensors_metadata(ms_path)
     if vl_start is None:
         vl_start = int(model_config_from_meta(ms_meta, ms_path)["vl_start"])
@@ -226,14 +232,22 @@ def merge_checkpoint(
         **({"drop_gramless": True} if drop_gramless else {}),  # recorded only when on (same bytes off)
     }
     rule = {"task": task, "only_used_experts": only_used_experts, "experts": experts}
-    with _checked_inputs(ms_path, central_path, gram_path) as (keys, get_ms, get_central, get_gram):
-        out = dict(
-            iter_unified(
-                keys, get_ms, method, get_central=get_central, get_gram=get_gram, source=str(ms_path),
-                vl_start=vl_start, unimodal_paths=unimodal_paths, drop_gramless=drop_gramless,
-                **rule, **method_params,
-            )
-        )  # fmt: skip
-    log.info("merged %s by %s: %d tensors", ms_path, method, len(out))
-    save_safetensors(out_path, out, ma_metadata(ms_meta, ms_path, info))
+    with open_tensors(ms_path, "MS") as (get, keys):  # the output's layout, from the MS header
+        outputs = unified_outputs(
+            keys, method, vl_start=vl_start, source=str(ms_path), unimodal_paths=unimodal_paths, **rule
+        )
+        specs = {name: get.spec(key) for name, key in outputs.items()}
+    # the inputs close (and every tensor nothing read is checked finite) before the output is renamed
+    with (
+        _gc_paused(),
+        streamed_safetensors(out_path, specs, ma_metadata(ms_meta, ms_path, info)) as out,
+        _checked_inputs(ms_path, central_path, gram_path) as (keys, get_ms, get_central, get_gram),
+    ):
+        for name, tensor in iter_unified(
+            keys, get_ms, method, get_central=get_central, get_gram=get_gram, source=str(ms_path),
+            vl_start=vl_start, unimodal_paths=unimodal_paths, drop_gramless=drop_gramless,
+            **rule, **method_params,
+        ):  # fmt: skip
+            out.put(name, tensor)
+    log.info("merged %s by %s: %d tensors", ms_path, method, len(specs))
     return Path(out_path)

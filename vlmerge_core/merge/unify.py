@@ -16,7 +16,9 @@ through unchanged in every method (the official code gives it weight 1).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -35,6 +37,7 @@ __all__ = [
     "method_params",
     "plan_groups",
     "split_expert_key",
+    "unified_outputs",
     "unify_state_dict",
     "used_experts",
 ]
@@ -266,11 +269,18 @@ def _prepared(
     def read_groups(
         want: Callable[[str, str], bool] | None = None,
     ) -> Iterator[tuple[str, list[str], list[Tensor], Tensor | None]]:
-        """Every merged group; with ``want(target, expert)``, only the experts wanted (others unread)."""
+        """Every merged group; with ``want(target, expert)``, only the experts wanted (others unread).
+        The next groups are read by other threads while the caller works on this one."""
+        items = []
         for target, use, ms_keys in plan:
             pick = [(e, k) for e, k in zip(use, ms_keys) if want is None or want(target, e)]
             if len(use) > 1 and pick:
-                yield target, [e for e, _ in pick], [get(k) for _, k in pick], central_of(target)
+                items.append((target, [e for e, _ in pick], [k for _, k in pick]))
+
+        def read(target: str, names: list[str], keys: list[str]) -> tuple:
+            return target, names, [get(k) for k in keys], central_of(target)
+
+        yield from _in_order(read, items, threads=2, ahead=2)
 
     return method.prepare(read_groups, params)
 
@@ -303,31 +313,89 @@ def iter_unified(
     method = get_method(method)
     params = method_params(method, params)
     _check_inputs(method, get_central, get_gram)
-    groups, passthrough = plan_groups(keys, vl_start, source)
     rule = {"task": task, "only_used_experts": only_used_experts, "experts": experts}
-    plan = _plan(groups, method, vl_start=vl_start, unimodal_paths=unimodal_paths, **rule)
+    passthrough, plan = _outputs_plan(keys, method, vl_start, source, unimodal_paths=unimodal_paths, **rule)
     central_of = _central_reader(method, get_central)
+    for key in passthrough:  # first: the writer writes them while a prepare hook reads the groups
+        yield key, get(key)
     per_group = _prepared(method, plan, get, central_of, params)
     if method.needs_grams:
         plan = _largest_grams_first(plan)
-    for key in passthrough:
-        yield key, get(key)
-    for target, use, ms_keys in plan:
+
+    def load_group(target: str, use: Sequence[str], ms_keys: Sequence[str]) -> tuple:
+        """One group's expert tensors, read, and for a Gram method its Gram matrices (read on demand)."""
         if drop_gramless and method.needs_grams and len(use) > 1 and gram_key(target, use[0]) is not None:
             use, ms_keys = _with_grams(target, use, ms_keys, get_gram)
-        tensors = [get(k) for k in ms_keys]
         grams = None
         if method.needs_grams and len(use) > 1 and gram_key(target, use[0]) is not None:
             grams = LazyGrams(target, [gram_key(target, e) for e in use], get_gram)
+        return target, use, [get(k) for k in ms_keys], grams
+
+    def merge_loaded(
+        target: str, use: Sequence[str], tensors: list[Tensor], grams: LazyGrams | None
+    ) -> Tensor:
         if len(use) == 1:  # a lone expert passes through unchanged in every method (official: weight 1)
-            yield target, tensors[0].detach().clone()
-            continue
+            return tensors[0].detach().clone()
         extra = per_group(target, use) if per_group is not None else None
         kwargs, knobs = group_call(
             method, target, use, central=central_of(target), grams=grams, params=params, extra=extra
         )
-        # the writer needs contiguous tensors: copy now, while one group is alive
-        yield target, method.fn(list(tensors), **kwargs, **knobs).contiguous()
+        return method.fn(tensors, **kwargs, **knobs).contiguous()  # the writer needs contiguous
+
+    if method.needs_grams:  # the products already use every thread: one group after the other
+        for item in plan:
+            yield item[0], merge_loaded(*load_group(*item))
+        return
+    # element-wise ops run on one thread each (registry.by_slices): the groups side by side, one per thread
+    workers = max(1, torch.get_num_threads())
+    merged = _in_order(lambda *item: merge_loaded(*load_group(*item)), plan, threads=workers, ahead=workers)
+    yield from zip([t for t, _, _ in plan], merged)
+
+
+def _in_order(fn: Callable[..., Any], items: Iterable[tuple], threads: int, ahead: int) -> Iterator[Any]:
+    """``fn(*item)`` for each item, in order, computed by ``threads`` threads (torch ops, reads and
+    numpy's large ops release the GIL), at most ``ahead`` items beyond the one being consumed. An
+    error is raised at its item, in order, after the items already started have finished."""
+    with ThreadPoolExecutor(threads, thread_name_prefix="merge") as pool:
+        pending: deque[Future] = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, *item))
+                if len(pending) > ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+def _outputs_plan(
+    keys: Sequence[str], method: MergeMethod, vl_start: int, source: str, **rule: Any
+) -> tuple[list[str], Plan]:
+    """The pass-through keys and the plan of the merged groups (``rule``: :func:`used_experts`)."""
+    groups, passthrough = plan_groups(keys, vl_start, source)
+    return passthrough, _plan(groups, method, vl_start=vl_start, **rule)
+
+
+def unified_outputs(
+    keys: Sequence[str],
+    method: str | MergeMethod,
+    *,
+    vl_start: int,
+    source: str = "MS state dict",
+    task: str | None = None,
+    only_used_experts: bool = False,
+    experts: Sequence[str] | None = None,
+    unimodal_paths: bool = False,
+) -> dict[str, str]:
+    """Every tensor :func:`iter_unified` yields for these arguments -> the MS key whose dtype and shape
+    it has (itself for a pass-through key; the first expert's for a merged group), nothing read."""
+    rule = {"task": task, "only_used_experts": only_used_experts, "experts": experts}
+    passthrough, plan = _outputs_plan(
+        keys, get_method(method), vl_start, source, unimodal_paths=unimodal_paths, **rule
+    )
+    return {**{k: k for k in passthrough}, **{target: ms_keys[0] for target, _, ms_keys in plan}}
 
 
 def _with_grams(

@@ -204,7 +204,7 @@ def check_experts(
             )
         if t.dtype != ref.dtype:
             raise MergeError(f"{name}: dtype mismatch between experts: {ref.dtype} vs {t.dtype} (expert {i})")
-        if nan and t.is_floating_point() and torch.isnan(t).any():
+        if nan and t.is_floating_point() and has_nan(t):
             raise MergeError(f"{name}: expert {i} contains NaN")
     if central is not None:
         if central.shape != ref.shape:
@@ -212,7 +212,7 @@ def check_experts(
                 f"{name}: central tensor has shape {tuple(central.shape)}, experts have "
                 f"{tuple(ref.shape)} (central checkpoint of another architecture?)"
             )
-        if nan and central.is_floating_point() and torch.isnan(central).any():
+        if nan and central.is_floating_point() and has_nan(central):
             raise MergeError(f"{name}: central tensor contains NaN")
 
 

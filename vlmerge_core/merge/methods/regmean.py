@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -59,15 +60,26 @@ class NotPositiveDefinite(MergeError):
     """The summed Gram matrix has no Cholesky factor (it was overwritten by the attempt)."""
 
 
+_TILE = 128  # side of the square tiles _mirror_lower copies (128 KiB of float64: in cache)
+
+
 def _mirror_lower(den: Tensor) -> None:
-    """Copy the strict lower triangle of square ``den`` onto its upper one, in place, block by block."""
-    n, step = den.shape[0], 256
-    for a in range(0, n, step):
-        b = min(a + step, n)
-        iu = torch.triu_indices(b - a, b - a, 1)
-        blk = den[a:b, a:b]
-        blk[iu[0], iu[1]] = blk[iu[1], iu[0]]
-        den[a:b, b:] = den[b:, a:b].T
+    """Copy the strict lower triangle of square ``den`` onto its upper one, in place, tile by tile.
+
+    Each tile below the diagonal is copied, transposed, onto its mirror tile (both stay in cache),
+    in numpy: one thread, where torch's two-thread strided copy waited on a busy core (ViT-B fc2,
+    3072 x 3072: 44 ms for the previous whole-panel copies, 17 ms for tiles; values are only moved).
+    """
+    x = den.numpy()
+    n = x.shape[0]
+    for a in range(0, n, _TILE):
+        b = min(a + _TILE, n)
+        blk = x[a:b, a:b]
+        upper = np.triu_indices(b - a, 1)
+        blk[upper] = blk.T[upper]
+        for c in range(b, n, _TILE):
+            d = min(c + _TILE, n)
+            x[a:b, c:d] = x[c:d, a:b].T
 
 
 def _factor_in_place(den: Tensor) -> tuple[Tensor, Tensor]:
@@ -158,6 +170,7 @@ def _normal_equations(
     d_in = experts[0].shape[1]
     num = torch.zeros(experts[0].shape, dtype=torch.float64)
     den = torch.zeros(d_in, d_in, dtype=torch.float64)
+    dn = den.numpy()
     step = max(64, (_BLOCK // d_in) // 64 * 64)
     for i, w in enumerate(experts):
         g = grams[i]  # grams may read lazily: one [in, in] matrix held at a time
@@ -168,7 +181,7 @@ def _normal_equations(
             b = min(a + step, d_in)
             cols = _gram_columns(g, alpha, a, b)
             num[:, a:b].addmm_(w64, cols)  # num += W^m G~^m, by columns
-            den[:, a:b] += cols
+            np.add(dn[:, a:b], cols.numpy(), out=dn[:, a:b])  # one thread (see _mirror_lower)
         del w64, g, cols
     if has_nan(den):
         bad = next((i for i in range(len(grams)) if has_nan(grams[i])), None)

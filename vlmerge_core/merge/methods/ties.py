@@ -29,9 +29,12 @@ the kept set is the same as three full passes would select.
 ``trim="tensor"`` finds each tensor's threshold by the same selection (the value ``kthvalue`` gives).
 
 **Slice by slice.** Given the thresholds, TIES is element-wise: each tensor is merged in slices of
-``SLICE`` entries (``registry.by_slices``), and the selection passes count slice by slice, in numpy
-where torch would spread a small op over threads: the same values, without whole-tensor float64
-temporaries and without ops that wait on busy threads.
+``SLICE`` entries (``registry.by_slices``; the streaming merge runs groups side by side, one per
+thread, :func:`~vlmerge_core.merge.unify.iter_unified`), and the selection passes count chunk by
+chunk (``_CHUNK``), in numpy where torch would spread a small op over threads: the same values,
+without whole-tensor float64 temporaries and without ops that wait on busy threads. A float64 tie
+at the threshold is shared out per tensor in the vector's order up front (``_tie_quotas``), so the
+groups can be merged in any order.
 
 **float32 magnitudes.** Ranking uses ``m32 = |fl32(W^m - W0)|`` (the float32 difference, no
 float64 temporary) and breaks equal ``m32`` by the float64 magnitude ``m64 = |W^m - W0|``, then by
@@ -44,6 +47,7 @@ the float64 magnitudes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +115,7 @@ def _resolve_ties(t32: float, need: int, count_eq: int, candidates: Callable[[],
 def _threshold(m32: Tensor, density: float, mags64: Callable[[Tensor], Tensor]) -> Threshold:
     """The top-``density`` threshold of ``m32`` (radix selection, :func:`_kth_largest`); ``mags64(mask)``:
     the float64 magnitudes of the flattened entries selected by a boolean ``mask``, read only to
-    break a tie. Counts are taken slice by slice (see ``by_slices``)."""
+    break a tie. Counts are taken in numpy, on the whole tensor."""
     n = m32.numel()
     if density >= 1.0:
         return Threshold(-1.0)
@@ -120,22 +124,21 @@ def _threshold(m32: Tensor, density: float, mags64: Callable[[Tensor], Tensor]) 
     k = max(1, int(density * n))
     flat = m32.reshape(-1)
     t32 = _kth_largest(flat, k)
-    pieces = [flat[a : a + SLICE] for a in range(0, n, SLICE)]
-    need = k - sum(int((p > t32).sum()) for p in pieces)
-    count_eq = sum(int((p == t32).sum()) for p in pieces)
+    m = flat.numpy()
+    need = k - int(np.count_nonzero(m > t32))
+    count_eq = int(np.count_nonzero(m == t32))
     return _resolve_ties(t32, need, count_eq, lambda: mags64(flat == t32))
 
 
 def _kth_largest(flat: Tensor, k: int) -> float:
     """The ``k``-th largest of the float32 magnitudes ``flat`` (``kthvalue(flat, n - k + 1)``), found
-    on their bit patterns as the vector trim does: the top 16 bits, then the low 16 of that bin."""
-    bits = list(flat.view(torch.int32).split(SLICE))
-    hist = torch.zeros(_TOP_BINS, dtype=torch.int64)
-    for b in bits:
-        hist += _count(b >> 16, minlength=_TOP_BINS)
-    top, rank, _ = _select_bin(hist, k)
-    low = _count(torch.cat([b[(b >> 16) == top] & 0xFFFF for b in bits]), minlength=1 << 16)
-    lo16, _, _ = _select_bin(low, rank)
+    on their bit patterns as the vector trim does: the top 16 bits, then the low 16 of that bin (in
+    numpy, on the whole tensor: one thread, one count per bin set)."""
+    bits = flat.contiguous().view(torch.int32).numpy()
+    hist = np.bincount(bits >> 16, minlength=_TOP_BINS)
+    top, rank, _ = _select_bin(torch.from_numpy(hist), k)
+    low = np.bincount(bits[(bits >> 16) == top] & 0xFFFF, minlength=1 << 16)
+    lo16, _, _ = _select_bin(torch.from_numpy(low), rank)
     return torch.tensor([(top << 16) | lo16], dtype=torch.int32).view(torch.float32).item()
 
 
@@ -170,11 +173,26 @@ def _bits(t: Tensor, central: Tensor | None) -> Tensor:
     return _mag32(t, central).view(torch.int32).reshape(-1)
 
 
-def _slices(t: Tensor, central: Tensor | None) -> Iterator[Tensor]:
-    """The bit patterns of ``m32`` (:func:`_bits`) of flat ``t`` slice by slice (one thread, in cache)."""
+_CHUNK = 1 << 18  # entries per chunk of the selection passes (1 MiB of float32 bit patterns)
+
+
+def _slices(t: Tensor, central: Tensor | None) -> Iterator[np.ndarray]:
+    """The bit patterns of ``m32`` (:func:`_bits`) of flat ``t`` in chunks of :data:`_CHUNK`, in numpy
+    (one thread, no wait on torch's; a 32 768-bin count per chunk costs little beside its entries).
+
+    float32 and float64 inputs are differenced in numpy, the same IEEE operations as :func:`_mag32`
+    (float64: the difference rounded once to float32); other dtypes go through :func:`_bits`."""
     ft, fc = t.detach().reshape(-1), central.detach().reshape(-1) if central is not None else None
-    for a in range(0, ft.numel(), SLICE):
-        yield _bits(ft[a : a + SLICE], fc[a : a + SLICE] if fc is not None else None)
+    same = fc is None or fc.dtype == ft.dtype
+    if ft.dtype not in (torch.float32, torch.float64) or not same:
+        for a in range(0, ft.numel(), _CHUNK):
+            yield _bits(ft[a : a + _CHUNK], fc[a : a + _CHUNK] if fc is not None else None).numpy()
+        return
+    x, c = ft.numpy(), fc.numpy() if fc is not None else None
+    for a in range(0, x.size, _CHUNK):
+        d = np.subtract(x[a : a + _CHUNK], c[a : a + _CHUNK]) if c is not None else x[a : a + _CHUNK].copy()
+        d = np.abs(d, out=d).astype(np.float32, copy=False)
+        yield d.view(np.int32)
 
 
 def _count(values: Tensor, minlength: int) -> Tensor:
@@ -226,8 +244,7 @@ class _Scan:
         """Count one tensor's top bins; keep the bit patterns of its entries in the window."""
         self.recentre(density)
         parts: list[np.ndarray] = []
-        for bits in _slices(t, central):
-            b = bits.numpy()
+        for b in _slices(t, central):
             self.hist += np.bincount(b >> 16, minlength=_TOP_BINS)
             self.count += b.size
             if self.window is None:  # the first slice of the vector: estimate from it
@@ -261,12 +278,18 @@ class _Scan:
 
 
 def _first_pass(read_groups: GroupReader, density: float) -> dict[str, _Scan]:
-    """Pass 1: per expert, the top-16-bit histogram and the candidates near the threshold."""
+    """Pass 1: per expert, the top-16-bit histogram and the candidates near the threshold. The experts
+    of a group are scanned side by side (each expert's own scans stay in the vector's order)."""
     scans: dict[str, _Scan] = {}
-    for target, names, tensors, central in read_groups():
-        for e, t in zip(names, tensors):
-            st = scans.setdefault(e, _Scan(np.zeros(_TOP_BINS, dtype=np.int64), cands={}))
-            st.scan(target, t, central, density)
+    with ThreadPoolExecutor(2, thread_name_prefix="ties-scan") as pool:
+        for target, names, tensors, central in read_groups():
+            jobs = [
+                pool.submit(scans.setdefault(e, _Scan(np.zeros(_TOP_BINS, dtype=np.int64), cands={})).scan,
+                            target, t, central, density)
+                for e, t in zip(names, tensors)
+            ]  # fmt: skip
+            for job in jobs:
+                job.result()
     return scans
 
 
@@ -300,7 +323,7 @@ def _low_histograms(
     for _, names, tensors, central in read_groups(lambda target, e: e in refine and target not in covered[e]):
         for e, t in zip(names, tensors):
             top = refine[e][0]
-            sel[e].extend(b[(b >> 16) == top] & 0xFFFF for b in (x.numpy() for x in _slices(t, central)))
+            sel[e].extend(b[(b >> 16) == top] & 0xFFFF for b in _slices(t, central))
     return {
         e: _count(torch.from_numpy(np.concatenate(parts) if parts else np.empty(0, np.int32)), 1 << 16)
         for e, parts in sel.items()
@@ -309,22 +332,42 @@ def _low_histograms(
 
 def _tie_candidates(
     read_groups: GroupReader, pending: dict[str, tuple[float, int]], scans: dict[str, _Scan]
-) -> dict[str, Tensor]:
-    """Third pass: per expert, the float64 magnitudes of its entries with ``m32 == t32``, in order.
+) -> dict[str, list[tuple[str, Tensor]]]:
+    """Third pass: per expert, ``(target, float64 magnitudes of its entries with m32 == t32)`` of each
+    tensor holding such entries, in the vector's order.
 
     Reads only the tensors that may hold such an entry: the first pass's candidates tell which do not.
     """
-    cands: dict[str, list[Tensor]] = {e: [] for e in pending}
+    cands: dict[str, list[tuple[str, Tensor]]] = {e: [] for e in pending}
     bits = {
         e: int(torch.tensor([t32], dtype=torch.float32).view(torch.int32)) for e, (t32, _) in pending.items()
     }
     skip = {e: scans[e].skip(bits[e]) for e in pending}
-    for _, names, tensors, central in read_groups(lambda target, e: e in pending and target not in skip[e]):
+    for target, names, tensors, central in read_groups(
+        lambda target, e: e in pending and target not in skip[e]
+    ):
         for e, t in zip(names, tensors):
             eq = (_mag32(t, central) == pending[e][0]).reshape(-1)
             if eq.any():
-                cands[e].append((f64(t.reshape(-1)[eq]) - f64(central.reshape(-1)[eq])).abs())
-    return {e: torch.cat(c) if c else torch.empty(0, dtype=torch.float64) for e, c in cands.items()}
+                cands[e].append((target, (f64(t.reshape(-1)[eq]) - f64(central.reshape(-1)[eq])).abs()))
+    return cands
+
+
+def _tie_quotas(t32: float, need: int, cands: list[tuple[str, Tensor]]) -> dict[str, Threshold]:
+    """Per tensor, the :class:`Threshold` of an expert whose ``need`` kept entries at ``t32`` are decided
+    in float64 (``cands``: :func:`_tie_candidates`): of the entries equal to ``t64``, the first ones in
+    the vector's order are kept, so each tensor gets its own share (``ties_left``) and the tensors can
+    be merged in any order, or at once."""
+    m64 = torch.cat([c for _, c in cands]) if cands else torch.empty(0, dtype=torch.float64)
+    whole = _resolve_ties(t32, need, m64.numel(), lambda: m64)
+    if whole.t64 is None:
+        return {}
+    left, out = whole.ties_left, {}
+    for target, c in cands:
+        share = min(left, int((c == whole.t64).sum()))
+        out[target] = Threshold(t32, whole.t64, share)
+        left -= share
+    return out
 
 
 def prepare_vector_trim(read_groups: GroupReader, params: dict[str, Any]) -> Callable[..., dict] | None:
@@ -353,11 +396,15 @@ def prepare_vector_trim(read_groups: GroupReader, params: dict[str, Any]) -> Cal
         state[e] = Threshold(t32)
         if need < count_eq:  # not every entry equal to t32 is kept: break the tie in float64
             pending[e] = (t32, need)
+    per_tensor: dict[str, dict[str, Threshold]] = {}  # expert -> target -> its share of a float64 tie
     for e, cands in (_tie_candidates(read_groups, pending, scans) if pending else {}).items():
-        state[e] = _resolve_ties(pending[e][0], pending[e][1], cands.numel(), lambda a=cands: a)
+        per_tensor[e] = _tie_quotas(pending[e][0], pending[e][1], cands)
+        if per_tensor[e]:  # a tensor without an entry at t32 keeps every m32 > t32 and nothing equal
+            state[e] = Threshold(pending[e][0], next(iter(per_tensor[e].values())).t64, 0)
 
     def per_group(target: str, names: Sequence[str]) -> dict[str, Any]:
-        return {"thresholds": [state[e] for e in names]}
+        """Thresholds of one group: fresh objects where a tie is shared out (their ``keep`` counts)."""
+        return {"thresholds": [per_tensor.get(e, {}).get(target, state[e]) for e in names]}
 
     return per_group
 
