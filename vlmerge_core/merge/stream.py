@@ -92,8 +92,10 @@ def open_tensors(
 
         def spec(key: str) -> tuple[torch.dtype, list[int]]:
             """``(dtype, shape)`` of tensor ``key``, from the header (nothing read)."""
-            if key not in header or header[key]["dtype"] not in _DTYPES:
-                raise KeyError(f"{path}: no tensor {key} of a supported dtype")
+            if key not in header:
+                raise KeyError(f"{path}: no tensor {key}")
+            if header[key]["dtype"] not in _DTYPES:
+                raise ValueError(f"{path}: tensor {key}: unsupported dtype {header[key]['dtype']}")
             return _DTYPES[header[key]["dtype"]], list(header[key]["shape"])
 
         get.spec = spec
