@@ -65,3 +65,8 @@ def make_ms_sd(depth=2, width=8, vl_start=1, components=ALL, seed=0):
     """An MS state dict with independent random experts, and its central MA state dict."""
     central = make_ma_sd(depth, width, seed=seed)
     return ms_from_ma(central, vl_start, components, noise=1.0, seed=seed + 1), central
+
+
+def ms_model_config(depth=2, width=8, vl_start=1):
+    """The ``model_config`` metadata of an MS checkpoint file of these helpers' state dicts."""
+    return {"width": width, "depth": depth, "heads": 2, "vl_start": vl_start, "ms_components": list(ALL)}

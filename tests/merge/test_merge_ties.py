@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 import torch
-from _merge_helpers import make_ma_sd, ms_from_ma
+from _merge_helpers import make_ma_sd, ms_from_ma, ms_model_config
 
 from vlmerge_core.io import save_safetensors
 from vlmerge_core.merge.methods import get_method, topk_mask
@@ -111,13 +111,7 @@ def test_trimming_equals_a_stable_sort_of_float64_magnitudes(density, ties_in_va
 def test_vector_trimming_streams_from_files(tmp_path):
     central = make_ma_sd(depth=2, width=8, seed=2)
     ms = ms_from_ma(central, vl_start=1, noise=1.0, seed=3)
-    cfg = {
-        "width": 8,
-        "depth": 2,
-        "heads": 2,
-        "vl_start": 1,
-        "ms_components": ["attn", "mlp", "norm1", "norm2"],
-    }
+    cfg = ms_model_config()
     save_safetensors(tmp_path / "ms.safetensors", ms, {"model_config": cfg, "kind": "ms"})
     save_safetensors(tmp_path / "c.safetensors", central, {"model_config": {**cfg, "ms_components": []}})
     out = merge_checkpoint(

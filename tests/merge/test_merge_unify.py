@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from _merge_helpers import make_ma_sd, ms_from_ma
+from _merge_helpers import make_ma_sd, ms_from_ma, ms_model_config
 
 from vlmerge_core.io import load_safetensors, save_safetensors
 from vlmerge_core.merge.methods import METHODS, MergeError, get_method
@@ -165,13 +165,7 @@ def test_errors_name_the_tensor(ms_and_central):
 
 def test_merge_checkpoint_streaming(tmp_path, ms_and_central):
     ms, central = ms_and_central
-    cfg = {
-        "width": 8,
-        "depth": 2,
-        "heads": 2,
-        "vl_start": 1,
-        "ms_components": ["attn", "mlp", "norm1", "norm2"],
-    }
+    cfg = ms_model_config()
     ms_path, c_path = tmp_path / "ms.safetensors", tmp_path / "c.safetensors"
     save_safetensors(ms_path, ms, {"model_config": cfg, "kind": "ms", "format": "vlmerge-v1"})
     save_safetensors(c_path, central, {"model_config": {**cfg, "ms_components": []}, "kind": "ma"})

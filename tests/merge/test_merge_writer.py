@@ -94,20 +94,14 @@ def test_a_dtype_safetensors_cannot_store_is_named(tmp_path):
 def test_a_merge_names_an_input_tensor_of_a_dtype_it_cannot_write(tmp_path):
     """The output's layout is planned from the MS header before anything is read: a tensor whose
     dtype the merge cannot carry is named there, and the old output is left as it was."""
-    from _merge_helpers import make_ma_sd, ms_from_ma
+    from _merge_helpers import make_ma_sd, ms_from_ma, ms_model_config
     from safetensors.torch import save_file
 
     from vlmerge_core.merge.stream import merge_checkpoint
 
     ms = ms_from_ma(make_ma_sd(depth=2, width=8, seed=0), vl_start=1, noise=1.0, seed=1)
     ms["extra.scale"] = torch.ones(2).to(torch.float8_e4m3fn)
-    cfg = {
-        "width": 8,
-        "depth": 2,
-        "heads": 2,
-        "vl_start": 1,
-        "ms_components": ["attn", "mlp", "norm1", "norm2"],
-    }
+    cfg = ms_model_config()
     save_file(ms, str(tmp_path / "ms.safetensors"), {"model_config": json.dumps(cfg), "kind": "ms"})
     out = tmp_path / "out.safetensors"
     out.write_bytes(b"old")
