@@ -280,7 +280,7 @@ def _prepared(
         def read(target: str, names: list[str], keys: list[str]) -> tuple:
             return target, names, [get(k) for k in keys], central_of(target)
 
-        yield from _in_order(read, items, threads=2, ahead=2)
+        yield from _in_order(read, items, threads=2)
 
     return method.prepare(read_groups, params)
 
@@ -348,20 +348,20 @@ def iter_unified(
         return
     # element-wise ops run on one thread each (registry.by_slices): the groups side by side, one per thread
     workers = max(1, torch.get_num_threads())
-    merged = _in_order(lambda *item: merge_loaded(*load_group(*item)), plan, threads=workers, ahead=workers)
+    merged = _in_order(lambda *item: merge_loaded(*load_group(*item)), plan, threads=workers)
     yield from zip([t for t, _, _ in plan], merged)
 
 
-def _in_order(fn: Callable[..., Any], items: Iterable[tuple], threads: int, ahead: int) -> Iterator[Any]:
+def _in_order(fn: Callable[..., Any], items: Iterable[tuple], threads: int) -> Iterator[Any]:
     """``fn(*item)`` for each item, in order, computed by ``threads`` threads (torch ops, reads and
-    numpy's large ops release the GIL), at most ``ahead`` items beyond the one being consumed. An
+    numpy's large ops release the GIL), at most ``threads`` items beyond the one being consumed. An
     error is raised at its item, in order, after the items already started have finished."""
     with ThreadPoolExecutor(threads, thread_name_prefix="merge") as pool:
         pending: deque[Future] = deque()
         try:
             for item in items:
                 pending.append(pool.submit(fn, *item))
-                if len(pending) > ahead:
+                if len(pending) > threads:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()

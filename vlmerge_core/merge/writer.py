@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from vlmerge_core.io import atomic_path
+from vlmerge_core.io import _ST_DTYPES, atomic_path  # torch dtype name -> safetensors tag
 
 __all__ = ["SafetensorsStream", "layout", "streamed_safetensors"]
 
@@ -34,19 +34,6 @@ Specs = Mapping[str, tuple[torch.dtype, Sequence[int]]]
 QUEUE_BYTES = 64 << 20  # merged tensors waiting for the writer thread, at most (one larger alone)
 SYNC_BYTES = 64 << 20  # the writer thread starts the disk writeback every 64 MiB: the final fsync of
 # the atomic rename then has little left to wait for
-
-_TAGS = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
 
 
 def layout(
@@ -56,9 +43,12 @@ def layout(
     meta = {
         k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (metadata or {}).items()
     }
-    for name, (dtype, _) in specs.items():
-        if dtype not in _TAGS:
-            raise ValueError(f"{path}: tensor {name!r} has dtype {dtype}, which safetensors cannot store")
+    tags = {name: _ST_DTYPES.get(str(dtype).removeprefix("torch.")) for name, (dtype, _) in specs.items()}
+    for name, tag in tags.items():
+        if tag is None:
+            raise ValueError(
+                f"{path}: tensor {name!r} has dtype {specs[name][0]}, which safetensors cannot store"
+            )
     itemsize = {name: torch.empty(0, dtype=dtype).element_size() for name, (dtype, _) in specs.items()}
     order = sorted(specs, key=lambda k: (-itemsize[k], k))
     header: dict[str, Any] = {"__metadata__": meta} if meta else {}
@@ -66,7 +56,7 @@ def layout(
     for name in order:
         dtype, shape = specs[name]
         size = math.prod(shape) * itemsize[name]
-        header[name] = {"dtype": _TAGS[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        header[name] = {"dtype": tags[name], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned

@@ -398,9 +398,8 @@ def prepare_vector_trim(read_groups: GroupReader, params: dict[str, Any]) -> Cal
             pending[e] = (t32, need)
     per_tensor: dict[str, dict[str, Threshold]] = {}  # expert -> target -> its share of a float64 tie
     for e, cands in (_tie_candidates(read_groups, pending, scans) if pending else {}).items():
+        # a tensor without a share holds no entry at t32: its Threshold(t32) keeps every m32 > t32
         per_tensor[e] = _tie_quotas(pending[e][0], pending[e][1], cands)
-        if per_tensor[e]:  # a tensor without an entry at t32 keeps every m32 > t32 and nothing equal
-            state[e] = Threshold(pending[e][0], next(iter(per_tensor[e].values())).t64, 0)
 
     def per_group(target: str, names: Sequence[str]) -> dict[str, Any]:
         """Thresholds of one group: fresh objects where a tie is shared out (their ``keep`` counts)."""
