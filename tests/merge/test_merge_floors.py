@@ -18,7 +18,7 @@ import torch
 from _merge_helpers import make_ma_sd, ms_from_ma
 
 from vlmerge_core.merge.methods import dare as dare_mod
-from vlmerge_core.merge.methods import get_method, registry
+from vlmerge_core.merge.methods import get_method, registry, ties_topk, ties_vector
 from vlmerge_core.merge.methods import ties as ties_mod
 from vlmerge_core.merge.methods.registry import f64
 from vlmerge_core.merge.unify import unify_state_dict
@@ -38,9 +38,9 @@ def _ties_whole(experts, central, density, lam):
     c = f64(central).clone()
     trimmed = []
     for t in experts:
-        m32 = ties_mod._mag32(t, central)
+        m32 = ties_topk.mag32(t, central)
         tau = f64(t).sub_(c) if t.dtype != torch.float64 else t - c
-        trimmed.append(tau.mul_(ties_mod.tensor_threshold(m32, tau, density).keep(m32, tau)))
+        trimmed.append(tau.mul_(ties_topk.tensor_threshold(m32, tau, density).keep(m32, tau)))
     sign = trimmed[0].clone()
     for tr in trimmed[1:]:
         sign.add_(tr)
@@ -160,10 +160,10 @@ def test_vector_trim_candidates_equal_a_second_pass(monkeypatch, window, cap, ro
     if rounded:
         ms = {k: v.round() for k, v in ms.items()}
         central = {k: v.round() for k, v in central.items()}
-    monkeypatch.setattr(ties_mod, "_MAX_CANDS", -1)  # no candidates: every tensor read in pass 2
+    monkeypatch.setattr(ties_vector, "_MAX_CANDS", -1)  # no candidates: every tensor read in pass 2
     ref = unify_state_dict(ms, "ties", vl_start=1, central=central, density=0.3, lam=0.7)
-    monkeypatch.setattr(ties_mod, "_MAX_CANDS", cap)
-    monkeypatch.setattr(ties_mod, "_WINDOW", window)
+    monkeypatch.setattr(ties_vector, "_MAX_CANDS", cap)
+    monkeypatch.setattr(ties_vector, "_WINDOW", window)
     monkeypatch.setattr(ties_mod, "SLICE", 7)
     got = unify_state_dict(ms, "ties", vl_start=1, central=central, density=0.3, lam=0.7)
     assert all(torch.equal(ref[k], got[k]) for k in ref)
@@ -271,4 +271,7 @@ def test_kth_largest_equals_kthvalue(monkeypatch, rounded):
     x = x.round() if rounded else x
     x[:7] = 0.0
     for k in (1, 2, 500, 993, 1000):
-        assert ties_mod._kth_largest(x, k) == float(torch.kthvalue(x, 1000 - k + 1).values), k
+        t32, need, count_eq = ties_topk.kth_largest(x, k)
+        assert t32 == float(torch.kthvalue(x, 1000 - k + 1).values), k
+        assert count_eq == int((x == t32).sum()), k
+        assert need == k - int((x > t32).sum()), k

@@ -142,7 +142,7 @@ def test_float32_magnitudes_rank_like_float64():
 
 
 def test_ties_dataclass_threshold_keeps_state_in_order():
-    from vlmerge_core.merge.methods.ties import Threshold
+    from vlmerge_core.merge.methods.ties_topk import Threshold
 
     thr = Threshold(t32=1.0, t64=1.0, ties_left=1)
     a = thr.keep(torch.tensor([1.0, 2.0, 1.0]), torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64))
@@ -183,3 +183,44 @@ def test_groups_merged_side_by_side_equal_the_one_thread_merge(two_threads, meth
     two = unify_state_dict(ms, method, vl_start=1, central=central)
     torch.set_num_threads(1)
     _assert_same(two, unify_state_dict(ms, method, vl_start=1, central=central))
+
+
+_EDGES = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 1e-45, -1e-45, 3e38, -3e38, 1.5, 0.25]
+
+
+@pytest.mark.parametrize("n_experts", [2, 3, 4])
+@pytest.mark.parametrize("values", ["edges", "grid", "normal"])
+def test_float32_merge_pass_has_the_bits_of_the_reference(n_experts, values):
+    """The numpy merge pass (the two-expert form included) against the torch reference slice, bit for
+    bit in float64, on signed zeros, subnormals, overflowing differences, equal magnitudes of opposite
+    signs and entries equal to the threshold, with every kind of threshold and lam."""
+    from vlmerge_core.merge.methods.ties import _Float32Pass, _ties_chunk
+    from vlmerge_core.merge.methods.ties_topk import Threshold, mag32
+
+    g = torch.Generator().manual_seed(n_experts)
+    n = 3001
+    for _ in range(20):
+        if values == "edges":
+            draws = [
+                torch.tensor(_EDGES)[torch.randint(len(_EDGES), (n,), generator=g)]
+                for _ in range(n_experts + 1)
+            ]
+        elif values == "grid":
+            draws = [(torch.randint(-3, 4, (n,), generator=g) * 0.125).float() for _ in range(n_experts + 1)]
+        else:
+            c = torch.randn(n, generator=g) * 0.02
+            draws = [c, *(c + torch.randn(n, generator=g) * 1e-3 for _ in range(n_experts))]
+        central, experts = draws[0], draws[1:]
+        for lam in (1.0, 0.3):
+            for kinds in (("median",), ("none",), ("all",), ("median", "none", "all")):
+                thresholds = []
+                for i, t in enumerate(experts):
+                    kind = kinds[i % len(kinds)]
+                    t32 = {"none": float("inf"), "all": -1.0}.get(kind, float(mag32(t, central).median()))
+                    thresholds.append(Threshold(t32))
+                assert _Float32Pass.applies(experts, central, thresholds)
+                want = _ties_chunk(experts, central, thresholds, lam)
+                got = _Float32Pass(n_experts, 4096)(
+                    [t.numpy() for t in experts], central.numpy(), thresholds, lam
+                )
+                assert want.numpy().tobytes() == got.tobytes(), (values, lam, kinds)

@@ -181,7 +181,8 @@ def test_merge_checkpoint_streaming(tmp_path, ms_and_central):
         merge_checkpoint(ms_path, tmp_path / "x.safetensors", "arithmetic", central_path=ms_path)
 
 
-def test_open_tensors_reads_every_dtype(tmp_path):
+@pytest.mark.parametrize("mapped", [False, True])
+def test_open_tensors_reads_every_dtype(tmp_path, mapped):
     from vlmerge_core.merge.stream import open_tensors
 
     src = {
@@ -193,7 +194,7 @@ def test_open_tensors_reads_every_dtype(tmp_path):
         "f": torch.randn(2, 2, dtype=torch.float64),
     }
     save_safetensors(tmp_path / "t.safetensors", src, {"x": "y"})
-    with open_tensors(tmp_path / "t.safetensors", "test") as (get, keys):
+    with open_tensors(tmp_path / "t.safetensors", "test", mapped=mapped) as (get, keys):
         assert sorted(keys) == sorted(src)
         for k, v in src.items():
             got = get(k)
@@ -201,5 +202,22 @@ def test_open_tensors_reads_every_dtype(tmp_path):
         with pytest.raises(KeyError, match="no tensor zz"):
             get("zz")
     with pytest.raises(FileNotFoundError):
-        with open_tensors(tmp_path / "missing.safetensors", "MS"):
+        with open_tensors(tmp_path / "missing.safetensors", "MS", mapped=mapped):
             pass
+
+
+def test_mapped_tensors_outlive_the_file_and_never_write_it(tmp_path):
+    """A mapped tensor (the Gram matrices of a merge) stays readable after the file is closed, and a
+    write into it changes the tensor only: the mapping is private, the file keeps its bytes."""
+    from vlmerge_core.merge.stream import open_tensors
+
+    path = tmp_path / "g.safetensors"
+    src = {"a": torch.randn(5, 7, dtype=torch.float64), "b": torch.randn(3000)}
+    save_safetensors(path, src)
+    before = path.read_bytes()
+    with open_tensors(path, "Gram", mapped=True) as (get, _):
+        a, b = get("a"), get("b")
+    assert torch.equal(a, src["a"]) and torch.equal(b, src["b"])
+    a.add_(1.0)
+    assert torch.equal(a, src["a"] + 1.0)
+    assert path.read_bytes() == before

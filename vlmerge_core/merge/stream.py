@@ -13,12 +13,14 @@ import contextlib
 import gc
 import json
 import logging
+import mmap
 import os
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,13 +49,16 @@ _DTYPES = {
 
 @contextlib.contextmanager
 def open_tensors(
-    path: str | Path | None, what: str
+    path: str | Path | None, what: str, *, mapped: bool = False
 ) -> Iterator[tuple[Callable[[str], Tensor] | None, list[str]]]:
     """Open a safetensors file lazily: yields ``(get(key) -> Tensor, keys)``; ``(None, [])`` for None.
 
     Tensors are read with plain positioned reads into their own memory, not through ``safe_open``:
-    safetensors >= 0.6 returns zero-copy views of a memory map, and every page of the file that a
-    merge reads would then stay resident until the file is closed (the whole input in the peak RSS).
+    safetensors >= 0.6 returns zero-copy views of one memory map of the whole file, and every page
+    of the file that a merge reads would then stay resident until the file is closed (the whole input
+    in the peak RSS). ``mapped``: each tensor is instead a private mapping of its own bytes
+    (:func:`_mapped`), unmapped when the tensor is freed: no copy out of the page cache (RegMean's
+    2.3 GB of ViT-B Gram matrices: 1.2 s of copying), and only the tensors alive are resident.
     """
     if path is None:
         yield None, []
@@ -82,6 +87,8 @@ def open_tensors(
                 raise ValueError(
                     f"{path}: tensor {key}: unsupported dtype {entry['dtype']} or truncated file"
                 )
+            if mapped and end > start:
+                return _mapped(fh.fileno(), base + start, end - start).view(dtype).reshape(entry["shape"])
             buf = torch.empty(end - start, dtype=torch.uint8)  # no zero fill
             got = os.preadv(fh.fileno(), [buf.numpy()], base + start) if end > start else 0
             if got != end - start:
@@ -100,6 +107,27 @@ def open_tensors(
 
         get.spec = spec
         yield get, keys
+
+
+_MADV_POPULATE_READ = 22  # linux/mman.h (5.14); not in Python's mmap module before 3.14
+
+
+def _mapped(fd: int, offset: int, length: int) -> Tensor:
+    """``length`` bytes of file ``fd`` from ``offset`` as a uint8 tensor over a private, copy-on-write
+    mapping of them (a write changes the tensor, never the file), its page-cache pages mapped up
+    front by one call (``MADV_POPULATE_READ``; ``MAP_POPULATE`` would copy every page of a writable
+    private mapping), not by a fault per page. The mapping lives as long as the tensor."""
+    lead = offset % mmap.ALLOCATIONGRANULARITY
+    mm = mmap.mmap(
+        fd,
+        length + lead,
+        flags=mmap.MAP_PRIVATE,
+        prot=mmap.PROT_READ | mmap.PROT_WRITE,
+        offset=offset - lead,
+    )
+    with contextlib.suppress(OSError):  # Linux < 5.14: the pages are mapped on first touch instead
+        mm.madvise(_MADV_POPULATE_READ)
+    return torch.from_numpy(np.frombuffer(mm, dtype=np.uint8, count=length, offset=lead))
 
 
 @contextlib.contextmanager
@@ -173,7 +201,7 @@ def _checked_inputs(
     with (
         open_tensors(ms_path, "MS") as (get, keys),
         open_tensors(central_path, "central") as (get_c, c_keys),
-        open_tensors(gram_path, "Gram") as (get_g, g_keys),
+        open_tensors(gram_path, "Gram", mapped=True) as (get_g, g_keys),
     ):
         sources = [
             (str(ms_path), get, keys),

@@ -36,7 +36,7 @@ from vlmerge_core.merge.methods.registry import (  # noqa: E402
     merge_method,
 )
 from vlmerge_core.merge.methods.regmean import regmean_gram, solve_normal  # noqa: E402
-from vlmerge_core.merge.methods.ties import topk_mask  # noqa: E402
+from vlmerge_core.merge.methods.ties_topk import topk_mask  # noqa: E402
 
 __all__ = [
     "METHODS",
