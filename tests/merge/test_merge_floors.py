@@ -169,9 +169,11 @@ def test_vector_trim_candidates_equal_a_second_pass(monkeypatch, window, cap, ro
     assert all(torch.equal(ref[k], got[k]) for k in ref)
 
 
-def test_has_nan_by_slices(monkeypatch):
-    monkeypatch.setattr(registry, "SLICE", 4)
-    x = torch.zeros(10, dtype=torch.float64)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_has_nan_by_slices(monkeypatch, dtype):
+    monkeypatch.setattr(registry, "SLICE", 4)  # torch's chunks (bfloat16)
+    monkeypatch.setattr(registry, "_SUM_CHUNK", 4)  # numpy's (float32, float64)
+    x = torch.zeros(10, dtype=dtype)
     assert not registry.has_nan(x)
     x[5], x[6] = float("inf"), float("-inf")  # a NaN sum without a NaN
     assert not registry.has_nan(x)

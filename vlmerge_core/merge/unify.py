@@ -15,6 +15,7 @@ through unchanged in every method (the official code gives it weight 1).
 
 from __future__ import annotations
 
+import math
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from vlmerge_core.merge.methods import MergeError, MergeMethod, get_method
-from vlmerge_core.merge.methods.registry import SLICE
+from vlmerge_core.merge.methods.registry import chunk_sums
 from vlmerge_core.model.experts import EXPERTS, block_experts, experts_for_block, split_expert_key
 
 __all__ = [
@@ -53,9 +54,7 @@ def check_finite(t: Tensor, key: str, source: str) -> None:
     """
     if not t.is_floating_point() or t.numel() == 0:
         return
-    flat = t.detach().reshape(-1)  # summed slice by slice: each on one thread, in cache (see by_slices)
-    sums = (flat[a : a + SLICE].sum() for a in range(0, flat.numel(), SLICE))
-    if all(bool(torch.isfinite(x)) for x in sums) or bool(torch.isfinite(t).all()):
+    if all(math.isfinite(s) for s in chunk_sums(t)) or bool(torch.isfinite(t).all()):
         return
     bad = "NaN" if bool(torch.isnan(t).any()) else "inf"
     raise MergeError(f"{source}: tensor {key} holds {bad} values; nothing was merged")
