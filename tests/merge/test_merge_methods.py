@@ -231,6 +231,12 @@ def test_bad_inputs_name_the_tensor():
         get_method("regmean")([torch.zeros(2, 3)] * 2, grams=[torch.eye(3), torch.eye(4)], name="w")
     with pytest.raises(MergeError, match=r"w: central tensor has shape"):
         get_method("arithmetic")([torch.zeros(2)], central=torch.zeros(3), name="w")
+    for dtype in (torch.float32, torch.float64):  # TIES' numpy pass (float32) and its torch reference
+        nan = torch.tensor([0.0, float("nan"), 1.0], dtype=dtype)
+        with pytest.raises(MergeError, match=r"w: expert 1 contains NaN"):
+            get_method("ties")(
+                [torch.ones(3, dtype=dtype), nan], central=torch.zeros(3, dtype=dtype), name="w"
+            )
     with pytest.raises(MergeError, match=r"drop rate must be in \[0, 1\)"):
         get_method("dare")([torch.zeros(2)], central=torch.zeros(2), drop_rate=1.0)
     with pytest.raises(MergeError, match="singular"):

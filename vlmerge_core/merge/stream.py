@@ -1,7 +1,7 @@
 """Streaming merge of safetensors checkpoints: MS file -> MA file, one tensor group at a time.
 
 The MS checkpoint, the central checkpoint and the Gram file are read tensor by tensor (positioned
-reads, see :func:`open_tensors`), and each merged tensor goes to its place in the output file as
+reads; the Gram matrices mapped from the page cache, see :func:`open_tensors`), and each merged tensor goes to its place in the output file as
 soon as it is made (:func:`~vlmerge_core.merge.writer.streamed_safetensors`: the layout is planned from the MS
 header, a writer thread writes while the next group is merged), so the peak memory is about the
 tensors of a few groups, and the output's bytes are those of ``save_safetensors``.
@@ -16,6 +16,7 @@ import logging
 import mmap
 import os
 import struct
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,8 +126,9 @@ def _mapped(fd: int, offset: int, length: int) -> Tensor:
         prot=mmap.PROT_READ | mmap.PROT_WRITE,
         offset=offset - lead,
     )
-    with contextlib.suppress(OSError):  # Linux < 5.14: the pages are mapped on first touch instead
-        mm.madvise(_MADV_POPULATE_READ)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):  # Linux < 5.14: the pages are mapped on first touch instead
+            mm.madvise(_MADV_POPULATE_READ)
     return torch.from_numpy(np.frombuffer(mm, dtype=np.uint8, count=length, offset=lead))
 
 

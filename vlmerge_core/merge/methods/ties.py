@@ -179,6 +179,13 @@ class _Float32Pass:
         return acc
 
 
+def _check_part(nan: bool, experts: Sequence[Tensor], name: str, central: Tensor) -> None:
+    """As ``finish()``: a NaN in a merged slice (found when its sum is NaN) comes from a NaN input; name it."""
+    if nan:
+        check_experts(experts, name, central)
+        raise MergeError(f"{name}: merged tensor contains NaN")
+
+
 @merge_method(
     "ties",
     "Yadav et al. 2023, TIES-Merging: Resolving Interference When Merging Models (NeurIPS)",
@@ -244,15 +251,21 @@ def ties(
         thresholds = [threshold(mag32_flat(t, cf), density, _tau_mags(t, cf)) for t in ts]
     out = torch.empty(central.shape, dtype=experts[0].dtype)
     flat = out.view(-1)
-    fast = _Float32Pass(len(ts), min(SLICE, cf.numel())) if _Float32Pass.applies(ts, cf, thresholds) else None
+    if _Float32Pass.applies(ts, cf, thresholds):  # numpy throughout: no torch op per slice
+        fast, xs, c, dst = (
+            _Float32Pass(len(ts), min(SLICE, cf.numel())),
+            [t.numpy() for t in ts],
+            cf.numpy(),
+            flat.numpy(),
+        )
+        for a in range(0, c.size, SLICE):
+            part = fast([x[a : a + SLICE] for x in xs], c[a : a + SLICE], thresholds, lam)
+            _check_part(bool(np.isnan(np.add.reduce(part)) and np.isnan(part).any()), experts, name, central)
+            np.copyto(dst[a : a + SLICE], part, casting="same_kind")  # float64 -> float32, as torch's copy
+        return out
     for a in range(0, cf.numel(), SLICE):
         b = min(a + SLICE, cf.numel())
-        if fast is not None:
-            part = torch.from_numpy(fast([t[a:b].numpy() for t in ts], cf[a:b].numpy(), thresholds, lam))
-        else:
-            part = _ties_chunk([t[a:b] for t in ts], cf[a:b], thresholds, lam)
-        if torch.isnan(part.sum()) and torch.isnan(part).any():  # as finish(): a NaN input, name it
-            check_experts(experts, name, central)
-            raise MergeError(f"{name}: merged tensor contains NaN")
+        part = _ties_chunk([t[a:b] for t in ts], cf[a:b], thresholds, lam)
+        _check_part(bool(torch.isnan(part.sum()) and torch.isnan(part).any()), experts, name, central)
         flat[a:b] = part
     return out
