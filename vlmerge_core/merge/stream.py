@@ -1,10 +1,11 @@
 """Streaming merge of safetensors checkpoints: MS file -> MA file, one tensor group at a time.
 
 The MS checkpoint, the central checkpoint and the Gram file are read tensor by tensor (positioned
-reads; the Gram matrices mapped from the page cache, see :func:`open_tensors`), and each merged tensor goes to its place in the output file as
-soon as it is made (:func:`~vlmerge_core.merge.writer.streamed_safetensors`: the layout is planned from the MS
-header, a writer thread writes while the next group is merged), so the peak memory is about the
-tensors of a few groups, and the output's bytes are those of ``save_safetensors``.
+reads; the Gram matrices mapped from the page cache, see :func:`open_tensors`), and each merged
+tensor goes to its place in the output file as soon as it is made
+(:func:`~vlmerge_core.merge.writer.streamed_safetensors`: the layout is planned from the MS header,
+a writer thread writes while the next group is merged), so the peak memory is about the tensors of
+a few groups, and the output's bytes are those of ``save_safetensors``.
 """
 
 from __future__ import annotations

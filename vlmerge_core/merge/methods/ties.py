@@ -180,7 +180,7 @@ class _Float32Pass:
 
 
 def _check_part(nan: bool, experts: Sequence[Tensor], name: str, central: Tensor) -> None:
-    """As ``finish()``: a NaN in a merged slice (found when its sum is NaN) comes from a NaN input; name it."""
+    """As ``finish()``: a NaN in a merged slice (found by its sum) comes from a NaN input; name it."""
     if nan:
         check_experts(experts, name, central)
         raise MergeError(f"{name}: merged tensor contains NaN")
