@@ -122,43 +122,55 @@ _ST_DTYPES = {  # torch dtype name -> safetensors dtype tag
 }
 
 
+def safetensors_layout(
+    path: str | Path, specs: Mapping[str, tuple[torch.dtype, Any]], metadata: Mapping[str, Any] | None
+) -> tuple[bytes, dict[str, int]]:
+    """The first bytes of the safetensors file of tensors ``{name: (dtype, shape)}`` (header length,
+    header) and each tensor's byte offset in it, in file order: the layout of :func:`save_safetensors`
+    (also written tensor by tensor, :mod:`vlmerge_core.merge.writer`). ``metadata`` values that are not
+    strings are stored as JSON strings. The header's keys are sorted, and the tensors are laid out by
+    decreasing element size, then name (each stays aligned to its element size, as ``save_file``
+    does), the data 8-byte aligned."""
+    meta = {
+        k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (metadata or {}).items()
+    }
+    tags = {name: _ST_DTYPES.get(str(dtype).removeprefix("torch.")) for name, (dtype, _) in specs.items()}
+    for name, tag in tags.items():
+        if tag is None:
+            raise ValueError(
+                f"{path}: tensor {name!r} has dtype {specs[name][0]}, which safetensors cannot store"
+            )
+    itemsize = {name: torch.empty(0, dtype=dtype).element_size() for name, (dtype, _) in specs.items()}
+    order = sorted(specs, key=lambda k: (-itemsize[k], k))
+    header: dict[str, Any] = {"__metadata__": meta} if meta else {}
+    offset = 0
+    for name in order:
+        shape = specs[name][1]
+        size = math.prod(shape) * itemsize[name]
+        header[name] = {"dtype": tags[name], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    head = len(text).to_bytes(8, "little") + text
+    return head, {name: len(head) + header[name]["data_offsets"][0] for name in order}
+
+
 def save_safetensors(
     path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
 ) -> Path:
     """Save a flat ``{name: tensor}`` dict as safetensors, atomically and byte-deterministically.
 
-    ``metadata`` values that are not strings are stored as JSON strings. The file is written here,
-    not by ``safetensors.save_file``, whose header follows a hash map's order (so two saves of the
-    same tensors differ in bytes between processes): the header's keys are sorted, and the tensors
-    are laid out by decreasing element size, then name (each stays aligned to its element size, as
-    ``save_file`` does). Any safetensors reader reads the result.
+    Written here, not by ``safetensors.save_file``, whose header follows a hash map's order (so two
+    saves of the same tensors differ in bytes between processes): the layout is
+    :func:`safetensors_layout`'s (sorted header keys). Any safetensors reader reads the result.
     """
 
-    meta = {
-        k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (metadata or {}).items()
-    }
-    flat = {}
-    for name, t in tensors.items():
-        t = t.detach()
-        dtype = str(t.dtype).removeprefix("torch.")
-        if dtype not in _ST_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
-        flat[name] = (t, _ST_DTYPES[dtype])
-    order = sorted(flat, key=lambda k: (-flat[k][0].element_size(), k))
-    header: dict[str, Any] = {"__metadata__": meta} if meta else {}
-    offset = 0
-    for name in order:
-        t, tag = flat[name]
-        size = t.numel() * t.element_size()
-        header[name] = {"dtype": tag, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    flat = {name: t.detach() for name, t in tensors.items()}
+    head, offsets = safetensors_layout(path, {n: (t.dtype, t.shape) for n, t in flat.items()}, metadata)
     with atomic_write(path, "wb") as fh:
-        fh.write(len(text).to_bytes(8, "little"))
-        fh.write(text)
-        for name in order:
-            t = flat[name][0].cpu().contiguous().reshape(-1)
+        fh.write(head)
+        for name in offsets:  # in file order
+            t = flat[name].cpu().contiguous().reshape(-1)
             if t.numel():
                 fh.write(t.view(torch.uint8).numpy().data)
     return Path(path)

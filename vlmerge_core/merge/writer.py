@@ -6,17 +6,13 @@ is planned up front from ``{name: (dtype, shape)}`` (known from the MS header be
 merged), and each merged tensor goes to its place in the file as soon as it is made, written by a
 thread while the next group is merged, then freed.
 
-The layout rule is ``io.save_safetensors``'s (sorted header keys; data by decreasing element size,
-then name; the data 8-byte aligned), restated here rather than shared because ``vlmerge_core/io.py``
-is a dependency of the study's first DVC stages (``data``, ``init``): an edit there re-runs the
-whole study. ``tests/merge/test_merge_writer.py`` holds the two to the same bytes.
+The layout is ``io.save_safetensors``'s, from the same function (``io.safetensors_layout``);
+``tests/merge/test_merge_writer.py`` holds the two to the same bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 import queue
 import threading
@@ -26,42 +22,14 @@ from typing import Any
 
 import torch
 
-from vlmerge_core.io import _ST_DTYPES, atomic_path  # torch dtype name -> safetensors tag
+from vlmerge_core.io import atomic_path, safetensors_layout
 
-__all__ = ["SafetensorsStream", "layout", "streamed_safetensors"]
+__all__ = ["SafetensorsStream", "streamed_safetensors"]
 
 Specs = Mapping[str, tuple[torch.dtype, Sequence[int]]]
 QUEUE_BYTES = 64 << 20  # merged tensors waiting for the writer thread, at most (one larger alone)
 SYNC_BYTES = 64 << 20  # the writer thread starts the disk writeback every 64 MiB: the final fsync of
 # the atomic rename then has little left to wait for
-
-
-def layout(
-    path: str | Path, specs: Specs, metadata: Mapping[str, Any] | None
-) -> tuple[bytes, dict[str, int]]:
-    """The file's first bytes (header length, header) and each tensor's byte offset in the file."""
-    meta = {
-        k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (metadata or {}).items()
-    }
-    tags = {name: _ST_DTYPES.get(str(dtype).removeprefix("torch.")) for name, (dtype, _) in specs.items()}
-    for name, tag in tags.items():
-        if tag is None:
-            raise ValueError(
-                f"{path}: tensor {name!r} has dtype {specs[name][0]}, which safetensors cannot store"
-            )
-    itemsize = {name: torch.empty(0, dtype=dtype).element_size() for name, (dtype, _) in specs.items()}
-    order = sorted(specs, key=lambda k: (-itemsize[k], k))
-    header: dict[str, Any] = {"__metadata__": meta} if meta else {}
-    offset = 0
-    for name in order:
-        dtype, shape = specs[name]
-        size = math.prod(shape) * itemsize[name]
-        header[name] = {"dtype": tags[name], "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
-    head = len(text).to_bytes(8, "little") + text
-    return head, {name: len(head) + header[name]["data_offsets"][0] for name in order}
 
 
 def _pwrite_all(fd: int, data: Any, offset: int) -> None:
@@ -165,7 +133,7 @@ def streamed_safetensors(
     On an exception in the block, or when a planned tensor was never put, the temporary file is
     removed and ``path`` is left as it was.
     """
-    head, offsets = layout(path, specs, metadata)
+    head, offsets = safetensors_layout(path, specs, metadata)
     with atomic_path(path) as tmp:
         fd = os.open(tmp, os.O_WRONLY)
         stream = None

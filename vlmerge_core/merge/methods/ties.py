@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from vlmerge_core.merge.methods.registry import SLICE, Knob, MergeError, check_experts, f64, merge_method
-from vlmerge_core.merge.methods.ties_topk import Threshold, mag32, mag32_flat, threshold
+from vlmerge_core.merge.methods.ties_topk import Threshold, mag32, mag32_flat, mag32_into, threshold
 from vlmerge_core.merge.methods.ties_vector import prepare_vector_trim
 
 TRIMS = ("vector", "tensor")
@@ -105,10 +105,7 @@ class _Float32Pass:
         if thr.t32 < 0:  # keeps everything
             return
         m = c32.size
-        m32, keep, x = self.f32[:m], self.masks[0, :m], self.f64[-1, :m]
-        with np.errstate(over="ignore"):  # float32 overflow to inf, as torch's
-            np.subtract(t, c32, out=m32)
-        np.abs(m32, out=m32)
+        m32, keep, x = mag32_into(self.f32[:m], t, c32), self.masks[0, :m], self.f64[-1, :m]
         np.greater_equal(m32, np.float32(thr.t32), out=keep)
         np.copyto(x, keep)
         tau *= x

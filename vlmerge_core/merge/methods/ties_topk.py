@@ -110,14 +110,20 @@ def kth_largest(flat: Tensor, k: int) -> tuple[float, int, int]:
     return t32, need, count_eq
 
 
+def mag32_into(out: np.ndarray, t: np.ndarray, central: np.ndarray | None) -> np.ndarray:
+    """:func:`mag32` of float32 arrays, in numpy into float32 ``out`` (the same float32 difference,
+    then ``abs``); returns ``out``."""
+    with np.errstate(over="ignore"):  # float32 overflow to inf, as torch's
+        np.subtract(t, central, out=out) if central is not None else np.copyto(out, t)
+    return np.abs(out, out=out)
+
+
 def mag32_flat(t: Tensor, central: Tensor | None) -> Tensor:
     """:func:`mag32` of flat ``t`` (and ``central``) into one tensor: float32 in numpy on the whole
     tensor (the same float32 difference), other dtypes slice by slice."""
     if t.dtype == torch.float32 and (central is None or central.dtype == torch.float32):
-        x = t.detach().numpy()
-        with np.errstate(over="ignore"):  # float32 overflow to inf, as torch's
-            out = x.copy() if central is None else np.subtract(x, central.detach().numpy())
-        return torch.from_numpy(np.abs(out, out=out))
+        c = central.detach().numpy() if central is not None else None
+        return torch.from_numpy(mag32_into(np.empty(t.numel(), np.float32), t.detach().numpy(), c))
     out = torch.empty(t.numel(), dtype=torch.float32)
     for a in range(0, t.numel(), SLICE):
         out[a : a + SLICE] = mag32(t[a : a + SLICE], central[a : a + SLICE] if central is not None else None)

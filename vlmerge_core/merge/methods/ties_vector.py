@@ -32,7 +32,14 @@ import torch
 from torch import Tensor
 
 from vlmerge_core.merge.methods.registry import f64
-from vlmerge_core.merge.methods.ties_topk import TOP_BINS, Threshold, mag32, resolve_ties, select_bin
+from vlmerge_core.merge.methods.ties_topk import (
+    TOP_BINS,
+    Threshold,
+    mag32,
+    mag32_into,
+    resolve_ties,
+    select_bin,
+)
 
 GroupReader = Callable[..., Iterable[tuple[str, Sequence[str], Sequence[Tensor], Tensor | None]]]
 
@@ -63,13 +70,10 @@ def _slices(t: Tensor, central: Tensor | None) -> Iterator[np.ndarray]:
     for a in range(0, x.size, _CHUNK):
         xs, cs = x[a : a + _CHUNK], c[a : a + _CHUNK] if c is not None else None
         if buf is not None:  # float32: into one buffer, overwritten by the next chunk
-            d = buf[: xs.size]
-            with np.errstate(over="ignore"):  # float32 overflow to inf, as torch's
-                np.subtract(xs, cs, out=d) if cs is not None else np.copyto(d, xs)
-        else:
-            d = np.subtract(xs, cs) if cs is not None else xs.copy()
-        d = np.abs(d, out=d).astype(np.float32, copy=False)
-        yield d.view(np.int32)
+            yield mag32_into(buf[: xs.size], xs, cs).view(np.int32)
+            continue
+        d = np.subtract(xs, cs) if cs is not None else xs.copy()
+        yield np.abs(d, out=d).astype(np.float32).view(np.int32)
 
 
 def _count(values: Tensor, minlength: int) -> Tensor:
